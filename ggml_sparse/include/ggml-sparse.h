@@ -1,0 +1,127 @@
+// ggml-sparse.h: sparse-FFN operations for ggml graphs (SPEC §1, §2).
+//
+// Each function adds nodes to a ggml graph; nothing is computed until the graph is. The
+// sparse pieces are ggml custom ops (ggml_custom_4d) that run inside an ordinary
+// ggml_graph_compute on ggml's thread pool; the dense pieces (predictor, dense FFN) are
+// ggml's own mul_mat, so the dense path is exactly ggml's. Callers never see which
+// backend runs a node: a CUDA implementation of the same functions comes later.
+//
+// Shapes follow ggml (ne0 first). n_embd = model width, n_ff = FFN width, T = tokens:
+//   x, u           [n_embd, T]  f32   FFN input (RMS-normed) and predictor input
+//   fc1            [n_embd, r]        predictor first layer   (HF [r, n_embd])
+//   fc2            [r, n_ff]          predictor second layer  (HF [n_ff, r])
+//   w_gate, w_up   [n_embd, n_ff]     row i = neuron i        (HF [n_ff, n_embd])
+//   w_down         standard:     [n_ff, n_embd]  (HF [n_embd, n_ff], what llama.cpp stores)
+//                  neuron-major: [n_embd, n_ff]  row i = neuron i's output vector
+//   result         [n_embd, T]  f32
+// Weight types with fast sparse kernels: F32, F16, BF16, Q8_0, Q4_0. Other ggml types are
+// dequantised row by row through ggml's type traits (correct, slower); a type ggml cannot
+// convert to float is refused with a message naming it (ggml_sparse_check_ffn).
+#pragma once
+
+#include "ggml.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum ggml_sparse_ffn_kind {
+    GGML_SPARSE_FFN_SWIGLU = 0, // silu(g) * u       dense only (no natural zeros)
+    GGML_SPARSE_FFN_REGLU  = 1, // relu(g) * u
+    GGML_SPARSE_FFN_DRELU  = 2, // relu(g) * relu(u)
+};
+
+enum ggml_sparse_mode {
+    GGML_SPARSE_MODE_DENSE     = 0, // every neuron, ggml mul_mat (the reference)
+    GGML_SPARSE_MODE_PREDICTED = 1, // neurons with predictor logit > threshold only
+    GGML_SPARSE_MODE_EXACT     = 2, // gate for all, up where gate > 0, down where a != 0
+};
+
+enum ggml_sparse_down_layout {
+    GGML_SPARSE_DOWN_STANDARD     = 0,
+    GGML_SPARSE_DOWN_NEURON_MAJOR = 1,
+};
+
+// Running counts a graph adds to as it computes (integer atomics; may be shared by all
+// layers of a model). neurons_computed counts neurons whose gate/up rows were read.
+struct ggml_sparse_stats {
+    int64_t neurons_computed;
+    int64_t neurons_total;
+    int64_t tokens; // token-FFN evaluations (T per sparse FFN node)
+};
+
+struct ggml_sparse_ffn_params {
+    enum ggml_sparse_ffn_kind    kind;
+    enum ggml_sparse_mode        mode;
+    enum ggml_sparse_down_layout down_layout;
+    float                        threshold; // predictor logit cut tau (SPEC §2); 0 = trained cut
+    struct ggml_sparse_stats   * stats;     // optional; must outlive every compute of the graph
+};
+
+// ---- the whole FFN ---------------------------------------------------------------------------
+
+// y = W_down · act(W_gate x, W_up x) in the mode of `params` (copied into ctx).
+// fc1/fc2/u are needed in predicted mode only (may be NULL otherwise).
+// Returns NULL and fills `err` (if given) when shapes, types or the mode do not fit.
+struct ggml_tensor * ggml_sparse_ffn(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * x,
+        struct ggml_tensor  * u,
+        struct ggml_tensor  * fc1,
+        struct ggml_tensor  * fc2,
+        struct ggml_tensor  * w_gate,
+        struct ggml_tensor  * w_up,
+        struct ggml_tensor  * w_down,
+        const struct ggml_sparse_ffn_params * params,
+        char * err, size_t err_size);
+
+// Checks what ggml_sparse_ffn would check, without adding nodes. true when fine; else the
+// first problem, naming the tensor, goes to err.
+bool ggml_sparse_check_ffn(
+        const struct ggml_tensor * x, const struct ggml_tensor * u,
+        const struct ggml_tensor * fc1, const struct ggml_tensor * fc2,
+        const struct ggml_tensor * w_gate, const struct ggml_tensor * w_up,
+        const struct ggml_tensor * w_down,
+        const struct ggml_sparse_ffn_params * params,
+        char * err, size_t err_size);
+
+// ---- the finer ops it is made of ---------------------------------------------------------
+
+// Predictor logits [n_ff, T] = fc2 · relu(fc1 · u)   (ggml mul_mat + relu).
+struct ggml_tensor * ggml_sparse_predictor(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * fc1,
+        struct ggml_tensor  * fc2,
+        struct ggml_tensor  * u);
+
+// Sparse gate/up fused with the activation: a [n_ff, T] f32, zero for neurons not computed.
+// With logits ([n_ff, T] f32): neurons with logit > threshold (predicted mode).
+// With logits == NULL: exact mode (gate for all, up where gate > 0).
+// kind must be REGLU or DRELU. stats may be NULL.
+struct ggml_tensor * ggml_sparse_gate_up(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * w_gate,
+        struct ggml_tensor  * w_up,
+        struct ggml_tensor  * x,
+        struct ggml_tensor  * logits,
+        enum ggml_sparse_ffn_kind kind,
+        float threshold,
+        struct ggml_sparse_stats * stats);
+
+// Sparse down projection y [n_embd, T] = sum over i with a[i] != 0 of a[i] * w_down_t[i],
+// w_down_t neuron-major. Bit-identical for any thread count.
+struct ggml_tensor * ggml_sparse_down(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * w_down_t,
+        struct ggml_tensor  * a);
+
+// Name of the kernel table in use ("scalar", "avx2", "avx512", "neon").
+const char * ggml_sparse_isa(void);
+
+#ifdef __cplusplus
+}
+#endif

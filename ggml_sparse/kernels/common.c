@@ -1,0 +1,185 @@
+// common.c: type facts, exact scalar conversions, reference quantisers and the small
+// ISA-independent pieces (activation, active-set selection) shared by every kernel table.
+#include "ts-kernels.h"
+
+#include <math.h>
+#include <string.h>
+
+static const char * const TYPE_NAMES[TS_TYPE_COUNT] = { "f32", "f16", "bf16", "q8_0", "q4_0" };
+
+const char * ts_type_name(enum ts_type type) {
+    return (unsigned) type < TS_TYPE_COUNT ? TYPE_NAMES[type] : "unknown";
+}
+
+size_t ts_block_size(enum ts_type type) {
+    return (type == TS_TYPE_Q8_0 || type == TS_TYPE_Q4_0) ? TS_QK : 1;
+}
+
+size_t ts_row_size(enum ts_type type, int64_t n) {
+    switch (type) {
+        case TS_TYPE_F32:  return (size_t) n * 4;
+        case TS_TYPE_F16:  return (size_t) n * 2;
+        case TS_TYPE_BF16: return (size_t) n * 2;
+        case TS_TYPE_Q8_0: return (size_t) (n / TS_QK) * sizeof(ts_block_q8_0);
+        case TS_TYPE_Q4_0: return (size_t) (n / TS_QK) * sizeof(ts_block_q4_0);
+        default:           return 0;
+    }
+}
+
+enum ts_type ts_dot_type(enum ts_type type) {
+    return (type == TS_TYPE_Q8_0 || type == TS_TYPE_Q4_0) ? TS_TYPE_Q8_0 : TS_TYPE_F32;
+}
+
+bool ts_row_ok(enum ts_type type, int64_t n) {
+    return (unsigned) type < TS_TYPE_COUNT && n > 0 && n % (int64_t) ts_block_size(type) == 0;
+}
+
+// ---- conversions ------------------------------------------------------------------------
+
+static inline uint32_t bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float    float_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+// IEEE half <-> single by the classic exponent-rebias method: normal halves are shifted
+// into a single's layout and rescaled by 2^-112; subnormal halves are built from a magic
+// constant; rounding on the way down is done by the FPU (nearest even) on a value
+// pre-scaled so that the half's rounding point falls on the single's.
+float ts_fp16_to_fp32(uint16_t h) {
+    const uint32_t w      = (uint32_t) h << 16;
+    const uint32_t sign   = w & 0x80000000u;
+    const uint32_t two_w  = w + w;
+    const float normal    = float_of((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+    const float subnormal = float_of((two_w >> 17) | (126u << 23)) - 0.5f;
+    const uint32_t mag    = two_w < (1u << 27) ? bits_of(subnormal) : bits_of(normal);
+    return float_of(sign | mag);
+}
+
+uint16_t ts_fp32_to_fp16(float f) {
+    float base = (fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
+    const uint32_t w     = bits_of(f);
+    const uint32_t shl1  = w + w;
+    const uint32_t sign  = w & 0x80000000u;
+    uint32_t bias = shl1 & 0xFF000000u;
+    if (bias < 0x71000000u) {
+        bias = 0x71000000u;
+    }
+    base = float_of((bias >> 1) + 0x07800000u) + base;
+    const uint32_t b        = bits_of(base);
+    const uint32_t exp_bits = (b >> 13) & 0x00007C00u;
+    const uint32_t man_bits = b & 0x00000FFFu;
+    return (uint16_t) ((sign >> 16) | (shl1 > 0xFF000000u ? 0x7E00u : exp_bits + man_bits));
+}
+
+float ts_bf16_to_fp32(uint16_t h) {
+    return float_of((uint32_t) h << 16);
+}
+
+uint16_t ts_fp32_to_bf16(float f) {
+    uint32_t u = bits_of(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        return (uint16_t) ((u >> 16) | 64); // NaN: keep it a quiet NaN
+    }
+    return (uint16_t) ((u + (0x7fffu + ((u >> 16) & 1))) >> 16);
+}
+
+void ts_quantize_row_q8_0_ref(const float * x, ts_block_q8_0 * y, int64_t n) {
+    for (int64_t b = 0; b < n / TS_QK; b++) {
+        const float * xb = x + b * TS_QK;
+        float amax = 0.0f;
+        for (int j = 0; j < TS_QK; j++) {
+            amax = fmaxf(amax, fabsf(xb[j]));
+        }
+        const float d  = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = ts_fp32_to_fp16(d);
+        for (int j = 0; j < TS_QK; j++) {
+            y[b].qs[j] = (int8_t) roundf(xb[j] * id);
+        }
+    }
+}
+
+void ts_quantize_row_q4_0_ref(const float * x, ts_block_q4_0 * y, int64_t n) {
+    for (int64_t b = 0; b < n / TS_QK; b++) {
+        const float * xb = x + b * TS_QK;
+        float amax = 0.0f, max = 0.0f; // max keeps its sign: the scale maps it to -8
+        for (int j = 0; j < TS_QK; j++) {
+            if (amax < fabsf(xb[j])) {
+                amax = fabsf(xb[j]);
+                max  = xb[j];
+            }
+        }
+        const float d  = max / -8.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = ts_fp32_to_fp16(d);
+        for (int j = 0; j < TS_QK / 2; j++) {
+            int8_t lo = (int8_t) (xb[j] * id + 8.5f);
+            int8_t hi = (int8_t) (xb[j + TS_QK / 2] * id + 8.5f);
+            lo = lo < 15 ? lo : 15;
+            hi = hi < 15 ? hi : 15;
+            y[b].qs[j] = (uint8_t) (lo | (hi << 4));
+        }
+    }
+}
+
+void ts_from_float(enum ts_type type, const float * x, void * y, int64_t n) {
+    switch (type) {
+        case TS_TYPE_F32:  memcpy(y, x, (size_t) n * 4); break;
+        case TS_TYPE_F16:  for (int64_t i = 0; i < n; i++) ((uint16_t *) y)[i] = ts_fp32_to_fp16(x[i]); break;
+        case TS_TYPE_BF16: for (int64_t i = 0; i < n; i++) ((uint16_t *) y)[i] = ts_fp32_to_bf16(x[i]); break;
+        case TS_TYPE_Q8_0: ts_quantize_row_q8_0_ref(x, y, n); break;
+        case TS_TYPE_Q4_0: ts_quantize_row_q4_0_ref(x, y, n); break;
+        default: break;
+    }
+}
+
+void ts_to_float(enum ts_type type, const void * x, float * y, int64_t n) {
+    switch (type) {
+        case TS_TYPE_F32:  memcpy(y, x, (size_t) n * 4); break;
+        case TS_TYPE_F16:  for (int64_t i = 0; i < n; i++) y[i] = ts_fp16_to_fp32(((const uint16_t *) x)[i]); break;
+        case TS_TYPE_BF16: for (int64_t i = 0; i < n; i++) y[i] = ts_bf16_to_fp32(((const uint16_t *) x)[i]); break;
+        case TS_TYPE_Q8_0:
+            for (int64_t b = 0; b < n / TS_QK; b++) {
+                const ts_block_q8_0 * blk = (const ts_block_q8_0 *) x + b;
+                const float d = ts_fp16_to_fp32(blk->d);
+                for (int j = 0; j < TS_QK; j++) y[b * TS_QK + j] = d * blk->qs[j];
+            }
+            break;
+        case TS_TYPE_Q4_0:
+            for (int64_t b = 0; b < n / TS_QK; b++) {
+                const ts_block_q4_0 * blk = (const ts_block_q4_0 *) x + b;
+                const float d = ts_fp16_to_fp32(blk->d);
+                for (int j = 0; j < TS_QK / 2; j++) {
+                    y[b * TS_QK + j]             = d * ((blk->qs[j] & 0x0F) - 8);
+                    y[b * TS_QK + j + TS_QK / 2] = d * ((blk->qs[j] >> 4) - 8);
+                }
+            }
+            break;
+        default: break;
+    }
+}
+
+// ---- activation and selection ------------------------------------------------------------
+
+void ts_act_rows(enum ts_act act, int64_t n, const float * g, const float * u, float * out) {
+    for (int64_t i = 0; i < n; i++) {
+        out[i] = ts_act_apply(act, g[i], u[i]);
+    }
+}
+
+int64_t ts_select_active(const float * logits, int64_t n, float tau, int32_t * idx) {
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; i++) {
+        idx[count] = (int32_t) i;
+        count += logits[i] > tau; // branch-free: the store is kept only when active
+    }
+    return count;
+}
+
+int64_t ts_select_nonzero(const float * a, int64_t n, int32_t * idx, float * a_compact) {
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; i++) {
+        idx[count]       = (int32_t) i;
+        a_compact[count] = a[i];
+        count += a[i] != 0.0f;
+    }
+    return count;
+}

@@ -1,0 +1,144 @@
+// scalar.c: the reference kernel table. Plain C, one element at a time; every SIMD table
+// is tested against it, and it is the fallback on CPUs without a faster one.
+#include "ts-kernels.h"
+
+#include <math.h>
+
+static const void * row_at(const void * w, size_t row_bytes, const int32_t * idx, int64_t j) {
+    int64_t i = idx ? idx[j] : j;
+    return (const char *) w + (size_t) i * row_bytes;
+}
+
+// dot(row, x) for one row; x is f32 for float rows and Q8_0 blocks for quantised rows.
+static float dot_row(enum ts_type type, int64_t n, const void * row, const void * x) {
+    float sum = 0.0f;
+    switch (type) {
+        case TS_TYPE_F32: {
+            const float * w = row; const float * v = x;
+            for (int64_t k = 0; k < n; k++) sum += w[k] * v[k];
+            break;
+        }
+        case TS_TYPE_F16: {
+            const uint16_t * w = row; const float * v = x;
+            for (int64_t k = 0; k < n; k++) sum += ts_fp16_to_fp32(w[k]) * v[k];
+            break;
+        }
+        case TS_TYPE_BF16: {
+            const uint16_t * w = row; const float * v = x;
+            for (int64_t k = 0; k < n; k++) sum += ts_bf16_to_fp32(w[k]) * v[k];
+            break;
+        }
+        case TS_TYPE_Q8_0: {
+            const ts_block_q8_0 * w = row; const ts_block_q8_0 * v = x;
+            for (int64_t b = 0; b < n / TS_QK; b++) {
+                int sumi = 0;
+                for (int j = 0; j < TS_QK; j++) sumi += w[b].qs[j] * v[b].qs[j];
+                sum += sumi * (ts_fp16_to_fp32(w[b].d) * ts_fp16_to_fp32(v[b].d));
+            }
+            break;
+        }
+        case TS_TYPE_Q4_0: {
+            const ts_block_q4_0 * w = row; const ts_block_q8_0 * v = x;
+            for (int64_t b = 0; b < n / TS_QK; b++) {
+                int sumi = 0;
+                for (int j = 0; j < TS_QK / 2; j++) {
+                    sumi += ((w[b].qs[j] & 0x0F) - 8) * v[b].qs[j];
+                    sumi += ((w[b].qs[j] >> 4) - 8) * v[b].qs[j + TS_QK / 2];
+                }
+                sum += sumi * (ts_fp16_to_fp32(w[b].d) * ts_fp16_to_fp32(v[b].d));
+            }
+            break;
+        }
+        default: break;
+    }
+    return sum;
+}
+
+static void dot_rows(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                     const void * x, const int32_t * idx, int64_t n_idx, float * out) {
+    for (int64_t j = 0; j < n_idx; j++) {
+        out[j] = dot_row(type, n, row_at(w, row_bytes, idx, j), x);
+    }
+}
+
+static void gate_up(enum ts_type type, enum ts_act act, int64_t n,
+                    const void * w_gate, const void * w_up, size_t row_bytes,
+                    const void * x, const int32_t * idx, int64_t n_idx, float * a) {
+    for (int64_t j = 0; j < n_idx; j++) {
+        float g = dot_row(type, n, row_at(w_gate, row_bytes, idx, j), x);
+        float u = dot_row(type, n, row_at(w_up,   row_bytes, idx, j), x);
+        a[j] = ts_act_apply(act, g, u);
+    }
+}
+
+static int64_t gate_up_exact(enum ts_type type, enum ts_act act, int64_t n,
+                             const void * w_gate, const void * w_up, size_t row_bytes,
+                             const void * x, int64_t i0, int64_t i1, float * a) {
+    int64_t n_active = 0;
+    for (int64_t i = i0; i < i1; i++) {
+        float g = dot_row(type, n, (const char *) w_gate + (size_t) i * row_bytes, x);
+        float v = 0.0f;
+        if (g > 0.0f) {
+            float u = dot_row(type, n, (const char *) w_up + (size_t) i * row_bytes, x);
+            v = ts_act_apply(act, g, u);
+        }
+        a[i - i0] = v;
+        n_active += v != 0.0f;
+    }
+    return n_active;
+}
+
+static void axpy_rows(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
+                      const int32_t * idx, const float * a, int64_t n_idx,
+                      int64_t c0, int64_t c1, float * y) {
+    (void) n;
+    for (int64_t c = c0; c < c1; c++) {
+        y[c] = 0.0f;
+    }
+    for (int64_t j = 0; j < n_idx; j++) {
+        const void * row = row_at(w_t, row_bytes, idx, j);
+        const float aj = a[j];
+        switch (type) {
+            case TS_TYPE_F32:
+                for (int64_t c = c0; c < c1; c++) y[c] = fmaf(aj, ((const float *) row)[c], y[c]);
+                break;
+            case TS_TYPE_F16:
+                for (int64_t c = c0; c < c1; c++) y[c] = fmaf(aj, ts_fp16_to_fp32(((const uint16_t *) row)[c]), y[c]);
+                break;
+            case TS_TYPE_BF16:
+                for (int64_t c = c0; c < c1; c++) y[c] = fmaf(aj, ts_bf16_to_fp32(((const uint16_t *) row)[c]), y[c]);
+                break;
+            case TS_TYPE_Q8_0:
+                for (int64_t b = c0 / TS_QK; b < c1 / TS_QK; b++) {
+                    const ts_block_q8_0 * blk = (const ts_block_q8_0 *) row + b;
+                    const float s = aj * ts_fp16_to_fp32(blk->d);
+                    for (int k = 0; k < TS_QK; k++) {
+                        y[b * TS_QK + k] = fmaf(s, (float) blk->qs[k], y[b * TS_QK + k]);
+                    }
+                }
+                break;
+            case TS_TYPE_Q4_0:
+                for (int64_t b = c0 / TS_QK; b < c1 / TS_QK; b++) {
+                    const ts_block_q4_0 * blk = (const ts_block_q4_0 *) row + b;
+                    const float s = aj * ts_fp16_to_fp32(blk->d);
+                    for (int k = 0; k < TS_QK / 2; k++) {
+                        float * yb = y + b * TS_QK;
+                        yb[k]             = fmaf(s, (float) ((blk->qs[k] & 0x0F) - 8), yb[k]);
+                        yb[k + TS_QK / 2] = fmaf(s, (float) ((blk->qs[k] >> 4) - 8), yb[k + TS_QK / 2]);
+                    }
+                }
+                break;
+            default: break;
+        }
+    }
+}
+
+const struct ts_kernels ts_kernels_scalar = {
+    .isa           = TS_ISA_SCALAR,
+    .name          = "scalar",
+    .quantize_q8_0 = ts_quantize_row_q8_0_ref,
+    .dot_rows      = dot_rows,
+    .gate_up       = gate_up,
+    .gate_up_exact = gate_up_exact,
+    .axpy_rows     = axpy_rows,
+};

@@ -1,0 +1,165 @@
+// ts-kernels.h: the sparse-FFN compute kernels, free of ggml and of the runtime.
+//
+// Every function here is a pure function on pointers. One table of function pointers
+// (struct ts_kernels) exists per instruction set; scalar.c is the reference that every
+// other table is tested against. The ggml glue (src/ops.c) and the CUDA path call these
+// and nothing else does the arithmetic.
+//
+// Conventions
+//   - A weight matrix is a row-major array of `n_rows` rows; each row holds `n` elements
+//     of one ts_type, `row_bytes` apart (ts_row_size(type, n) for a packed matrix).
+//   - W_gate, W_up: row i = neuron i (length n_embd).  W_down_T: row i = neuron i's output
+//     vector (length n_embd), i.e. the down projection stored neuron-major (SPEC §1).
+//   - The activation vector x that meets a weight row in a dot product is given in the
+//     row type's "dot type" (ts_dot_type): f32 for F32/F16/BF16 rows, Q8_0 blocks for
+//     Q8_0/Q4_0 rows, exactly as ggml quantises activations for those types.
+//   - Neuron lists (idx) are int32, ascending, without duplicates.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum ts_type {
+    TS_TYPE_F32  = 0,
+    TS_TYPE_F16  = 1,
+    TS_TYPE_BF16 = 2,
+    TS_TYPE_Q8_0 = 3,
+    TS_TYPE_Q4_0 = 4,
+    TS_TYPE_COUNT
+};
+
+// The gated activation a = act(g, u) of the FFN kinds with natural sparsity (SPEC §1).
+enum ts_act {
+    TS_ACT_DRELU = 0, // relu(g) * relu(u)
+    TS_ACT_REGLU = 1, // relu(g) * u
+};
+
+enum ts_isa {
+    TS_ISA_SCALAR = 0,
+    TS_ISA_AVX2   = 1, // AVX2 + FMA + F16C
+    TS_ISA_AVX512 = 2, // AVX-512 F/BW/VL (+VNNI where present)
+    TS_ISA_NEON   = 3,
+    TS_ISA_COUNT
+};
+
+// Block formats, byte-identical to ggml's block_q8_0 / block_q4_0.
+#define TS_QK 32
+typedef struct { uint16_t d; int8_t  qs[TS_QK];     } ts_block_q8_0; // x = d * q
+typedef struct { uint16_t d; uint8_t qs[TS_QK / 2]; } ts_block_q4_0; // x = d * (q - 8); qs[j]: lo nibble = x[j], hi = x[j+16]
+
+// Column slices handed to threads by ts_axpy_rows start at multiples of this, so that
+// no element's arithmetic depends on where a slice begins (see axpy_rows).
+#define TS_COL_ALIGN 64
+
+// ---- type facts -------------------------------------------------------------------------
+
+const char * ts_type_name(enum ts_type type);
+size_t       ts_block_size(enum ts_type type);        // elements per block (1 or 32)
+size_t       ts_row_size(enum ts_type type, int64_t n); // bytes of n elements; n % block == 0
+enum ts_type ts_dot_type(enum ts_type type);          // F32 or Q8_0, see above
+bool         ts_row_ok(enum ts_type type, int64_t n); // n is a whole number of blocks
+
+// ---- scalar conversions (exact, portable) -----------------------------------------------
+
+float    ts_fp16_to_fp32(uint16_t h);
+uint16_t ts_fp32_to_fp16(float f);   // round to nearest even, as F16C / ggml
+float    ts_bf16_to_fp32(uint16_t h);
+uint16_t ts_fp32_to_bf16(float f);   // round to nearest even, NaN kept quiet, as ggml
+
+// Reference quantisers, bit-identical to ggml's quantize_row_*_ref. n % 32 == 0.
+void ts_quantize_row_q8_0_ref(const float * x, ts_block_q8_0 * y, int64_t n);
+void ts_quantize_row_q4_0_ref(const float * x, ts_block_q4_0 * y, int64_t n);
+// Any row type from f32 (F32 copy, F16/BF16 rounding, Q8_0/Q4_0 reference quantisers).
+void ts_from_float(enum ts_type type, const float * x, void * y, int64_t n);
+// Any row type to f32.
+void ts_to_float(enum ts_type type, const void * x, float * y, int64_t n);
+
+// ---- the kernel table ---------------------------------------------------------------------
+
+struct ts_kernels {
+    enum ts_isa isa;
+    const char * name;
+
+    // Quantise an activation row to Q8_0 (n % 32 == 0). Must equal ts_quantize_row_q8_0_ref
+    // up to round-half ties of the SIMD rounding mode.
+    void (*quantize_q8_0)(const float * x, ts_block_q8_0 * y, int64_t n);
+
+    // out[j] = dot(W[idx[j]], x) for j < n_idx.  idx == NULL means rows 0..n_idx-1.
+    // x is in ts_dot_type(type).
+    void (*dot_rows)(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                     const void * x, const int32_t * idx, int64_t n_idx, float * out);
+
+    // Sparse gate/up fused with the activation: for j < n_idx, i = idx[j] (or j when
+    // idx == NULL): a[j] = act(dot(W_gate[i], x), dot(W_up[i], x)).
+    void (*gate_up)(enum ts_type type, enum ts_act act, int64_t n,
+                    const void * w_gate, const void * w_up, size_t row_bytes,
+                    const void * x, const int32_t * idx, int64_t n_idx, float * a);
+
+    // Exact-mode gate/up over neurons [i0, i1): g = dot(W_gate[i], x); where g > 0 also
+    // u = dot(W_up[i], x) and a = act(g, u); elsewhere a = 0 (W_up row never read).
+    // Writes a[i - i0] for every i in the range; returns how many were non-zero.
+    int64_t (*gate_up_exact)(enum ts_type type, enum ts_act act, int64_t n,
+                             const void * w_gate, const void * w_up, size_t row_bytes,
+                             const void * x, int64_t i0, int64_t i1, float * a);
+
+    // Sparse down projection over the column slice [c0, c1) of the output:
+    //   y[c] = sum over j = 0..n_idx-1, in that order, of a[j] * W_T[idx[j]][c]
+    // written (not accumulated) for c0 <= c < c1; idx == NULL means rows 0..n_idx-1.
+    // Each y[c] is a chain of fused multiply-adds starting from 0:
+    //   F32/F16/BF16: y = fma(a[j], w, y) with w the row element as f32;
+    //   Q8_0/Q4_0:    y = fma(a[j] * d, (float) q, y) with d the block scale as f32 and
+    //                 q the integer quant (q - 8 for Q4_0).
+    // So the result is bit-identical across ISAs and for any split of the columns into
+    // slices (c0 a multiple of TS_COL_ALIGN, c1 likewise or == n): thread count never
+    // changes a bit. c0, c1 multiples of 32 for the quantised types.
+    void (*axpy_rows)(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
+                      const int32_t * idx, const float * a, int64_t n_idx,
+                      int64_t c0, int64_t c1, float * y);
+};
+
+// The table for an instruction set, or NULL when it was not compiled in or this CPU
+// lacks it.
+const struct ts_kernels * ts_kernels_for(enum ts_isa isa);
+// The fastest table this CPU runs; TURBOSPARSE_ISA=scalar|avx2|avx512|neon overrides
+// (an unavailable choice falls back to the best available and is reported on stderr).
+const struct ts_kernels * ts_kernels_best(void);
+const char * ts_isa_name(enum ts_isa isa);
+
+// ---- small helpers shared by every ISA ------------------------------------------------------
+
+static inline float ts_act_apply(enum ts_act act, float g, float u) {
+    float rg = g > 0.0f ? g : 0.0f;
+    if (act == TS_ACT_DRELU) {
+        return u > 0.0f ? rg * u : 0.0f;
+    }
+    return rg * u;
+}
+
+// Activation vectors, elementwise: out = act(g, u).
+void ts_act_rows(enum ts_act act, int64_t n, const float * g, const float * u, float * out);
+
+// Predictor -> active set: idx gets every i with logits[i] > tau, ascending; returns the
+// count. idx must hold n entries.
+int64_t ts_select_active(const float * logits, int64_t n, float tau, int32_t * idx);
+
+// The active (non-zero) entries of an activation vector: idx and the compact values.
+int64_t ts_select_nonzero(const float * a, int64_t n, int32_t * idx, float * a_compact);
+
+// The column slice [c0, c1) of thread ith of nth over n output columns, aligned to
+// TS_COL_ALIGN; slices of later threads may be empty.
+static inline void ts_split_cols(int64_t n, int ith, int nth, int64_t * c0, int64_t * c1) {
+    int64_t n_chunks = (n + TS_COL_ALIGN - 1) / TS_COL_ALIGN;
+    int64_t k0 = n_chunks * ith / nth;
+    int64_t k1 = n_chunks * (ith + 1) / nth;
+    *c0 = k0 * TS_COL_ALIGN < n ? k0 * TS_COL_ALIGN : n;
+    *c1 = k1 * TS_COL_ALIGN < n ? k1 * TS_COL_ALIGN : n;
+}
+
+#ifdef __cplusplus
+}
+#endif
