@@ -1,0 +1,144 @@
+// turbosparse.h: the model runtime's public C API (load a GGUF model, run batches of tokens
+// through it, read logits and statistics).
+//
+// Plain C with opaque handles and plain parameter structs so that the Python package can call
+// it through cffi in ABI mode and ts-main through an ordinary link. No callbacks: a long
+// computation is stopped by ts_context_abort() from another thread (or a signal handler); it
+// is checked between graph nodes and the decode returns TS_ERR_ABORTED.
+//
+// Errors: functions that can fail return NULL or a negative status and write a message naming
+// the problem into the caller's buffer (load / context creation) or into the context
+// (ts_context_error()).
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Same values as enum ggml_sparse_ffn_kind / ggml_sparse_mode in ggml-sparse.h.
+enum ts_ffn_kind {
+    TS_FFN_SWIGLU = 0,
+    TS_FFN_REGLU  = 1,
+    TS_FFN_DRELU  = 2,
+};
+
+enum ts_ffn_mode {
+    TS_FFN_MODE_AUTO      = -1, // predicted if the file has predictors, else exact if the FFN
+                                // has natural zeros (ReGLU/dReLU), else dense
+    TS_FFN_MODE_DENSE     = 0,
+    TS_FFN_MODE_PREDICTED = 1,
+    TS_FFN_MODE_EXACT     = 2,
+};
+
+enum ts_predictor_input {
+    TS_PRED_INPUT_RESIDUAL  = 0, // residual stream before the FFN RMSNorm
+    TS_PRED_INPUT_FFN_INPUT = 1, // the normed FFN (expert) input
+};
+
+enum ts_status {
+    TS_OK                 = 0,
+    TS_ERR_INVALID        = -1, // bad argument (token id out of range, n <= 0, ...)
+    TS_ERR_CONTEXT_FULL   = -2, // the batch would pass the context size
+    TS_ERR_COMPUTE        = -3, // graph building or computing failed
+    TS_ERR_ABORTED        = -4, // ts_context_abort() was called
+};
+
+struct ts_model_params {
+    int32_t use_mmap; // 1: weights stay in the memory-mapped file (default); 0: read into RAM
+};
+
+// What a loaded file says about the model. Strings are NUL-terminated (truncated if longer).
+struct ts_model_meta {
+    char    name[128];
+    char    source_model_type[64]; // turbosparse.source_model_type, "" for plain llama.cpp files
+    int32_t is_turbosparse;        // the file has turbosparse.* keys
+    int32_t n_vocab;
+    int32_t n_ctx_train;
+    int32_t n_embd;
+    int32_t n_layer;
+    int32_t n_ff;                  // per expert for MoE
+    int32_t n_head;
+    int32_t n_head_kv;
+    int32_t n_rot;                 // RoPE dimensions (the head size)
+    int32_t n_expert;              // 0 for dense models
+    int32_t n_expert_used;
+    int32_t sliding_window;        // 0 = none
+    float   rms_eps;
+    float   rope_theta;
+    int32_t ffn_kind;              // enum ts_ffn_kind
+    int32_t down_neuron_major;     // 1: ffn_down_t (neuron-major), 0: ffn_down
+    int32_t has_predictor;
+    int32_t predictor_input;       // enum ts_predictor_input
+    float   threshold;             // the file's default predictor threshold (0 if absent)
+    int32_t tied_output;           // output matrix is token_embd
+    int32_t file_type;             // general.file_type, -1 if absent
+    int64_t n_params;              // elements of all tensors
+    int64_t n_bytes;               // bytes of all tensors
+    double  load_ms;
+};
+
+struct ts_context_params {
+    int32_t n_ctx;         // KV cache size in tokens (0: the model's training context, at most 4096)
+    int32_t n_threads;     // ggml threads (0: the online CPUs)
+    int32_t ffn_mode;      // enum ts_ffn_mode
+    int32_t use_threshold; // 1: use `threshold` below instead of the file's
+    float   threshold;
+    int32_t kv_f32;        // 1: f32 KV cache (for exact comparisons); 0: f16 (default)
+};
+
+// Running statistics since the context was made or reset. A decode of more than one token
+// counts as prompt processing, a decode of one token as generation.
+struct ts_stats {
+    int64_t n_prompt_tokens;
+    double  prompt_ms;
+    int64_t n_gen_tokens;
+    double  gen_ms;
+    int64_t ffn_neurons_computed; // over all sparse FFN evaluations (dense mode counts all)
+    int64_t ffn_neurons_total;
+    double  ffn_density;          // computed / total, 1 when nothing sparse ran
+    double  load_ms;              // model load time
+};
+
+struct ts_model;
+struct ts_context;
+
+void ts_model_params_init(struct ts_model_params * params);
+void ts_context_params_init(struct ts_context_params * params);
+
+// NULL on failure with the first problem written to err.
+struct ts_model * ts_model_load(const char * path, const struct ts_model_params * params,
+                                char * err, size_t err_size);
+void ts_model_free(struct ts_model * model);
+void ts_model_get_meta(const struct ts_model * model, struct ts_model_meta * meta);
+// The model's GGUF metadata (struct gguf_context *), valid while the model lives: the
+// tokenizer reads its vocabulary from it.
+const void * ts_model_gguf(const struct ts_model * model);
+
+struct ts_context * ts_context_new(struct ts_model * model, const struct ts_context_params * params,
+                                   char * err, size_t err_size);
+void ts_context_free(struct ts_context * ctx);
+// Empties the KV cache and the statistics.
+void ts_context_reset(struct ts_context * ctx);
+int32_t ts_context_n_ctx(const struct ts_context * ctx);
+int32_t ts_context_n_past(const struct ts_context * ctx);
+int32_t ts_context_ffn_mode(const struct ts_context * ctx); // the mode in use (never AUTO)
+float   ts_context_threshold(const struct ts_context * ctx);
+
+// Runs tokens[0..n) as one batch at positions n_past.. and appends them to the KV cache.
+// logits: NULL, or [n, n_vocab] floats when logits_all, else [n_vocab] for the last token.
+// Returns TS_OK or a negative enum ts_status (message in ts_context_error()); on error the
+// KV cache is left as it was before the call.
+int32_t ts_decode(struct ts_context * ctx, const int32_t * tokens, int32_t n,
+                  float * logits, int32_t logits_all);
+
+// Asks a running (or the next) ts_decode to stop; safe from another thread or a signal handler.
+void ts_context_abort(struct ts_context * ctx);
+const char * ts_context_error(const struct ts_context * ctx);
+void ts_context_get_stats(const struct ts_context * ctx, struct ts_stats * stats);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,204 @@
+// context.c: inference contexts and batch decoding. A decode builds the graph of its batch
+// (cheap: tensor headers only), lets the graph allocator place the intermediates in its one
+// reused buffer, and computes on the context's persistent thread pool.
+#include "context.h"
+#include "graph.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int32_t set_err(struct ts_context * c, int32_t status, const char * fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err, sizeof(c->err), fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+void ts_context_params_init(struct ts_context_params * p) {
+    memset(p, 0, sizeof(*p));
+    p->ffn_mode = TS_FFN_MODE_AUTO;
+}
+
+static const char * mode_name(int32_t mode) {
+    switch (mode) {
+        case TS_FFN_MODE_DENSE:     return "dense";
+        case TS_FFN_MODE_PREDICTED: return "predicted";
+        case TS_FFN_MODE_EXACT:     return "exact";
+        default:                    return "auto";
+    }
+}
+
+struct ts_context * ts_context_new(struct ts_model * model, const struct ts_context_params * params,
+                                   char * err, size_t err_size) {
+    if (err && err_size) err[0] = '\0';
+    struct ts_context_params def;
+    ts_context_params_init(&def);
+    if (!params) params = &def;
+    const struct ts_model_meta * h = &model->meta;
+
+    int32_t mode = params->ffn_mode;
+    if (mode == TS_FFN_MODE_AUTO) {
+        mode = h->has_predictor ? TS_FFN_MODE_PREDICTED
+             : h->ffn_kind != TS_FFN_SWIGLU ? TS_FFN_MODE_EXACT : TS_FFN_MODE_DENSE;
+    }
+    if (mode < TS_FFN_MODE_DENSE || mode > TS_FFN_MODE_EXACT) {
+        snprintf(err, err_size, "unknown FFN mode %d", mode);
+        return NULL;
+    }
+    if (mode == TS_FFN_MODE_PREDICTED && !h->has_predictor) {
+        snprintf(err, err_size, "FFN mode 'predicted' needs predictor tensors, and this model file has none "
+                 "(turbosparse.predictor.present is false): use 'exact' or 'dense'");
+        return NULL;
+    }
+    if (mode != TS_FFN_MODE_DENSE && h->ffn_kind == TS_FFN_SWIGLU) {
+        snprintf(err, err_size, "FFN mode '%s' needs a ReGLU or dReLU FFN; this model's FFN is SwiGLU "
+                 "(no natural zeros): use 'dense'", mode_name(mode));
+        return NULL;
+    }
+    int32_t n_ctx = params->n_ctx > 0 ? params->n_ctx : (h->n_ctx_train < 4096 ? h->n_ctx_train : 4096);
+    if (n_ctx < 1) {
+        snprintf(err, err_size, "context size must be positive (got %d)", params->n_ctx);
+        return NULL;
+    }
+    int32_t n_threads = params->n_threads;
+    if (n_threads <= 0) {
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = ncpu > 0 ? (int32_t) ncpu : 1;
+    }
+    if (n_threads > GGML_MAX_N_THREADS) n_threads = GGML_MAX_N_THREADS;
+
+    struct ts_context * c = calloc(1, sizeof(*c));
+    if (!c) { snprintf(err, err_size, "out of memory"); return NULL; }
+    c->model = model;
+    c->n_ctx = n_ctx;
+    c->n_threads = n_threads;
+    c->ffn_mode = mode;
+    c->threshold = params->use_threshold ? params->threshold : h->threshold;
+
+    const int32_t n_embd_kv = h->n_embd / h->n_head * h->n_head_kv;
+    if (!ts_kv_cache_init(&c->kv, h->n_layer, n_embd_kv, n_ctx, params->kv_f32 ? GGML_TYPE_F32 : GGML_TYPE_F16,
+                          err, err_size)) {
+        free(c);
+        return NULL;
+    }
+    struct ggml_threadpool_params tpp = ggml_threadpool_params_default(n_threads);
+    c->threadpool = ggml_threadpool_new(&tpp);
+    c->galloc = ggml_gallocr_new(ggml_backend_cpu_buffer_type());
+    c->graph_size = 256 + h->n_layer * (64 + 24 * h->n_expert);
+    c->graph_meta_size = ggml_tensor_overhead() * (size_t) c->graph_size * 2 +
+                         ggml_graph_overhead_custom(c->graph_size, false);
+    c->graph_meta = malloc(c->graph_meta_size);
+    if (!c->threadpool || !c->galloc || !c->graph_meta) {
+        snprintf(err, err_size, "cannot create the thread pool or graph allocator");
+        ts_context_free(c);
+        return NULL;
+    }
+    ts_context_reset(c);
+    return c;
+}
+
+void ts_context_free(struct ts_context * c) {
+    if (!c) return;
+    if (c->threadpool) ggml_threadpool_free(c->threadpool);
+    if (c->galloc) ggml_gallocr_free(c->galloc);
+    ts_kv_cache_free(&c->kv);
+    free(c->graph_meta);
+    free(c->work);
+    free(c);
+}
+
+void ts_context_reset(struct ts_context * c) {
+    ts_kv_cache_clear(&c->kv);
+    c->n_past = 0;
+    memset(&c->sparse_stats, 0, sizeof(c->sparse_stats));
+    memset(&c->stats, 0, sizeof(c->stats));
+    atomic_store(&c->abort, 0);
+    c->err[0] = '\0';
+}
+
+int32_t ts_context_n_ctx(const struct ts_context * c)     { return c->n_ctx; }
+int32_t ts_context_n_past(const struct ts_context * c)    { return c->n_past; }
+int32_t ts_context_ffn_mode(const struct ts_context * c)  { return c->ffn_mode; }
+float   ts_context_threshold(const struct ts_context * c) { return c->threshold; }
+const char * ts_context_error(const struct ts_context * c) { return c->err; }
+void ts_context_abort(struct ts_context * c) { atomic_store(&c->abort, 1); }
+
+static bool abort_requested(void * data) {
+    return atomic_load(&((struct ts_context *) data)->abort) != 0;
+}
+
+int32_t ts_decode(struct ts_context * c, const int32_t * tokens, int32_t n, float * logits, int32_t logits_all) {
+    const struct ts_model_meta * h = &c->model->meta;
+    c->err[0] = '\0';
+    if (n <= 0 || !tokens) return set_err(c, TS_ERR_INVALID, "empty batch (n = %d)", n);
+    for (int32_t i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= h->n_vocab) {
+            return set_err(c, TS_ERR_INVALID, "token %d at batch index %d is outside the vocabulary (0..%d)",
+                           tokens[i], i, h->n_vocab - 1);
+        }
+    }
+    if ((int64_t) c->n_past + n > c->n_ctx) {
+        return set_err(c, TS_ERR_CONTEXT_FULL,
+                       "context full: %d tokens at position %d would pass the context size %d "
+                       "(start a new context, or make it larger)", n, c->n_past, c->n_ctx);
+    }
+    if (atomic_exchange(&c->abort, 0)) return set_err(c, TS_ERR_ABORTED, "aborted");
+
+    const int64_t t0 = ggml_time_us();
+    struct ggml_init_params ip = { .mem_size = c->graph_meta_size, .mem_buffer = c->graph_meta, .no_alloc = true };
+    struct ggml_context * g = ggml_init(ip);
+    struct ts_graph_io io;
+    struct ggml_cgraph * gf = ts_graph_build(c, g, n, logits_all != 0, &io);
+    if (!gf) {
+        ggml_free(g);
+        return set_err(c, TS_ERR_COMPUTE, "cannot build the graph: %s", c->err[0] ? c->err : "unknown reason");
+    }
+    if (!ggml_gallocr_alloc_graph(c->galloc, gf)) {
+        ggml_free(g);
+        return set_err(c, TS_ERR_COMPUTE, "cannot allocate the compute buffer");
+    }
+    ts_graph_set_inputs(c, &io, tokens, n);
+
+    struct ggml_cplan plan = ggml_graph_plan(gf, c->n_threads, c->threadpool);
+    if (plan.work_size > c->work_size) {
+        free(c->work);
+        c->work = malloc(plan.work_size);
+        c->work_size = c->work ? plan.work_size : 0;
+        if (!c->work) { ggml_free(g); return set_err(c, TS_ERR_COMPUTE, "out of memory for the work buffer"); }
+    }
+    plan.work_data = c->work;
+    plan.abort_callback = abort_requested;
+    plan.abort_callback_data = c;
+    enum ggml_status st = ggml_graph_compute(gf, &plan);
+    if (st != GGML_STATUS_SUCCESS) {
+        ggml_free(g);
+        if (st == GGML_STATUS_ABORTED || atomic_exchange(&c->abort, 0)) {
+            atomic_store(&c->abort, 0);
+            return set_err(c, TS_ERR_ABORTED, "aborted");
+        }
+        return set_err(c, TS_ERR_COMPUTE, "graph compute failed (ggml status %d)", (int) st);
+    }
+    if (logits) {
+        const int64_t rows = logits_all ? n : 1;
+        memcpy(logits, io.logits->data, sizeof(float) * (size_t) h->n_vocab * rows);
+    }
+    ggml_free(g);
+
+    c->n_past += n;
+    const double ms = (ggml_time_us() - t0) / 1000.0;
+    if (n > 1) { c->stats.n_prompt_tokens += n; c->stats.prompt_ms += ms; }
+    else       { c->stats.n_gen_tokens += n;    c->stats.gen_ms += ms; }
+    return TS_OK;
+}
+
+void ts_context_get_stats(const struct ts_context * c, struct ts_stats * s) {
+    *s = c->stats;
+    s->ffn_neurons_computed = c->sparse_stats.neurons_computed;
+    s->ffn_neurons_total = c->sparse_stats.neurons_total;
+    s->ffn_density = s->ffn_neurons_total > 0 ? (double) s->ffn_neurons_computed / (double) s->ffn_neurons_total : 1.0;
+    s->load_ms = c->model->meta.load_ms;
+}

@@ -1,0 +1,19 @@
+// ffn.h: the feed-forward block of one layer, dense or mixture of experts (runtime-internal).
+#pragma once
+
+#include "context.h"
+
+// y [n_embd, n] for the FFN input x (normed) and the residual stream before the norm.
+struct ggml_tensor * ts_build_ffn(struct ts_context * c, struct ggml_context * g, const struct ts_layer * l,
+                                  struct ggml_tensor * x, struct ggml_tensor * residual);
+
+// One FFN (one layer, or one expert's 2-D slices): what ggml_sparse_ffn computes.
+struct ggml_tensor * ts_build_ffn_one(struct ts_context * c, struct ggml_context * g,
+                                      struct ggml_tensor * x, struct ggml_tensor * u,
+                                      struct ggml_tensor * fc1, struct ggml_tensor * fc2,
+                                      struct ggml_tensor * w_gate, struct ggml_tensor * w_up,
+                                      struct ggml_tensor * w_down);
+
+// The mixture-of-experts FFN (moe.c).
+struct ggml_tensor * ts_build_moe(struct ts_context * c, struct ggml_context * g, const struct ts_layer * l,
+                                  struct ggml_tensor * x, struct ggml_tensor * residual);

@@ -1,0 +1,101 @@
+// graph.c: the Llama/Mistral/Mixtral forward pass of one batch as a ggml graph: RMSNorm,
+// RoPE (normal mode: Q/K rows are stored permuted as llama.cpp's converter does), grouped-query
+// attention over the KV cache with a causal (and optionally sliding-window) mask, the FFN of
+// ffn.c / moe.c, and the output projection.
+#include "graph.h"
+#include "ffn.h"
+
+#include <math.h>
+#include <string.h>
+
+static struct ggml_tensor * rms_norm(struct ggml_context * g, struct ggml_tensor * x, struct ggml_tensor * w, float eps) {
+    return ggml_mul(g, ggml_rms_norm(g, x, eps), w);
+}
+
+static struct ggml_tensor * rope(struct ggml_context * g, const struct ts_model_meta * h,
+                                 struct ggml_tensor * x, struct ggml_tensor * pos) {
+    return ggml_rope_ext(g, x, pos, NULL, h->n_rot, 0 /* normal */, h->n_ctx_train, h->rope_theta,
+                         1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+}
+
+// Self-attention of layer il: writes this batch's K/V into the cache, attends over
+// positions 0..n_past+n-1. x is the normed input [n_embd, n].
+static struct ggml_tensor * attention(struct ts_context * c, struct ggml_context * g, struct ggml_cgraph * gf,
+                                      int il, struct ggml_tensor * x, const struct ts_graph_io * io) {
+    const struct ts_model_meta * h = &c->model->meta;
+    const struct ts_layer * l = &c->model->layers[il];
+    const int64_t n = x->ne[1], hd = h->n_rot, n_kv = c->n_past + n;
+    const int64_t E_kv = c->kv.n_embd_kv;
+    struct ggml_tensor * kc = c->kv.k[il], * vc = c->kv.v[il];
+
+    struct ggml_tensor * q = ggml_reshape_3d(g, ggml_mul_mat(g, l->wq, x), hd, h->n_head, n);
+    struct ggml_tensor * k = ggml_reshape_3d(g, ggml_mul_mat(g, l->wk, x), hd, h->n_head_kv, n);
+    struct ggml_tensor * v = ggml_mul_mat(g, l->wv, x);
+    q = rope(g, h, q, io->pos);
+    k = rope(g, h, k, io->pos);
+
+    // store: K rows at positions n_past.., V transposed (columns n_past..)
+    struct ggml_tensor * k_dst = ggml_view_1d(g, kc, n * E_kv, ggml_row_size(kc->type, E_kv) * c->n_past);
+    struct ggml_tensor * v_dst = ggml_view_2d(g, vc, n, E_kv, vc->nb[1], ggml_row_size(vc->type, c->n_past));
+    ggml_build_forward_expand(gf, ggml_cpy(g, k, k_dst));
+    ggml_build_forward_expand(gf, ggml_cpy(g, ggml_transpose(g, v), v_dst));
+
+    struct ggml_tensor * K = ggml_view_3d(g, kc, hd, n_kv, h->n_head_kv, kc->nb[1], ggml_row_size(kc->type, hd), 0);
+    struct ggml_tensor * V = ggml_view_3d(g, vc, n_kv, hd, h->n_head_kv, vc->nb[1], vc->nb[1] * hd, 0);
+    struct ggml_tensor * Q = ggml_permute(g, q, 0, 2, 1, 3);                     // [hd, n, n_head]
+    struct ggml_tensor * kq = ggml_mul_mat(g, K, Q);                              // [n_kv, n, n_head]
+    kq = ggml_soft_max_ext(g, kq, io->mask, 1.0f / sqrtf((float) hd), 0.0f);
+    struct ggml_tensor * kqv = ggml_mul_mat(g, V, kq);                            // [hd, n, n_head]
+    struct ggml_tensor * o = ggml_cont_2d(g, ggml_permute(g, kqv, 0, 2, 1, 3), h->n_embd, n);
+    return ggml_mul_mat(g, l->wo, o);
+}
+
+struct ggml_cgraph * ts_graph_build(struct ts_context * c, struct ggml_context * g, int32_t n,
+                                    bool logits_all, struct ts_graph_io * io) {
+    const struct ts_model * m = c->model;
+    const struct ts_model_meta * h = &m->meta;
+    struct ggml_cgraph * gf = ggml_new_graph_custom(g, c->graph_size, false);
+
+    io->tokens = ggml_new_tensor_1d(g, GGML_TYPE_I32, n);
+    io->pos = ggml_new_tensor_1d(g, GGML_TYPE_I32, n);
+    io->mask = ggml_new_tensor_2d(g, GGML_TYPE_F32, c->n_past + n, n);
+    ggml_set_input(io->tokens);
+    ggml_set_input(io->pos);
+    ggml_set_input(io->mask);
+
+    struct ggml_tensor * x = ggml_get_rows(g, m->tok_embd, io->tokens); // [n_embd, n] f32
+    for (int il = 0; il < h->n_layer; il++) {
+        const struct ts_layer * l = &m->layers[il];
+        struct ggml_tensor * a = attention(c, g, gf, il, rms_norm(g, x, l->attn_norm, h->rms_eps), io);
+        struct ggml_tensor * resid = ggml_add(g, a, x); // the FFN's residual input
+        struct ggml_tensor * f = ts_build_ffn(c, g, l, rms_norm(g, resid, l->ffn_norm, h->rms_eps), resid);
+        if (!f) return NULL;
+        x = ggml_add(g, f, resid);
+    }
+    if (!logits_all && n > 1) {
+        x = ggml_view_2d(g, x, h->n_embd, 1, x->nb[1], x->nb[1] * (n - 1));
+    }
+    x = rms_norm(g, x, m->output_norm, h->rms_eps);
+    io->logits = ggml_mul_mat(g, m->output, x);
+    ggml_set_output(io->logits);
+    ggml_build_forward_expand(gf, io->logits);
+    return gf;
+}
+
+void ts_graph_set_inputs(const struct ts_context * c, const struct ts_graph_io * io,
+                         const int32_t * tokens, int32_t n) {
+    const int32_t window = c->model->meta.sliding_window;
+    const int32_t n_kv = c->n_past + n;
+    memcpy(io->tokens->data, tokens, sizeof(int32_t) * n);
+    int32_t * pos = io->pos->data;
+    float * mask = io->mask->data;
+    for (int32_t i = 0; i < n; i++) {
+        const int32_t p = c->n_past + i;
+        pos[i] = p;
+        for (int32_t j = 0; j < n_kv; j++) {
+            // causal; Mistral's window: position p sees p-window+1..p
+            const bool visible = j <= p && (window <= 0 || p - j < window);
+            mask[(size_t) i * n_kv + j] = visible ? 0.0f : -INFINITY;
+        }
+    }
+}

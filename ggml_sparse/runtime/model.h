@@ -1,0 +1,35 @@
+// model.h: a loaded model: hyper-parameters and ggml tensors whose data point into the
+// memory-mapped GGUF file (runtime-internal).
+#pragma once
+
+#include "turbosparse.h"
+#include "ggml.h"
+#include "gguf.h"
+
+#include <stdbool.h>
+
+// One transformer block's weights. FFN tensors are 2-D for dense models and stacked 3-D
+// (_exps, expert index in ne2) for MoE; predictor tensors are NULL when absent.
+struct ts_layer {
+    struct ggml_tensor * attn_norm;
+    struct ggml_tensor * wq, * wk, * wv, * wo;
+    struct ggml_tensor * ffn_norm;
+    struct ggml_tensor * ffn_gate_inp; // MoE router
+    struct ggml_tensor * ffn_gate, * ffn_up, * ffn_down; // ffn_down is ffn_down_t when neuron-major
+    struct ggml_tensor * pred_fc1, * pred_fc2;
+};
+
+struct ts_model {
+    struct ts_model_meta meta;
+
+    struct gguf_context * gguf;
+    struct ggml_context * ctx_w;   // tensor metadata, data in `mapping`
+    void   * mapping;              // mmap of the whole file, or a malloc'd copy
+    size_t   mapping_size;
+    bool     mapped;
+
+    struct ggml_tensor * tok_embd;
+    struct ggml_tensor * output_norm;
+    struct ggml_tensor * output;   // == tok_embd when tied
+    struct ts_layer    * layers;
+};

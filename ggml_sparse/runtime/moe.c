@@ -1,0 +1,106 @@
+// moe.c: the Mixtral mixture-of-experts FFN. Routing as Mixtral: softmax over the router
+// logits, top-k experts, their weights renormalised to sum 1.
+//
+// Dense SwiGLU experts with a standard down projection go through ggml_mul_mat_id as in
+// llama.cpp. Every other case (sparse modes, neuron-major down) runs each expert's FFN through
+// ts_build_ffn_one on its own 2-D weight slices with its own predictor, on the batch with the
+// tokens not routed to it zeroed: a zero input makes no neuron active (no biases), so the
+// sparse op reads (almost) nothing for them, and their output is weighted by 0 anyway.
+#include "ffn.h"
+
+#include <math.h>
+#include <stdint.h>
+
+// dst [n, n_expert] (one row of weights per expert) from router logits src[0] [n_expert, n];
+// k in userdata. Ties go to the lower expert index.
+static void route_op(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
+    const struct ggml_tensor * logits = dst->src[0];
+    const int k = (int) (intptr_t) userdata;
+    const int64_t X = logits->ne[0], n = logits->ne[1];
+    float p[256];
+    int chosen[256];
+    for (int64_t t = ith; t < n; t += nth) {
+        const float * l = (const float *) ((const char *) logits->data + t * logits->nb[1]);
+        float mx = -INFINITY;
+        for (int64_t e = 0; e < X; e++) mx = l[e] > mx ? l[e] : mx;
+        for (int64_t e = 0; e < X; e++) { p[e] = expf(l[e] - mx); chosen[e] = 0; }
+        float sum = 0.0f;
+        for (int j = 0; j < k; j++) {
+            int64_t best = -1;
+            for (int64_t e = 0; e < X; e++) {
+                if (!chosen[e] && (best < 0 || p[e] > p[best])) best = e;
+            }
+            chosen[best] = 1;
+            sum += p[best];
+        }
+        for (int64_t e = 0; e < X; e++) {
+            float * w = (float *) ((char *) dst->data + e * dst->nb[1]) + t;
+            *w = chosen[e] ? p[e] / sum : 0.0f;
+        }
+    }
+}
+
+static struct ggml_tensor * slice(struct ggml_context * g, struct ggml_tensor * t, int64_t e) {
+    return t ? ggml_view_2d(g, t, t->ne[0], t->ne[1], t->nb[1], t->nb[2] * e) : NULL;
+}
+
+static struct ggml_tensor * moe_per_expert(struct ts_context * c, struct ggml_context * g, const struct ts_layer * l,
+                                           struct ggml_tensor * x, struct ggml_tensor * residual) {
+    const struct ts_model_meta * h = &c->model->meta;
+    const int64_t n = x->ne[1];
+    struct ggml_tensor * router = ggml_mul_mat(g, l->ffn_gate_inp, x); // [n_expert, n]
+    struct ggml_tensor * args[1] = { router };
+    struct ggml_tensor * route = ggml_custom_4d(g, GGML_TYPE_F32, n, h->n_expert, 1, 1, args, 1, route_op,
+                                                GGML_N_TASKS_MAX, (void *) (intptr_t) h->n_expert_used);
+    struct ggml_tensor * u_all = h->predictor_input == TS_PRED_INPUT_RESIDUAL ? residual : x;
+    struct ggml_tensor * out = NULL;
+    for (int64_t e = 0; e < h->n_expert; e++) {
+        struct ggml_tensor * w = ggml_view_2d(g, route, 1, n, sizeof(float), route->nb[1] * e); // [1, n]
+        struct ggml_tensor * on = ggml_step(g, w);
+        struct ggml_tensor * xe = ggml_mul(g, x, on);
+        struct ggml_tensor * ue = u_all == x ? xe : ggml_mul(g, u_all, on);
+        struct ggml_tensor * y = ts_build_ffn_one(c, g, xe, ue, slice(g, l->pred_fc1, e), slice(g, l->pred_fc2, e),
+                                                  slice(g, l->ffn_gate, e), slice(g, l->ffn_up, e), slice(g, l->ffn_down, e));
+        if (!y) return NULL;
+        y = ggml_mul(g, y, w);
+        out = out ? ggml_add(g, out, y) : y;
+    }
+    return out;
+}
+
+static struct ggml_tensor * moe_dense(struct ts_context * c, struct ggml_context * g, const struct ts_layer * l,
+                                      struct ggml_tensor * x) {
+    const struct ts_model_meta * h = &c->model->meta;
+    const int64_t n = x->ne[1], X = h->n_expert, k = h->n_expert_used;
+    struct ggml_tensor * probs = ggml_soft_max(g, ggml_mul_mat(g, l->ffn_gate_inp, x)); // [X, n]
+    struct ggml_tensor * ids = ggml_argsort_top_k(g, probs, (int) k);                 // [k, n] i32
+    struct ggml_tensor * w = ggml_get_rows(g, ggml_reshape_3d(g, probs, 1, X, n), ids); // [1, k, n]
+    w = ggml_reshape_2d(g, w, k, n);
+    w = ggml_div(g, w, ggml_sum_rows(g, w));
+    w = ggml_reshape_3d(g, w, 1, k, n);
+
+    struct ggml_tensor * x3 = ggml_reshape_3d(g, x, h->n_embd, 1, n);
+    struct ggml_tensor * gate = ggml_mul_mat_id(g, l->ffn_gate, x3, ids); // [n_ff, k, n]
+    struct ggml_tensor * up = ggml_mul_mat_id(g, l->ffn_up, x3, ids);
+    struct ggml_tensor * a;
+    switch (h->ffn_kind) {
+        case TS_FFN_SWIGLU: a = ggml_swiglu_split(g, gate, up); break;
+        case TS_FFN_REGLU:  a = ggml_reglu_split(g, gate, up); break;
+        default:            a = ggml_mul(g, ggml_relu(g, gate), ggml_relu(g, up)); break;
+    }
+    struct ggml_tensor * ys = ggml_mul(g, ggml_mul_mat_id(g, l->ffn_down, a, ids), w); // [n_embd, k, n]
+    struct ggml_tensor * out = NULL;
+    for (int64_t j = 0; j < k; j++) {
+        struct ggml_tensor * y = ggml_view_2d(g, ys, h->n_embd, n, ys->nb[2], ys->nb[1] * j);
+        out = out ? ggml_add(g, out, y) : y;
+    }
+    return k == 1 ? ggml_cont(g, out) : out;
+}
+
+struct ggml_tensor * ts_build_moe(struct ts_context * c, struct ggml_context * g, const struct ts_layer * l,
+                                  struct ggml_tensor * x, struct ggml_tensor * residual) {
+    if (c->ffn_mode == TS_FFN_MODE_DENSE && !c->model->meta.down_neuron_major) {
+        return moe_dense(c, g, l, x);
+    }
+    return moe_per_expert(c, g, l, x, residual);
+}

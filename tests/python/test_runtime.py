@@ -1,0 +1,296 @@
+"""The runtime (turbosparse.h) against the independent numpy reference on tiny random models
+of each architecture, and its error paths.
+
+Tolerances (max |runtime - reference| / max |reference| over all logits):
+- F32 weights, f32 KV cache: 1e-4 (float32 vs float64 summation order only).
+- F16 weights: 5e-3 (ggml rounds activations to f16 for F16 matrix products).
+- Q8_0 / Q4_0 weights: 3e-2 (ggml quantises activations to Q8_0 for quantised products).
+- f16 KV cache (the default) with F32 weights: 5e-3 (K, V and Q·K rounded to f16).
+The reference always computes on the values the file holds (dequantised), so these bound the
+runtime's arithmetic, not the quantisation of the weights.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from numpy_reference import RefTrace, forward
+from runtime_api import Context, Model, RuntimeError_
+from tiny_gguf import random_weights, tiny_config, write_gguf
+
+TOKENS = [1, 5, 17, 300, 42, 9, 100, 7, 260, 33, 2, 64]
+
+# (name, ffn kind, moe, predictor rank)
+ARCHS = [
+    ("bamboo_drelu_pred", "drelu", False, 32),
+    ("relu_llama_reglu", "reglu", False, 0),
+    ("dense_llama_swiglu", "swiglu", False, 0),
+    ("turbosparsemixtral", "drelu", True, 16),
+]
+TOL = {"f32": 1e-4, "f16": 5e-3, "q8_0": 3e-2, "q4_0": 3e-2}
+
+
+def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
+
+
+def make(tmp_path: Path, which: str, outtype: str = "f32", seed: int = 1, **kw):
+    name, kind, moe, rank = next(a for a in ARCHS if a[0] == which)
+    over = {k: kw.pop(k) for k in list(kw) if k in ("sliding_window", "predictor_input")}
+    cfg = tiny_config(kind, moe=moe, **over)
+    w = random_weights(cfg, seed, predictor_rank=rank, tied=kw.pop("tied", False))
+    path = tmp_path / f"{name}-{outtype}.gguf"
+    held = write_gguf(path, cfg, w, outtype, **kw)
+    return cfg, held, path
+
+
+def modes_of(arch: str) -> list[str]:
+    _, kind, _, rank = next(a for a in ARCHS if a[0] == arch)
+    if kind == "swiglu":
+        return ["dense"]
+    return ["dense", "exact"] + (["predicted"] if rank else [])
+
+
+@pytest.mark.parametrize("arch", [a[0] for a in ARCHS])
+def test_logits_match_reference_f32(tmp_path, arch):
+    cfg, held, path = make(tmp_path, arch)
+    model = Model(path)
+    for mode in modes_of(arch):
+        trace = RefTrace()
+        ref = forward(cfg, held, TOKENS, mode="predicted" if mode == "predicted" else "dense", trace=trace)
+        if mode == "predicted":
+            assert trace.min_margin > 1e-4, "a predictor logit sits on the threshold: pick another seed"
+            assert 0 < np.mean(np.concatenate(trace.masks)) < 1
+        got = Context(model, mode=mode).decode(TOKENS)
+        assert got.shape == ref.shape
+        assert rel_err(got, ref) < TOL["f32"], (arch, mode)
+
+
+@pytest.mark.parametrize("outtype", ["f16", "q8_0", "q4_0"])
+@pytest.mark.parametrize("arch", ["bamboo_drelu_pred", "dense_llama_swiglu", "turbosparsemixtral"])
+def test_logits_match_reference_quantised(tmp_path, arch, outtype):
+    """Dense and exact modes. Predicted mode is compared at F32 only: with rounded activations
+    a predictor logit near the threshold may legitimately fall on the other side."""
+    cfg, held, path = make(tmp_path, arch, outtype)
+    model = Model(path)
+    for mode in [m for m in modes_of(arch) if m != "predicted"]:
+        ref = forward(cfg, held, TOKENS)
+        got = Context(model, mode=mode).decode(TOKENS)
+        assert rel_err(got, ref) < TOL[outtype], (arch, outtype, mode)
+
+
+def test_f16_kv_cache(tmp_path):
+    cfg, held, path = make(tmp_path, "bamboo_drelu_pred")
+    ref = forward(cfg, held, TOKENS)
+    got = Context(Model(path), mode="dense", kv_f32=False).decode(TOKENS)
+    assert rel_err(got, ref) < 5e-3
+
+
+@pytest.mark.parametrize("arch", ["bamboo_drelu_pred", "relu_llama_reglu", "turbosparsemixtral"])
+def test_exact_equals_dense(tmp_path, arch):
+    _, _, path = make(tmp_path, arch)
+    model = Model(path)
+    dense = Context(model, mode="dense").decode(TOKENS)
+    exact = Context(model, mode="exact").decode(TOKENS)
+    assert rel_err(exact, dense) < 1e-5
+
+
+def test_predicted_threshold_override(tmp_path):
+    """A raised threshold keeps fewer neurons; the runtime agrees with the reference's masks."""
+    cfg, held, path = make(tmp_path, "bamboo_drelu_pred", threshold=0.0)
+    model = Model(path)
+    for tau in (0.0, 0.5):
+        trace = RefTrace()
+        ref = forward(cfg, held, TOKENS, mode="predicted", tau=tau, trace=trace)
+        assert trace.min_margin > 1e-4
+        ctx = Context(model, mode="predicted", threshold=tau)
+        assert rel_err(ctx.decode(TOKENS), ref) < TOL["f32"]
+
+
+def test_predictor_input_ffn_input(tmp_path):
+    cfg, held, path = make(tmp_path, "bamboo_drelu_pred", predictor_input="ffn_input")
+    trace = RefTrace()
+    ref = forward(cfg, held, TOKENS, mode="predicted", trace=trace)
+    assert trace.min_margin > 1e-4
+    assert rel_err(Context(Model(path), mode="predicted").decode(TOKENS), ref) < TOL["f32"]
+
+
+def test_moe_routing_matches(tmp_path):
+    """Both MoE paths (mul_mat_id for dense, per-expert for sparse modes) route as Mixtral
+    does; the reference's top-k has no near-ties, so a routing difference would show in the
+    logits far above the tolerance."""
+    cfg, held, path = make(tmp_path, "turbosparsemixtral", neuron_major=False)
+    trace = RefTrace()
+    ref = forward(cfg, held, TOKENS, trace=trace)
+    chosen = np.concatenate(trace.routes)
+    assert len(np.unique(chosen)) == cfg.n_expert  # every expert is used somewhere
+    model = Model(path)
+    for mode in ("dense", "exact"):
+        assert rel_err(Context(model, mode=mode).decode(TOKENS), ref) < TOL["f32"], mode
+
+
+@pytest.mark.parametrize("arch", [a[0] for a in ARCHS])
+def test_batch_prefill_equals_token_by_token(tmp_path, arch):
+    """The KV cache: one batch, then pieces, then single tokens all give the same logits."""
+    cfg, held, path = make(tmp_path, arch)
+    model = Model(path)
+    mode = modes_of(arch)[-1]
+    whole = Context(model, mode=mode).decode(TOKENS)
+    ctx = Context(model, mode=mode)
+    parts = [ctx.decode(TOKENS[:5]), ctx.decode(TOKENS[5:8])] + [ctx.decode([t]) for t in TOKENS[8:]]
+    assert ctx.n_past == len(TOKENS)
+    assert rel_err(np.concatenate(parts), whole) < 1e-5
+    last = Context(model, mode=mode).decode(TOKENS, logits_all=False)
+    assert rel_err(last[0], whole[-1]) < 1e-6
+
+
+def test_sliding_window(tmp_path):
+    cfg, held, path = make(tmp_path, "dense_llama_swiglu", sliding_window=4)
+    ref = forward(cfg, held, TOKENS)
+    got = Context(Model(path)).decode(TOKENS)
+    assert rel_err(got, ref) < TOL["f32"]
+    cfg.sliding_window = 0
+    assert rel_err(got, forward(cfg, held, TOKENS)) > 1e-3  # the window mattered
+
+
+def test_tied_output(tmp_path):
+    cfg, held, path = make(tmp_path, "bamboo_drelu_pred", tied=True)
+    model = Model(path)
+    assert model.meta.tied_output == 1
+    assert rel_err(Context(model, mode="dense").decode(TOKENS), forward(cfg, held, TOKENS)) < TOL["f32"]
+
+
+def test_plain_llamacpp_dense_file(tmp_path):
+    """A dense SwiGLU file as llama.cpp writes it (no turbosparse.* keys, ffn_down) loads,
+    runs dense, and matches the reference."""
+    cfg, held, path = make(tmp_path, "dense_llama_swiglu", plain_llamacpp=True)
+    model = Model(path)
+    assert model.meta.is_turbosparse == 0 and model.meta.ffn_kind == 0 and model.meta.has_predictor == 0
+    ctx = Context(model)  # auto mode
+    assert rel_err(ctx.decode(TOKENS), forward(cfg, held, TOKENS)) < TOL["f32"]
+    with pytest.raises(RuntimeError_, match="predictor"):
+        Context(model, mode="predicted")
+    with pytest.raises(RuntimeError_, match="SwiGLU"):
+        Context(model, mode="exact")
+
+
+def greedy(ctx: Context, prompt: list[int], n: int) -> list[int]:
+    logits = ctx.decode(prompt, logits_all=False)[0]
+    out = []
+    for _ in range(n):
+        tok = int(np.argmax(logits))
+        out.append(tok)
+        logits = ctx.decode([tok], logits_all=False)[0]
+    return out
+
+
+@pytest.mark.parametrize("arch", ["bamboo_drelu_pred", "turbosparsemixtral"])
+def test_greedy_same_with_1_and_2_threads(tmp_path, arch):
+    _, _, path = make(tmp_path, arch, "q4_0")
+    model = Model(path)
+    for mode in modes_of(arch):
+        a = greedy(Context(model, n_threads=1, mode=mode, kv_f32=False), TOKENS[:4], 24)
+        b = greedy(Context(model, n_threads=2, mode=mode, kv_f32=False), TOKENS[:4], 24)
+        assert a == b, mode
+        assert len(set(a)) > 1
+
+
+def test_stats(tmp_path):
+    _, _, path = make(tmp_path, "bamboo_drelu_pred")
+    ctx = Context(Model(path), mode="predicted")
+    ctx.decode(TOKENS)
+    ctx.decode([3])
+    s = ctx.stats()
+    assert s.n_prompt_tokens == len(TOKENS) and s.n_gen_tokens == 1
+    assert s.prompt_ms > 0 and s.gen_ms > 0 and s.load_ms >= 0
+    assert 0 < s.ffn_density <= 1
+    ctx.reset()
+    assert ctx.n_past == 0 and ctx.stats().n_prompt_tokens == 0
+
+
+# ---- bad input ---------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(RuntimeError_, match="cannot open"):
+        Model(tmp_path / "nope.gguf")
+
+
+def test_wrong_magic(tmp_path):
+    p = tmp_path / "bad.gguf"
+    p.write_bytes(b"PWRI" + b"\0" * 64)
+    with pytest.raises(RuntimeError_, match="bad magic 'PWRI'"):
+        Model(p)
+
+
+@pytest.mark.parametrize("keep", [16, 200, -100])
+def test_truncated_file(tmp_path, keep):
+    _, _, path = make(tmp_path, "bamboo_drelu_pred")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:keep] if keep > 0 else data[:keep])
+    with pytest.raises(RuntimeError_, match="truncated|past the end"):
+        Model(cut)
+
+
+def test_unknown_architecture(tmp_path):
+    _, _, path = make(tmp_path, "dense_llama_swiglu", arch="gpt2")
+    with pytest.raises(RuntimeError_, match="unknown architecture 'gpt2'"):
+        Model(path)
+
+
+def test_missing_tensor(tmp_path):
+    _, _, path = make(tmp_path, "bamboo_drelu_pred", skip=("blk.1.ffn_up.weight",))
+    with pytest.raises(RuntimeError_, match="missing tensor 'blk.1.ffn_up.weight'"):
+        Model(path)
+
+
+def test_missing_predictor_tensor(tmp_path):
+    _, _, path = make(tmp_path, "bamboo_drelu_pred", skip=("blk.0.ffn_pred_fc2.weight",))
+    with pytest.raises(RuntimeError_, match="missing tensor 'blk.0.ffn_pred_fc2.weight'"):
+        Model(path)
+
+
+def test_wrong_shape(tmp_path):
+    bad = np.zeros((64, 63), dtype=np.float32)  # HF [n_embd, n_embd - 1]
+    _, _, path = make(tmp_path, "dense_llama_swiglu", replace={"blk.0.attn_output.weight": bad})
+    with pytest.raises(RuntimeError_, match="tensor 'blk.0.attn_output.weight' has shape"):
+        Model(path)
+
+
+def test_norm_must_be_f32(tmp_path):
+    _, _, path = make(tmp_path, "dense_llama_swiglu",
+                      replace={"blk.0.attn_norm.weight": np.ones(64, np.float16)})
+    with pytest.raises(RuntimeError_, match="attn_norm.weight' has type f16, expected f32"):
+        Model(path)
+
+
+def test_context_overflow(tmp_path):
+    _, _, path = make(tmp_path, "dense_llama_swiglu")
+    ctx = Context(Model(path), n_ctx=8)
+    with pytest.raises(RuntimeError_, match="context full"):
+        ctx.decode(TOKENS)  # 12 tokens > 8
+    assert ctx.n_past == 0
+    ctx.decode(TOKENS[:8])
+    with pytest.raises(RuntimeError_, match="context full"):
+        ctx.decode([3])
+
+
+def test_bad_token(tmp_path):
+    _, _, path = make(tmp_path, "dense_llama_swiglu")
+    ctx = Context(Model(path))
+    with pytest.raises(RuntimeError_, match="outside the vocabulary"):
+        ctx.decode([1, 320])
+    with pytest.raises(RuntimeError_, match="outside the vocabulary"):
+        ctx.decode([-1])
+
+
+def test_copy_loads_without_mmap(tmp_path):
+    cfg, held, path = make(tmp_path, "bamboo_drelu_pred")
+    copy = tmp_path / "copy.gguf"
+    shutil.copy(path, copy)
+    got = Context(Model(copy, use_mmap=False), mode="dense").decode(TOKENS)
+    assert rel_err(got, forward(cfg, held, TOKENS)) < TOL["f32"]
