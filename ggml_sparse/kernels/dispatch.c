@@ -36,9 +36,12 @@ const struct ts_kernels * ts_kernels_for(enum ts_isa isa) {
 #ifdef TS_HAVE_AVX512
         case TS_ISA_AVX512:
             __builtin_cpu_init();
+            // avx512.c is compiled with all of these; VNNI is required (CPUs with AVX-512
+            // but without VNNI, i.e. Skylake-SP/X, get the AVX2 table).
             return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") &&
-                   __builtin_cpu_supports("f16c") ? &ts_kernels_avx512 : NULL;
+                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                   __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx2") &&
+                   __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") ? &ts_kernels_avx512 : NULL;
 #endif
 #ifdef TS_HAVE_NEON
         case TS_ISA_NEON:

@@ -1,0 +1,291 @@
+// avx2.c: the AVX2 (+FMA, F16C) kernel table, compiled with -mavx2 -mfma -mf16c and chosen
+// at run time (dispatch.c). Quantised dot products follow ggml's vec_dot_q4_0_q8_0 /
+// vec_dot_q8_0_q8_0: integer products per block, then one float multiply-add per block.
+#include "ts-kernels.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+static void dot_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
+                      int64_t n, const void * x, float * out);
+static void axpy_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
+                       const float * a, int64_t c0, int64_t c1, float * y);
+#include "simd-drivers.h"
+
+static ALWAYS_INLINE float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static ALWAYS_INLINE float half_at(const char * p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+static ALWAYS_INLINE void prefetch_rows(int R, const char * const * next, size_t off) {
+    for (int r = 0; r < R; r++) {
+        _mm_prefetch(next[r] + off, _MM_HINT_T0);
+    }
+}
+
+static ALWAYS_INLINE size_t elem_size(enum ts_type type) { return type == TS_TYPE_F32 ? 4 : 2; }
+
+static ALWAYS_INLINE size_t block_bytes(enum ts_type type) {
+    return type == TS_TYPE_Q4_0 ? sizeof(ts_block_q4_0) : sizeof(ts_block_q8_0);
+}
+
+// Eight elements of a float row (F32/F16/BF16) as f32, exactly.
+static ALWAYS_INLINE __m256 load8(enum ts_type type, const char * row, int64_t k) {
+    switch (type) {
+        case TS_TYPE_F16:
+            return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (row + 2 * k)));
+        case TS_TYPE_BF16:
+            return _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) (row + 2 * k))), 16));
+        default:
+            return _mm256_loadu_ps((const float *) row + k);
+    }
+}
+
+static ALWAYS_INLINE float load1(enum ts_type type, const char * row, int64_t k) {
+    switch (type) {
+        case TS_TYPE_F16:  return half_at(row + 2 * k);
+        case TS_TYPE_BF16: { uint16_t h; memcpy(&h, row + 2 * k, 2); return ts_bf16_to_fp32(h); }
+        default:           return ((const float *) row)[k];
+    }
+}
+
+// ---- quantise activations -------------------------------------------------------------------
+
+// roundf (half away from zero) for |v| < 2^23: truncate, then step away from zero when the
+// dropped fraction is at least one half. v - trunc(v) is exact, so this is bit-identical.
+static ALWAYS_INLINE __m256 round_half_away(__m256 v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 t    = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+    const __m256 step = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0f));
+    return _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ), step));
+}
+
+static void quantize_q8_0(const float * x, ts_block_q8_0 * y, int64_t n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t b = 0; b < n / TS_QK; b++) {
+        const float * xb = x + b * TS_QK;
+        __m256 v[4];
+        __m256 amax = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(xb + 8 * k);
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[k]));
+        }
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        const float d  = _mm_cvtss_f32(m) / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = ts_fp32_to_fp16(d);
+        __m256i q[4];
+        for (int k = 0; k < 4; k++) {
+            q[k] = _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(v[k], _mm256_set1_ps(id))));
+        }
+        // packs interleave the 128-bit lanes; the permute puts the 32 values back in order
+        const __m256i p01 = _mm256_packs_epi32(q[0], q[1]);
+        const __m256i p23 = _mm256_packs_epi32(q[2], q[3]);
+        const __m256i p   = _mm256_packs_epi16(p01, p23);
+        const __m256i ord = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *) y[b].qs, ord);
+    }
+}
+
+// ---- dot products -------------------------------------------------------------------------
+
+static ALWAYS_INLINE void dot_float(enum ts_type type, int R, const char * const * rows,
+                                    const char * const * next, int64_t n, const float * x, float * out) {
+    const size_t esz = elem_size(type);
+    __m256 acc0[TS_GROUP], acc1[TS_GROUP];
+    for (int r = 0; r < R; r++) {
+        acc0[r] = _mm256_setzero_ps();
+        acc1[r] = _mm256_setzero_ps();
+    }
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        if ((((size_t) k * esz) & 63) == 0) {
+            prefetch_rows(R, next, (size_t) k * esz);
+        }
+        const __m256 x0 = _mm256_loadu_ps(x + k);
+        const __m256 x1 = _mm256_loadu_ps(x + k + 8);
+        for (int r = 0; r < R; r++) {
+            acc0[r] = _mm256_fmadd_ps(load8(type, rows[r], k),     x0, acc0[r]);
+            acc1[r] = _mm256_fmadd_ps(load8(type, rows[r], k + 8), x1, acc1[r]);
+        }
+    }
+    if (k + 8 <= n) {
+        const __m256 x0 = _mm256_loadu_ps(x + k);
+        for (int r = 0; r < R; r++) {
+            acc0[r] = _mm256_fmadd_ps(load8(type, rows[r], k), x0, acc0[r]);
+        }
+        k += 8;
+    }
+    for (int r = 0; r < R; r++) {
+        float s = hsum(_mm256_add_ps(acc0[r], acc1[r]));
+        for (int64_t t = k; t < n; t++) {
+            s += load1(type, rows[r], t) * x[t];
+        }
+        out[r] = s;
+    }
+}
+
+// Q4_0 rows: (q - 8) * y summed as q * y - 8 * y, both by maddubs (unsigned q), so the
+// 8 * y part is shared by the rows of the group. Q8_0 rows: ggml's sign trick, |w| * sign(y, w);
+// exact for every w, and for every activation the quantiser makes (|y| <= 127).
+static ALWAYS_INLINE void dot_quant(enum ts_type type, int R, const char * const * rows,
+                                    const char * const * next, int64_t n, const ts_block_q8_0 * x,
+                                    float * out) {
+    const size_t bs = block_bytes(type);
+    const __m256i ones  = _mm256_set1_epi16(1);
+    const __m256i low4  = _mm256_set1_epi8(0x0F);
+    const __m256i eight = _mm256_set1_epi8(8);
+    __m256 acc[TS_GROUP];
+    for (int r = 0; r < R; r++) {
+        acc[r] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < n / TS_QK; b++) {
+        const size_t off = (size_t) b * bs;
+        if ((off & 63) < bs) {
+            prefetch_rows(R, next, off);
+        }
+        const __m256i y  = _mm256_loadu_si256((const __m256i *) x[b].qs);
+        const float   dy = _cvtsh_ss(x[b].d);
+        const __m256i y8 = type == TS_TYPE_Q4_0 ? _mm256_maddubs_epi16(eight, y) : _mm256_setzero_si256();
+        for (int r = 0; r < R; r++) {
+            const char * blk = rows[r] + off;
+            __m256i p16;
+            if (type == TS_TYPE_Q4_0) {
+                const __m128i q  = _mm_loadu_si128((const __m128i *) (blk + 2));
+                const __m256i qq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low4);
+                p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(qq, y), y8);
+            } else {
+                const __m256i w = _mm256_loadu_si256((const __m256i *) (blk + 2));
+                p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w));
+            }
+            const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+            acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(half_at(blk) * dy), acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        out[r] = hsum(acc[r]);
+    }
+}
+
+#define DOT_FLOAT(T, R_, rows, next, n, x, out) dot_float(T, R_, rows, next, n, (const float *) (x), out)
+#define DOT_QUANT(T, R_, rows, next, n, x, out) dot_quant(T, R_, rows, next, n, (const ts_block_q8_0 *) (x), out)
+
+static void dot_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
+                      int64_t n, const void * x, float * out) {
+    switch (type) {
+        case TS_TYPE_F32:  TS_FOR_R(R, DOT_FLOAT, TS_TYPE_F32,  rows, next, n, x, out); break;
+        case TS_TYPE_F16:  TS_FOR_R(R, DOT_FLOAT, TS_TYPE_F16,  rows, next, n, x, out); break;
+        case TS_TYPE_BF16: TS_FOR_R(R, DOT_FLOAT, TS_TYPE_BF16, rows, next, n, x, out); break;
+        case TS_TYPE_Q8_0: TS_FOR_R(R, DOT_QUANT, TS_TYPE_Q8_0, rows, next, n, x, out); break;
+        case TS_TYPE_Q4_0: TS_FOR_R(R, DOT_QUANT, TS_TYPE_Q4_0, rows, next, n, x, out); break;
+        default: break;
+    }
+}
+
+// ---- down projection (axpy) ------------------------------------------------------------------
+// Every y element gets the FMAs of the group's rows in row order, as the scalar reference.
+
+static ALWAYS_INLINE void axpy_float(enum ts_type type, int R, const char * const * rows,
+                                     const char * const * next, const float * a,
+                                     int64_t c0, int64_t c1, float * y) {
+    const size_t esz = elem_size(type);
+    __m256 av[TS_GROUP];
+    for (int r = 0; r < R; r++) {
+        av[r] = _mm256_set1_ps(a[r]);
+    }
+    int64_t c = c0;
+    for (; c + 8 <= c1; c += 8) {
+        if ((((size_t) c * esz) & 63) == 0) {
+            prefetch_rows(R, next, (size_t) c * esz);
+        }
+        __m256 yv = _mm256_loadu_ps(y + c);
+        for (int r = 0; r < R; r++) {
+            yv = _mm256_fmadd_ps(av[r], load8(type, rows[r], c), yv);
+        }
+        _mm256_storeu_ps(y + c, yv);
+    }
+    for (; c < c1; c++) {
+        float v = y[c];
+        for (int r = 0; r < R; r++) {
+            v = fmaf(a[r], load1(type, rows[r], c), v);
+        }
+        y[c] = v;
+    }
+}
+
+static ALWAYS_INLINE __m256 i8x8_to_ps(__m128i q) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+}
+
+static ALWAYS_INLINE void axpy_quant(enum ts_type type, int R, const char * const * rows,
+                                     const char * const * next, const float * a,
+                                     int64_t c0, int64_t c1, float * y) {
+    const size_t bs = block_bytes(type);
+    const __m128i low4  = _mm_set1_epi8(0x0F);
+    const __m128i eight = _mm_set1_epi8(8);
+    for (int64_t b = c0 / TS_QK; b < c1 / TS_QK; b++) {
+        const size_t off = (size_t) b * bs;
+        if ((off & 63) < bs) {
+            prefetch_rows(R, next, off);
+        }
+        float * yb = y + b * TS_QK;
+        __m256 y0 = _mm256_loadu_ps(yb),      y1 = _mm256_loadu_ps(yb + 8);
+        __m256 y2 = _mm256_loadu_ps(yb + 16), y3 = _mm256_loadu_ps(yb + 24);
+        for (int r = 0; r < R; r++) {
+            const char * blk = rows[r] + off;
+            const __m256 s = _mm256_set1_ps(a[r] * half_at(blk));
+            __m128i lo, hi; // values 0..15 and 16..31 as int8
+            if (type == TS_TYPE_Q4_0) {
+                const __m128i q = _mm_loadu_si128((const __m128i *) (blk + 2));
+                lo = _mm_sub_epi8(_mm_and_si128(q, low4), eight);
+                hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), low4), eight);
+            } else {
+                lo = _mm_loadu_si128((const __m128i *) (blk + 2));
+                hi = _mm_loadu_si128((const __m128i *) (blk + 18));
+            }
+            y0 = _mm256_fmadd_ps(s, i8x8_to_ps(lo), y0);
+            y1 = _mm256_fmadd_ps(s, i8x8_to_ps(_mm_srli_si128(lo, 8)), y1);
+            y2 = _mm256_fmadd_ps(s, i8x8_to_ps(hi), y2);
+            y3 = _mm256_fmadd_ps(s, i8x8_to_ps(_mm_srli_si128(hi, 8)), y3);
+        }
+        _mm256_storeu_ps(yb, y0);      _mm256_storeu_ps(yb + 8, y1);
+        _mm256_storeu_ps(yb + 16, y2); _mm256_storeu_ps(yb + 24, y3);
+    }
+}
+
+static void axpy_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
+                       const float * a, int64_t c0, int64_t c1, float * y) {
+    switch (type) {
+        case TS_TYPE_F32:  TS_FOR_R(R, axpy_float, TS_TYPE_F32,  rows, next, a, c0, c1, y); break;
+        case TS_TYPE_F16:  TS_FOR_R(R, axpy_float, TS_TYPE_F16,  rows, next, a, c0, c1, y); break;
+        case TS_TYPE_BF16: TS_FOR_R(R, axpy_float, TS_TYPE_BF16, rows, next, a, c0, c1, y); break;
+        case TS_TYPE_Q8_0: TS_FOR_R(R, axpy_quant, TS_TYPE_Q8_0, rows, next, a, c0, c1, y); break;
+        case TS_TYPE_Q4_0: TS_FOR_R(R, axpy_quant, TS_TYPE_Q4_0, rows, next, a, c0, c1, y); break;
+        default: break;
+    }
+}
+
+const struct ts_kernels ts_kernels_avx2 = {
+    .isa           = TS_ISA_AVX2,
+    .name          = "avx2",
+    .quantize_q8_0 = quantize_q8_0,
+    .dot_rows      = drv_dot_rows,
+    .gate_up       = drv_gate_up,
+    .gate_up_exact = drv_gate_up_exact,
+    .axpy_rows     = drv_axpy_rows,
+};

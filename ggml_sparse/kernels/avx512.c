@@ -1,0 +1,265 @@
+// avx512.c: the AVX-512 kernel table (F/BW/VL/DQ + VNNI), chosen at run time (dispatch.c
+// checks every one of these). Float rows use 512-bit vectors with masked tails; quantised
+// dot products stay at one 32-value block per 256-bit vector as in ggml, with VNNI's dpbusd
+// doing the multiply-add of unsigned weight bytes and signed activation bytes.
+#include "ts-kernels.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+static void dot_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
+                      int64_t n, const void * x, float * out);
+static void axpy_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
+                       const float * a, int64_t c0, int64_t c1, float * y);
+#include "simd-drivers.h"
+
+static ALWAYS_INLINE float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static ALWAYS_INLINE float half_at(const char * p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+static ALWAYS_INLINE void prefetch_rows(int R, const char * const * next, size_t off) {
+    for (int r = 0; r < R; r++) {
+        _mm_prefetch(next[r] + off, _MM_HINT_T0);
+    }
+}
+
+static ALWAYS_INLINE size_t elem_size(enum ts_type type) { return type == TS_TYPE_F32 ? 4 : 2; }
+
+static ALWAYS_INLINE size_t block_bytes(enum ts_type type) {
+    return type == TS_TYPE_Q4_0 ? sizeof(ts_block_q4_0) : sizeof(ts_block_q8_0);
+}
+
+// Sixteen elements of a float row as f32, exactly; lanes outside `m` read nothing and are 0.
+static ALWAYS_INLINE __m512 load16(enum ts_type type, const char * row, int64_t k, __mmask16 m) {
+    switch (type) {
+        case TS_TYPE_F16:
+            return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, row + 2 * k));
+        case TS_TYPE_BF16:
+            return _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, row + 2 * k)), 16));
+        default:
+            return _mm512_maskz_loadu_ps(m, (const float *) row + k);
+    }
+}
+
+static ALWAYS_INLINE __mmask16 tail_mask(int64_t left) {
+    return left >= 16 ? (__mmask16) 0xFFFF : (__mmask16) ((1u << left) - 1);
+}
+
+// ---- quantise activations -------------------------------------------------------------------
+
+static void quantize_q8_0(const float * x, ts_block_q8_0 * y, int64_t n) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int64_t b = 0; b < n / TS_QK; b++) {
+        const __m512 v0 = _mm512_loadu_ps(x + b * TS_QK);
+        const __m512 v1 = _mm512_loadu_ps(x + b * TS_QK + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1)));
+        const float d  = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = ts_fp32_to_fp16(d);
+        const __m512 vid = _mm512_set1_ps(id);
+        for (int h = 0; h < 2; h++) {
+            // roundf: truncate, then step away from zero when the (exact) fraction is >= 1/2
+            const __m512 v    = _mm512_mul_ps(h ? v1 : v0, vid);
+            const __m512 t    = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            const __m512 frac = _mm512_andnot_ps(sign, _mm512_sub_ps(v, t));
+            const __m512 step = _mm512_or_ps(_mm512_and_ps(v, sign), _mm512_set1_ps(1.0f));
+            const __mmask16 up = _mm512_cmp_ps_mask(frac, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+            const __m512 r    = _mm512_mask_add_ps(t, up, t, step);
+            _mm_storeu_si128((__m128i *) (y[b].qs + 16 * h), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(r)));
+        }
+    }
+}
+
+// ---- dot products -------------------------------------------------------------------------
+
+static ALWAYS_INLINE void dot_float(enum ts_type type, int R, const char * const * rows,
+                                    const char * const * next, int64_t n, const float * x, float * out) {
+    const size_t esz = elem_size(type);
+    __m512 acc0[TS_GROUP], acc1[TS_GROUP];
+    for (int r = 0; r < R; r++) {
+        acc0[r] = _mm512_setzero_ps();
+        acc1[r] = _mm512_setzero_ps();
+    }
+    int64_t k = 0;
+    for (; k + 32 <= n; k += 32) {
+        prefetch_rows(R, next, (size_t) k * esz);
+        if (esz == 4) {
+            prefetch_rows(R, next, (size_t) k * esz + 64);
+        }
+        const __m512 x0 = _mm512_loadu_ps(x + k);
+        const __m512 x1 = _mm512_loadu_ps(x + k + 16);
+        for (int r = 0; r < R; r++) {
+            acc0[r] = _mm512_fmadd_ps(load16(type, rows[r], k,      0xFFFF), x0, acc0[r]);
+            acc1[r] = _mm512_fmadd_ps(load16(type, rows[r], k + 16, 0xFFFF), x1, acc1[r]);
+        }
+    }
+    for (; k < n; k += 16) {
+        const __mmask16 m  = tail_mask(n - k);
+        const __m512    x0 = _mm512_maskz_loadu_ps(m, x + k);
+        for (int r = 0; r < R; r++) {
+            acc0[r] = _mm512_fmadd_ps(load16(type, rows[r], k, m), x0, acc0[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r]));
+    }
+}
+
+// dpbusd multiplies unsigned bytes by signed bytes. Q4_0: q in 0..15, (q - 8) * y = q * y - 8 * y.
+// Q8_0: w + 128 in 0..255, w * y = (w + 128) * y - 128 * y. The second term depends only on
+// the activations and is shared by the rows of the group; both are exact for any bytes.
+static ALWAYS_INLINE void dot_quant(enum ts_type type, int R, const char * const * rows,
+                                    const char * const * next, int64_t n, const ts_block_q8_0 * x,
+                                    float * out) {
+    const size_t bs = block_bytes(type);
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i bias = _mm256_set1_epi8(type == TS_TYPE_Q4_0 ? 8 : (char) 0x80);
+    __m256 acc[TS_GROUP];
+    for (int r = 0; r < R; r++) {
+        acc[r] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < n / TS_QK; b++) {
+        const size_t off = (size_t) b * bs;
+        if ((off & 63) < bs) {
+            prefetch_rows(R, next, off);
+        }
+        const __m256i y     = _mm256_loadu_si256((const __m256i *) x[b].qs);
+        const float   dy    = _cvtsh_ss(x[b].d);
+        const __m256i ybias = _mm256_dpbusd_epi32(zero, bias, y);
+        for (int r = 0; r < R; r++) {
+            const char * blk = rows[r] + off;
+            __m256i wu;
+            if (type == TS_TYPE_Q4_0) {
+                const __m128i q = _mm_loadu_si128((const __m128i *) (blk + 2));
+                wu = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low4);
+            } else {
+                wu = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *) (blk + 2)), bias);
+            }
+            const __m256i p32 = _mm256_sub_epi32(_mm256_dpbusd_epi32(zero, wu, y), ybias);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(half_at(blk) * dy), acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        out[r] = hsum256(acc[r]);
+    }
+}
+
+#define DOT_FLOAT(T, R_, rows, next, n, x, out) dot_float(T, R_, rows, next, n, (const float *) (x), out)
+#define DOT_QUANT(T, R_, rows, next, n, x, out) dot_quant(T, R_, rows, next, n, (const ts_block_q8_0 *) (x), out)
+
+static void dot_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
+                      int64_t n, const void * x, float * out) {
+    switch (type) {
+        case TS_TYPE_F32:  TS_FOR_R(R, DOT_FLOAT, TS_TYPE_F32,  rows, next, n, x, out); break;
+        case TS_TYPE_F16:  TS_FOR_R(R, DOT_FLOAT, TS_TYPE_F16,  rows, next, n, x, out); break;
+        case TS_TYPE_BF16: TS_FOR_R(R, DOT_FLOAT, TS_TYPE_BF16, rows, next, n, x, out); break;
+        case TS_TYPE_Q8_0: TS_FOR_R(R, DOT_QUANT, TS_TYPE_Q8_0, rows, next, n, x, out); break;
+        case TS_TYPE_Q4_0: TS_FOR_R(R, DOT_QUANT, TS_TYPE_Q4_0, rows, next, n, x, out); break;
+        default: break;
+    }
+}
+
+// ---- down projection (axpy) ------------------------------------------------------------------
+// Every y element gets the FMAs of the group's rows in row order, as the scalar reference.
+
+static ALWAYS_INLINE void axpy_float(enum ts_type type, int R, const char * const * rows,
+                                     const char * const * next, const float * a,
+                                     int64_t c0, int64_t c1, float * y) {
+    const size_t esz = elem_size(type);
+    __m512 av[TS_GROUP];
+    for (int r = 0; r < R; r++) {
+        av[r] = _mm512_set1_ps(a[r]);
+    }
+    int64_t c = c0;
+    for (; c + 16 <= c1; c += 16) {
+        if ((((size_t) c * esz) & 63) == 0) {
+            prefetch_rows(R, next, (size_t) c * esz);
+        }
+        __m512 yv = _mm512_loadu_ps(y + c);
+        for (int r = 0; r < R; r++) {
+            yv = _mm512_fmadd_ps(av[r], load16(type, rows[r], c, 0xFFFF), yv);
+        }
+        _mm512_storeu_ps(y + c, yv);
+    }
+    if (c < c1) {
+        const __mmask16 m = tail_mask(c1 - c);
+        __m512 yv = _mm512_maskz_loadu_ps(m, y + c);
+        for (int r = 0; r < R; r++) {
+            yv = _mm512_fmadd_ps(av[r], load16(type, rows[r], c, m), yv);
+        }
+        _mm512_mask_storeu_ps(y + c, m, yv);
+    }
+}
+
+static ALWAYS_INLINE __m512 i8x16_to_ps(__m128i q) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+}
+
+static ALWAYS_INLINE void axpy_quant(enum ts_type type, int R, const char * const * rows,
+                                     const char * const * next, const float * a,
+                                     int64_t c0, int64_t c1, float * y) {
+    const size_t bs = block_bytes(type);
+    const __m128i low4  = _mm_set1_epi8(0x0F);
+    const __m128i eight = _mm_set1_epi8(8);
+    for (int64_t b = c0 / TS_QK; b < c1 / TS_QK; b++) {
+        const size_t off = (size_t) b * bs;
+        if ((off & 63) < bs) {
+            prefetch_rows(R, next, off);
+        }
+        float * yb = y + b * TS_QK;
+        __m512 y0 = _mm512_loadu_ps(yb), y1 = _mm512_loadu_ps(yb + 16);
+        for (int r = 0; r < R; r++) {
+            const char * blk = rows[r] + off;
+            const __m512 s = _mm512_set1_ps(a[r] * half_at(blk));
+            __m128i lo, hi; // values 0..15 and 16..31 as int8
+            if (type == TS_TYPE_Q4_0) {
+                const __m128i q = _mm_loadu_si128((const __m128i *) (blk + 2));
+                lo = _mm_sub_epi8(_mm_and_si128(q, low4), eight);
+                hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), low4), eight);
+            } else {
+                lo = _mm_loadu_si128((const __m128i *) (blk + 2));
+                hi = _mm_loadu_si128((const __m128i *) (blk + 18));
+            }
+            y0 = _mm512_fmadd_ps(s, i8x16_to_ps(lo), y0);
+            y1 = _mm512_fmadd_ps(s, i8x16_to_ps(hi), y1);
+        }
+        _mm512_storeu_ps(yb, y0);
+        _mm512_storeu_ps(yb + 16, y1);
+    }
+}
+
+static void axpy_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
+                       const float * a, int64_t c0, int64_t c1, float * y) {
+    switch (type) {
+        case TS_TYPE_F32:  TS_FOR_R(R, axpy_float, TS_TYPE_F32,  rows, next, a, c0, c1, y); break;
+        case TS_TYPE_F16:  TS_FOR_R(R, axpy_float, TS_TYPE_F16,  rows, next, a, c0, c1, y); break;
+        case TS_TYPE_BF16: TS_FOR_R(R, axpy_float, TS_TYPE_BF16, rows, next, a, c0, c1, y); break;
+        case TS_TYPE_Q8_0: TS_FOR_R(R, axpy_quant, TS_TYPE_Q8_0, rows, next, a, c0, c1, y); break;
+        case TS_TYPE_Q4_0: TS_FOR_R(R, axpy_quant, TS_TYPE_Q4_0, rows, next, a, c0, c1, y); break;
+        default: break;
+    }
+}
+
+const struct ts_kernels ts_kernels_avx512 = {
+    .isa           = TS_ISA_AVX512,
+    .name          = "avx512",
+    .quantize_q8_0 = quantize_q8_0,
+    .dot_rows      = drv_dot_rows,
+    .gate_up       = drv_gate_up,
+    .gate_up_exact = drv_gate_up_exact,
+    .axpy_rows     = drv_axpy_rows,
+};

@@ -1,0 +1,267 @@
+// neon.c: the NEON kernel table (aarch64 base ISA; uses the dot-product extension when the
+// compiler targets it, __ARM_FEATURE_DOTPROD). Same structure as the x86 tables: groups of
+// rows share the loads of x (dot) or y (axpy), one float multiply-add per quantised block.
+#include "ts-kernels.h"
+
+#include <arm_neon.h>
+#include <math.h>
+#include <string.h>
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+static void dot_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
+                      int64_t n, const void * x, float * out);
+static void axpy_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
+                       const float * a, int64_t c0, int64_t c1, float * y);
+#include "simd-drivers.h"
+
+static ALWAYS_INLINE float half_at(const char * p) {
+    __fp16 h;
+    memcpy(&h, p, 2);
+    return (float) h;
+}
+
+static ALWAYS_INLINE void prefetch_rows(int R, const char * const * next, size_t off) {
+    for (int r = 0; r < R; r++) {
+        __builtin_prefetch(next[r] + off);
+    }
+}
+
+static ALWAYS_INLINE size_t elem_size(enum ts_type type) { return type == TS_TYPE_F32 ? 4 : 2; }
+
+static ALWAYS_INLINE size_t block_bytes(enum ts_type type) {
+    return type == TS_TYPE_Q4_0 ? sizeof(ts_block_q4_0) : sizeof(ts_block_q8_0);
+}
+
+// Four elements of a float row as f32, exactly.
+static ALWAYS_INLINE float32x4_t load4(enum ts_type type, const char * row, int64_t k) {
+    switch (type) {
+        case TS_TYPE_F16:
+            return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8((const uint8_t *) (row + 2 * k))));
+        case TS_TYPE_BF16:
+            return vreinterpretq_f32_u32(vshll_n_u16(vreinterpret_u16_u8(vld1_u8((const uint8_t *) (row + 2 * k))), 16));
+        default:
+            return vreinterpretq_f32_u8(vld1q_u8((const uint8_t *) (row + 4 * k)));
+    }
+}
+
+static ALWAYS_INLINE float load1(enum ts_type type, const char * row, int64_t k) {
+    switch (type) {
+        case TS_TYPE_F16:  return half_at(row + 2 * k);
+        case TS_TYPE_BF16: { uint16_t h; memcpy(&h, row + 2 * k, 2); return ts_bf16_to_fp32(h); }
+        default:           { float f; memcpy(&f, row + 4 * k, 4); return f; }
+    }
+}
+
+// ---- quantise activations -------------------------------------------------------------------
+
+static void quantize_q8_0(const float * x, ts_block_q8_0 * y, int64_t n) {
+    for (int64_t b = 0; b < n / TS_QK; b++) {
+        float32x4_t v[8];
+        float32x4_t amax = vdupq_n_f32(0.0f);
+        for (int k = 0; k < 8; k++) {
+            v[k] = vld1q_f32(x + b * TS_QK + 4 * k);
+            amax = vmaxq_f32(amax, vabsq_f32(v[k]));
+        }
+        const float d  = vmaxvq_f32(amax) / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = ts_fp32_to_fp16(d);
+        for (int k = 0; k < 8; k += 2) {
+            // vcvtaq rounds to nearest with ties away from zero: exactly roundf
+            const int32x4_t q0 = vcvtaq_s32_f32(vmulq_n_f32(v[k], id));
+            const int32x4_t q1 = vcvtaq_s32_f32(vmulq_n_f32(v[k + 1], id));
+            const int16x8_t q  = vcombine_s16(vmovn_s32(q0), vmovn_s32(q1));
+            vst1_s8(y[b].qs + 4 * k, vmovn_s16(q));
+        }
+    }
+}
+
+// ---- dot products -------------------------------------------------------------------------
+
+static ALWAYS_INLINE void dot_float(enum ts_type type, int R, const char * const * rows,
+                                    const char * const * next, int64_t n, const float * x, float * out) {
+    const size_t esz = elem_size(type);
+    float32x4_t acc0[TS_GROUP], acc1[TS_GROUP];
+    for (int r = 0; r < R; r++) {
+        acc0[r] = vdupq_n_f32(0.0f);
+        acc1[r] = vdupq_n_f32(0.0f);
+    }
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        if ((((size_t) k * esz) & 63) == 0) {
+            prefetch_rows(R, next, (size_t) k * esz);
+        }
+        const float32x4_t x0 = vld1q_f32(x + k);
+        const float32x4_t x1 = vld1q_f32(x + k + 4);
+        for (int r = 0; r < R; r++) {
+            acc0[r] = vfmaq_f32(acc0[r], load4(type, rows[r], k),     x0);
+            acc1[r] = vfmaq_f32(acc1[r], load4(type, rows[r], k + 4), x1);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float s = vaddvq_f32(vaddq_f32(acc0[r], acc1[r]));
+        for (int64_t t = k; t < n; t++) {
+            s += load1(type, rows[r], t) * x[t];
+        }
+        out[r] = s;
+    }
+}
+
+// Integer products of one block of weights (lo = values 0..15, hi = 16..31) with one block
+// of activations, as four int32 partial sums.
+static ALWAYS_INLINE int32x4_t block_dot(int8x16_t lo, int8x16_t hi, int8x16_t y0, int8x16_t y1) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    return vdotq_s32(vdotq_s32(vdupq_n_s32(0), lo, y0), hi, y1);
+#else
+    int32x4_t p = vpaddlq_s16(vmull_s8(vget_low_s8(lo), vget_low_s8(y0)));
+    p = vpadalq_s16(p, vmull_s8(vget_high_s8(lo), vget_high_s8(y0)));
+    p = vpadalq_s16(p, vmull_s8(vget_low_s8(hi), vget_low_s8(y1)));
+    return vpadalq_s16(p, vmull_s8(vget_high_s8(hi), vget_high_s8(y1)));
+#endif
+}
+
+static ALWAYS_INLINE void dot_quant(enum ts_type type, int R, const char * const * rows,
+                                    const char * const * next, int64_t n, const ts_block_q8_0 * x,
+                                    float * out) {
+    const size_t bs = block_bytes(type);
+    float32x4_t acc[TS_GROUP];
+    for (int r = 0; r < R; r++) {
+        acc[r] = vdupq_n_f32(0.0f);
+    }
+    for (int64_t b = 0; b < n / TS_QK; b++) {
+        const size_t off = (size_t) b * bs;
+        if ((off & 63) < bs) {
+            prefetch_rows(R, next, off);
+        }
+        const int8x16_t y0 = vld1q_s8(x[b].qs);
+        const int8x16_t y1 = vld1q_s8(x[b].qs + 16);
+        const float     dy = half_at((const char *) &x[b].d);
+        for (int r = 0; r < R; r++) {
+            const char * blk = rows[r] + off;
+            int8x16_t lo, hi;
+            if (type == TS_TYPE_Q4_0) {
+                const uint8x16_t q = vld1q_u8((const uint8_t *) (blk + 2));
+                lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0F))), vdupq_n_s8(8));
+                hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), vdupq_n_s8(8));
+            } else {
+                lo = vld1q_s8((const int8_t *) (blk + 2));
+                hi = vld1q_s8((const int8_t *) (blk + 18));
+            }
+            const float32x4_t p = vcvtq_f32_s32(block_dot(lo, hi, y0, y1));
+            acc[r] = vfmaq_n_f32(acc[r], p, half_at(blk) * dy);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        out[r] = vaddvq_f32(acc[r]);
+    }
+}
+
+#define DOT_FLOAT(T, R_, rows, next, n, x, out) dot_float(T, R_, rows, next, n, (const float *) (x), out)
+#define DOT_QUANT(T, R_, rows, next, n, x, out) dot_quant(T, R_, rows, next, n, (const ts_block_q8_0 *) (x), out)
+
+static void dot_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
+                      int64_t n, const void * x, float * out) {
+    switch (type) {
+        case TS_TYPE_F32:  TS_FOR_R(R, DOT_FLOAT, TS_TYPE_F32,  rows, next, n, x, out); break;
+        case TS_TYPE_F16:  TS_FOR_R(R, DOT_FLOAT, TS_TYPE_F16,  rows, next, n, x, out); break;
+        case TS_TYPE_BF16: TS_FOR_R(R, DOT_FLOAT, TS_TYPE_BF16, rows, next, n, x, out); break;
+        case TS_TYPE_Q8_0: TS_FOR_R(R, DOT_QUANT, TS_TYPE_Q8_0, rows, next, n, x, out); break;
+        case TS_TYPE_Q4_0: TS_FOR_R(R, DOT_QUANT, TS_TYPE_Q4_0, rows, next, n, x, out); break;
+        default: break;
+    }
+}
+
+// ---- down projection (axpy) ------------------------------------------------------------------
+// Every y element gets the FMAs of the group's rows in row order, as the scalar reference.
+
+static ALWAYS_INLINE void axpy_float(enum ts_type type, int R, const char * const * rows,
+                                     const char * const * next, const float * a,
+                                     int64_t c0, int64_t c1, float * y) {
+    const size_t esz = elem_size(type);
+    int64_t c = c0;
+    for (; c + 8 <= c1; c += 8) {
+        if ((((size_t) c * esz) & 63) == 0) {
+            prefetch_rows(R, next, (size_t) c * esz);
+        }
+        float32x4_t y0 = vld1q_f32(y + c);
+        float32x4_t y1 = vld1q_f32(y + c + 4);
+        for (int r = 0; r < R; r++) {
+            y0 = vfmaq_n_f32(y0, load4(type, rows[r], c),     a[r]);
+            y1 = vfmaq_n_f32(y1, load4(type, rows[r], c + 4), a[r]);
+        }
+        vst1q_f32(y + c, y0);
+        vst1q_f32(y + c + 4, y1);
+    }
+    for (; c < c1; c++) {
+        float v = y[c];
+        for (int r = 0; r < R; r++) {
+            v = fmaf(a[r], load1(type, rows[r], c), v);
+        }
+        y[c] = v;
+    }
+}
+
+static ALWAYS_INLINE void fma_i8x8(float32x4_t * y, int8x8_t q, float s) {
+    const int16x8_t w = vmovl_s8(q);
+    y[0] = vfmaq_n_f32(y[0], vcvtq_f32_s32(vmovl_s16(vget_low_s16(w))),  s);
+    y[1] = vfmaq_n_f32(y[1], vcvtq_f32_s32(vmovl_s16(vget_high_s16(w))), s);
+}
+
+static ALWAYS_INLINE void axpy_quant(enum ts_type type, int R, const char * const * rows,
+                                     const char * const * next, const float * a,
+                                     int64_t c0, int64_t c1, float * y) {
+    const size_t bs = block_bytes(type);
+    for (int64_t b = c0 / TS_QK; b < c1 / TS_QK; b++) {
+        const size_t off = (size_t) b * bs;
+        if ((off & 63) < bs) {
+            prefetch_rows(R, next, off);
+        }
+        float * yb = y + b * TS_QK;
+        float32x4_t yv[8];
+        for (int k = 0; k < 8; k++) {
+            yv[k] = vld1q_f32(yb + 4 * k);
+        }
+        for (int r = 0; r < R; r++) {
+            const char * blk = rows[r] + off;
+            const float s = a[r] * half_at(blk);
+            int8x16_t lo, hi; // values 0..15 and 16..31
+            if (type == TS_TYPE_Q4_0) {
+                const uint8x16_t q = vld1q_u8((const uint8_t *) (blk + 2));
+                lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0F))), vdupq_n_s8(8));
+                hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), vdupq_n_s8(8));
+            } else {
+                lo = vld1q_s8((const int8_t *) (blk + 2));
+                hi = vld1q_s8((const int8_t *) (blk + 18));
+            }
+            fma_i8x8(yv + 0, vget_low_s8(lo),  s);
+            fma_i8x8(yv + 2, vget_high_s8(lo), s);
+            fma_i8x8(yv + 4, vget_low_s8(hi),  s);
+            fma_i8x8(yv + 6, vget_high_s8(hi), s);
+        }
+        for (int k = 0; k < 8; k++) {
+            vst1q_f32(yb + 4 * k, yv[k]);
+        }
+    }
+}
+
+static void axpy_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
+                       const float * a, int64_t c0, int64_t c1, float * y) {
+    switch (type) {
+        case TS_TYPE_F32:  TS_FOR_R(R, axpy_float, TS_TYPE_F32,  rows, next, a, c0, c1, y); break;
+        case TS_TYPE_F16:  TS_FOR_R(R, axpy_float, TS_TYPE_F16,  rows, next, a, c0, c1, y); break;
+        case TS_TYPE_BF16: TS_FOR_R(R, axpy_float, TS_TYPE_BF16, rows, next, a, c0, c1, y); break;
+        case TS_TYPE_Q8_0: TS_FOR_R(R, axpy_quant, TS_TYPE_Q8_0, rows, next, a, c0, c1, y); break;
+        case TS_TYPE_Q4_0: TS_FOR_R(R, axpy_quant, TS_TYPE_Q4_0, rows, next, a, c0, c1, y); break;
+        default: break;
+    }
+}
+
+const struct ts_kernels ts_kernels_neon = {
+    .isa           = TS_ISA_NEON,
+    .name          = "neon",
+    .quantize_q8_0 = quantize_q8_0,
+    .dot_rows      = drv_dot_rows,
+    .gate_up       = drv_gate_up,
+    .gate_up_exact = drv_gate_up_exact,
+    .axpy_rows     = drv_axpy_rows,
+};

@@ -1,0 +1,139 @@
+// simd-drivers.h: the row-walking parts of a SIMD kernel table, shared by avx2.c, avx512.c
+// and neon.c. Each of those files defines two primitives on a small group of rows and then
+// includes this file, which turns them into the table's entries:
+//
+//   dot_group(type, R, rows, next, n, x, out)     out[r] = dot(rows[r], x), r < R
+//   axpy_group(type, R, rows, next, a, c0, c1, y) y[c] = fma(a[r], rows[r][c], y[c]) for
+//                                                 r = 0..R-1 in order, c in [c0, c1)
+//
+// R is 1..TS_GROUP. Rows are walked TS_GROUP at a time so that they share the loads of x
+// (dot) or of y (axpy); `next` holds the rows of the following group, which the primitive
+// prefetches at the offset it is reading, so gathered rows arrive before they are needed.
+// Not a public header: it holds static functions and is compiled once per ISA.
+#pragma once
+
+#include "ts-kernels.h"
+
+#include <string.h>
+
+#define TS_GROUP 4
+
+static inline const char * drv_row(const void * w, size_t row_bytes, const int32_t * idx, int64_t j) {
+    const int64_t i = idx ? idx[j] : j;
+    return (const char *) w + (size_t) i * row_bytes;
+}
+
+static inline int64_t drv_min(int64_t a, int64_t b) { return a < b ? a : b; }
+
+static void drv_dot_rows(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                         const void * x, const int32_t * idx, int64_t n_idx, float * out) {
+    for (int64_t j = 0; j < n_idx; j += TS_GROUP) {
+        const int R = (int) drv_min(TS_GROUP, n_idx - j);
+        const char * rows[TS_GROUP];
+        const char * next[TS_GROUP];
+        for (int r = 0; r < TS_GROUP; r++) {
+            rows[r] = drv_row(w, row_bytes, idx, j + (r < R ? r : R - 1));
+            next[r] = drv_row(w, row_bytes, idx, drv_min(j + TS_GROUP + r, n_idx - 1));
+        }
+        dot_group(type, R, rows, next, n, x, out + j);
+    }
+}
+
+// Two neurons per group: their gate and up rows share the loads of x.
+static void drv_gate_up(enum ts_type type, enum ts_act act, int64_t n,
+                        const void * w_gate, const void * w_up, size_t row_bytes,
+                        const void * x, const int32_t * idx, int64_t n_idx, float * a) {
+    for (int64_t j = 0; j < n_idx; j += 2) {
+        const int pairs = (int) drv_min(2, n_idx - j);
+        const char * rows[TS_GROUP];
+        const char * next[TS_GROUP];
+        for (int p = 0; p < 2; p++) {
+            const int64_t jr = j + (p < pairs ? p : pairs - 1);
+            const int64_t jn = drv_min(j + 2 + p, n_idx - 1);
+            rows[2 * p]     = drv_row(w_gate, row_bytes, idx, jr);
+            rows[2 * p + 1] = drv_row(w_up,   row_bytes, idx, jr);
+            next[2 * p]     = drv_row(w_gate, row_bytes, idx, jn);
+            next[2 * p + 1] = drv_row(w_up,   row_bytes, idx, jn);
+        }
+        float gu[TS_GROUP];
+        dot_group(type, 2 * pairs, rows, next, n, x, gu);
+        for (int p = 0; p < pairs; p++) {
+            a[j + p] = ts_act_apply(act, gu[2 * p], gu[2 * p + 1]);
+        }
+    }
+}
+
+// Gate rows a group at a time; then the up rows of just those neurons whose gate is
+// positive, as one (smaller) group. Up rows of the others are never touched.
+static int64_t drv_gate_up_exact(enum ts_type type, enum ts_act act, int64_t n,
+                                 const void * w_gate, const void * w_up, size_t row_bytes,
+                                 const void * x, int64_t i0, int64_t i1, float * a) {
+    int64_t n_active = 0;
+    for (int64_t i = i0; i < i1; i += TS_GROUP) {
+        const int R = (int) drv_min(TS_GROUP, i1 - i);
+        const char * rows[TS_GROUP];
+        const char * next[TS_GROUP];
+        for (int r = 0; r < TS_GROUP; r++) {
+            rows[r] = drv_row(w_gate, row_bytes, NULL, i + (r < R ? r : R - 1));
+            next[r] = drv_row(w_gate, row_bytes, NULL, drv_min(i + TS_GROUP + r, i1 - 1));
+        }
+        float g[TS_GROUP];
+        dot_group(type, R, rows, next, n, x, g);
+
+        int pos[TS_GROUP];
+        int n_pos = 0;
+        for (int r = 0; r < R; r++) {
+            if (g[r] > 0.0f) {
+                pos[n_pos++] = r;
+            }
+        }
+        float u[TS_GROUP] = { 0.0f };
+        if (n_pos > 0) {
+            const char * up_rows[TS_GROUP];
+            for (int k = 0; k < TS_GROUP; k++) {
+                up_rows[k] = drv_row(w_up, row_bytes, NULL, i + pos[k < n_pos ? k : n_pos - 1]);
+            }
+            dot_group(type, n_pos, up_rows, next, n, x, u);
+        }
+        int k = 0;
+        for (int r = 0; r < R; r++) {
+            float v = 0.0f;
+            if (k < n_pos && pos[k] == r) {
+                v = ts_act_apply(act, g[r], u[k++]);
+            }
+            a[i - i0 + r] = v;
+            n_active += v != 0.0f;
+        }
+    }
+    return n_active;
+}
+
+static void drv_axpy_rows(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
+                          const int32_t * idx, const float * a, int64_t n_idx,
+                          int64_t c0, int64_t c1, float * y) {
+    (void) n;
+    if (c1 <= c0) {
+        return;
+    }
+    memset(y + c0, 0, (size_t) (c1 - c0) * sizeof(float));
+    for (int64_t j = 0; j < n_idx; j += TS_GROUP) {
+        const int R = (int) drv_min(TS_GROUP, n_idx - j);
+        const char * rows[TS_GROUP];
+        const char * next[TS_GROUP];
+        for (int r = 0; r < TS_GROUP; r++) {
+            rows[r] = drv_row(w_t, row_bytes, idx, j + (r < R ? r : R - 1));
+            next[r] = drv_row(w_t, row_bytes, idx, drv_min(j + TS_GROUP + r, n_idx - 1));
+        }
+        axpy_group(type, R, rows, next, a + j, c0, c1, y);
+    }
+}
+
+// Instantiates a primitive FN(type, R, ...) for a runtime R in 1..TS_GROUP, so that the
+// per-row loops inside FN are fully unrolled and its accumulators stay in registers.
+#define TS_FOR_R(R, FN, TYPE, ...)                                     \
+    switch (R) {                                                       \
+        case 4:  FN(TYPE, 4, __VA_ARGS__); break;                      \
+        case 3:  FN(TYPE, 3, __VA_ARGS__); break;                      \
+        case 2:  FN(TYPE, 2, __VA_ARGS__); break;                      \
+        default: FN(TYPE, 1, __VA_ARGS__); break;                      \
+    }

@@ -1,0 +1,5 @@
+# Kernel tests. test_kernels needs no ggml (it is also cross-compiled for aarch64 by
+# tests/neon/run.sh); test_kernels_ggml checks our numerics against ggml's own.
+ts_add_test(test_kernels SOURCES test_kernels.c $<TARGET_OBJECTS:ts_kernels>)
+ts_add_test(test_kernels_ggml SOURCES test_kernels_ggml.c $<TARGET_OBJECTS:ts_kernels>
+            LIBS ggml::ggml-base ggml::ggml-cpu)
