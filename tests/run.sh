@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The project's one test command (README): installs what the tests need, builds, and runs
+# every test: C tests (native, then under ASan+UBSan), the NEON kernels under qemu, pytest.
+# TS_TEST_QUICK=1 skips the sanitizer and NEON stages for a fast local loop (CI never sets it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+JOBS=${JOBS:-2}
+
+step() { printf '\n==== %s\n' "$*"; }
+
+need_apt=()
+command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
+if [ "${TS_TEST_QUICK:-0}" != 1 ] && [ ${#need_apt[@]} -gt 0 ]; then
+    step "apt: ${need_apt[*]}"
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    else
+        echo "missing Debian packages: ${need_apt[*]} (install them, or run as root)" >&2; exit 1
+    fi
+fi
+
+step "pip install .[test] (builds libggml-sparse and the cffi module)"
+$PY -m pip install -q --disable-pip-version-check ".[test]"
+
+step "C tests"
+cmake -S . -B build/ctest -DTS_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE="$(command -v $PY)" >/dev/null
+cmake --build build/ctest -j"$JOBS"
+ctest --test-dir build/ctest --output-on-failure -j"$JOBS"
+
+if [ "${TS_TEST_QUICK:-0}" != 1 ]; then
+    step "C tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+    cmake -S . -B build/ctest-asan -DTS_BUILD_TESTS=ON -DTS_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+          -DPython_EXECUTABLE="$(command -v $PY)" >/dev/null
+    cmake --build build/ctest-asan -j"$JOBS"
+    ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+        ctest --test-dir build/ctest-asan --output-on-failure -j"$JOBS"
+
+    step "NEON kernels (aarch64 cross build under qemu)"
+    bash tests/neon/run.sh
+fi
+
+step "pytest"
+$PY -m pytest -q tests/python
