@@ -124,6 +124,7 @@ void ts_context_free(struct ts_context * ctx);
 void ts_context_reset(struct ts_context * ctx);
 int32_t ts_context_n_ctx(const struct ts_context * ctx);
 int32_t ts_context_n_past(const struct ts_context * ctx);
+int32_t ts_context_n_threads(const struct ts_context * ctx);
 int32_t ts_context_ffn_mode(const struct ts_context * ctx); // the mode in use (never AUTO)
 float   ts_context_threshold(const struct ts_context * ctx);
 

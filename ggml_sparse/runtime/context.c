@@ -122,6 +122,7 @@ void ts_context_reset(struct ts_context * c) {
 
 int32_t ts_context_n_ctx(const struct ts_context * c)     { return c->n_ctx; }
 int32_t ts_context_n_past(const struct ts_context * c)    { return c->n_past; }
+int32_t ts_context_n_threads(const struct ts_context * c) { return c->n_threads; }
 int32_t ts_context_ffn_mode(const struct ts_context * c)  { return c->ffn_mode; }
 float   ts_context_threshold(const struct ts_context * c) { return c->threshold; }
 const char * ts_context_error(const struct ts_context * c) { return c->err; }

@@ -86,6 +86,7 @@ void ts_context_free(struct ts_context * ctx);
 void ts_context_reset(struct ts_context * ctx);
 int32_t ts_context_n_ctx(const struct ts_context * ctx);
 int32_t ts_context_n_past(const struct ts_context * ctx);
+int32_t ts_context_n_threads(const struct ts_context * ctx);
 int32_t ts_context_ffn_mode(const struct ts_context * ctx); 
 float   ts_context_threshold(const struct ts_context * ctx);
 int32_t ts_decode(struct ts_context * ctx, const int32_t * tokens, int32_t n,
