@@ -249,19 +249,25 @@ static ALWAYS_INLINE void axpy_quant(enum ts_type type, int R, const char * cons
         for (int r = 0; r < R; r++) {
             const char * blk = rows[r] + off;
             const __m256 s = _mm256_set1_ps(a[r] * half_at(blk));
-            __m128i lo, hi; // values 0..15 and 16..31 as int8
+            __m256 w[4]; // values 0..7, 8..15, 16..23, 24..31
             if (type == TS_TYPE_Q4_0) {
-                const __m128i q = _mm_loadu_si128((const __m128i *) (blk + 2));
-                lo = _mm_sub_epi8(_mm_and_si128(q, low4), eight);
-                hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), low4), eight);
+                const __m128i q  = _mm_loadu_si128((const __m128i *) (blk + 2));
+                const __m128i lo = _mm_sub_epi8(_mm_and_si128(q, low4), eight);
+                const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), low4), eight);
+                w[0] = i8x8_to_ps(lo);
+                w[1] = i8x8_to_ps(_mm_srli_si128(lo, 8));
+                w[2] = i8x8_to_ps(hi);
+                w[3] = i8x8_to_ps(_mm_srli_si128(hi, 8));
             } else {
-                lo = _mm_loadu_si128((const __m128i *) (blk + 2));
-                hi = _mm_loadu_si128((const __m128i *) (blk + 18));
+                w[0] = i8x8_to_ps(_mm_loadl_epi64((const __m128i *) (blk + 2)));
+                w[1] = i8x8_to_ps(_mm_loadl_epi64((const __m128i *) (blk + 10)));
+                w[2] = i8x8_to_ps(_mm_loadl_epi64((const __m128i *) (blk + 18)));
+                w[3] = i8x8_to_ps(_mm_loadl_epi64((const __m128i *) (blk + 26)));
             }
-            y0 = _mm256_fmadd_ps(s, i8x8_to_ps(lo), y0);
-            y1 = _mm256_fmadd_ps(s, i8x8_to_ps(_mm_srli_si128(lo, 8)), y1);
-            y2 = _mm256_fmadd_ps(s, i8x8_to_ps(hi), y2);
-            y3 = _mm256_fmadd_ps(s, i8x8_to_ps(_mm_srli_si128(hi, 8)), y3);
+            y0 = _mm256_fmadd_ps(s, w[0], y0);
+            y1 = _mm256_fmadd_ps(s, w[1], y1);
+            y2 = _mm256_fmadd_ps(s, w[2], y2);
+            y3 = _mm256_fmadd_ps(s, w[3], y3);
         }
         _mm256_storeu_ps(yb, y0);      _mm256_storeu_ps(yb + 8, y1);
         _mm256_storeu_ps(yb + 16, y2); _mm256_storeu_ps(yb + 24, y3);

@@ -209,12 +209,27 @@ static ALWAYS_INLINE __m512 i8x16_to_ps(__m128i q) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
 }
 
+// Q4_0 nibbles to floats without byte-widening shuffles: one permute spreads each 32-bit word
+// of quants over four lanes, a variable shift brings each lane's nibble down, and the
+// nibble is or-ed into the mantissa of 2^23, so (2^23 + q) - (2^23 + 8) = q - 8 exactly.
+static ALWAYS_INLINE void q4_0_to_ps(__m128i q, __m512 * lo, __m512 * hi) {
+    const __m512i spread = _mm512_permutexvar_epi32(
+        _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), _mm512_castsi128_si512(q));
+    const __m512i shift = _mm512_setr_epi32(0, 8, 16, 24, 0, 8, 16, 24, 0, 8, 16, 24, 0, 8, 16, 24);
+    const __m512i low4  = _mm512_set1_epi32(0x0F);
+    const __m512i magic = _mm512_set1_epi32(0x4B000000);
+    const __m512  bias  = _mm512_set1_ps(8388616.0f); // 2^23 + 8
+    const __m512i l = _mm512_ternarylogic_epi32(_mm512_srlv_epi32(spread, shift), low4, magic, 0xEA); // (a & b) | c
+    const __m512i h = _mm512_ternarylogic_epi32(_mm512_srlv_epi32(spread, _mm512_add_epi32(shift, _mm512_set1_epi32(4))),
+                                                low4, magic, 0xEA);
+    *lo = _mm512_sub_ps(_mm512_castsi512_ps(l), bias);
+    *hi = _mm512_sub_ps(_mm512_castsi512_ps(h), bias);
+}
+
 static ALWAYS_INLINE void axpy_quant(enum ts_type type, int R, const char * const * rows,
                                      const char * const * next, const float * a,
                                      int64_t c0, int64_t c1, float * y) {
     const size_t bs = block_bytes(type);
-    const __m128i low4  = _mm_set1_epi8(0x0F);
-    const __m128i eight = _mm_set1_epi8(8);
     for (int64_t b = c0 / TS_QK; b < c1 / TS_QK; b++) {
         const size_t off = (size_t) b * bs;
         if ((off & 63) < bs) {
@@ -225,17 +240,15 @@ static ALWAYS_INLINE void axpy_quant(enum ts_type type, int R, const char * cons
         for (int r = 0; r < R; r++) {
             const char * blk = rows[r] + off;
             const __m512 s = _mm512_set1_ps(a[r] * half_at(blk));
-            __m128i lo, hi; // values 0..15 and 16..31 as int8
+            __m512 lo, hi; // values 0..15 and 16..31
             if (type == TS_TYPE_Q4_0) {
-                const __m128i q = _mm_loadu_si128((const __m128i *) (blk + 2));
-                lo = _mm_sub_epi8(_mm_and_si128(q, low4), eight);
-                hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), low4), eight);
+                q4_0_to_ps(_mm_loadu_si128((const __m128i *) (blk + 2)), &lo, &hi);
             } else {
-                lo = _mm_loadu_si128((const __m128i *) (blk + 2));
-                hi = _mm_loadu_si128((const __m128i *) (blk + 18));
+                lo = i8x16_to_ps(_mm_loadu_si128((const __m128i *) (blk + 2)));
+                hi = i8x16_to_ps(_mm_loadu_si128((const __m128i *) (blk + 18)));
             }
-            y0 = _mm512_fmadd_ps(s, i8x16_to_ps(lo), y0);
-            y1 = _mm512_fmadd_ps(s, i8x16_to_ps(hi), y1);
+            y0 = _mm512_fmadd_ps(s, lo, y0);
+            y1 = _mm512_fmadd_ps(s, hi, y1);
         }
         _mm512_storeu_ps(yb, y0);
         _mm512_storeu_ps(yb + 16, y1);

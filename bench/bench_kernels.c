@@ -1,0 +1,110 @@
+// bench_kernels.c: single-thread micro-benchmark of the gather kernels at the Mistral-7B FFN
+// shape (n_embd 4096, n_ff 14336, 10% of the neurons active), for every kernel table this
+// CPU runs. Reports time per call and GB/s of weight bytes read. Not a test: timings are
+// machine-dependent and nothing here asserts them.
+//
+//   cmake --build <build dir> --target bench_kernels && <build dir>/tests/c/bench_kernels
+//
+// "cold": a new random active set every call, so most gathered rows come from DRAM (the
+// matrices are larger than the caches); "hot": the same set each call (rows mostly cached).
+#define _POSIX_C_SOURCE 199309L
+#include "ts-kernels.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { N_EMBD = 4096, N_FF = 14336, N_ACTIVE = 1434, N_SETS = 16 };
+
+static uint64_t rng_state = 12345;
+static uint64_t rng_u64(void) {
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static float rng_sym(void) { return 2.0f * (float) (rng_u64() >> 40) / (float) (1 << 24) - 1.0f; }
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
+}
+
+static void * random_matrix(enum ts_type type, int64_t n_rows, int64_t n) {
+    const size_t row_bytes = ts_row_size(type, n);
+    char * w = malloc(row_bytes * (size_t) n_rows);
+    float * tmp = malloc((size_t) n * sizeof(float));
+    for (int64_t i = 0; i < n_rows; i++) {
+        for (int64_t k = 0; k < n; k++) tmp[k] = rng_sym();
+        ts_from_float(type, tmp, w + (size_t) i * row_bytes, n);
+    }
+    free(tmp);
+    return w;
+}
+
+// N_ACTIVE distinct rows of N_FF, ascending (selection sampling).
+static void random_subset(int32_t * idx) {
+    int64_t need = N_ACTIVE;
+    for (int64_t i = 0, count = 0; i < N_FF && count < N_ACTIVE; i++) {
+        if ((int64_t) (rng_u64() % (uint64_t) (N_FF - i)) < need) {
+            idx[count++] = (int32_t) i;
+            need--;
+        }
+    }
+}
+
+int main(void) {
+    const enum ts_type types[] = { TS_TYPE_Q4_0, TS_TYPE_F16 };
+    int32_t (*sets)[N_ACTIVE] = malloc(sizeof(int32_t) * N_ACTIVE * N_SETS);
+    for (int s = 0; s < N_SETS; s++) random_subset(sets[s]);
+    float * xf = malloc(N_EMBD * sizeof(float));
+    for (int k = 0; k < N_EMBD; k++) xf[k] = rng_sym();
+    ts_block_q8_0 * xq = malloc(ts_row_size(TS_TYPE_Q8_0, N_EMBD));
+    ts_quantize_row_q8_0_ref(xf, xq, N_EMBD);
+    float * a = malloc(N_ACTIVE * sizeof(float));
+    for (int j = 0; j < N_ACTIVE; j++) a[j] = rng_sym();
+    float * out = malloc(N_ACTIVE * sizeof(float));
+    float * y = malloc(N_EMBD * sizeof(float));
+
+    printf("%-5s %-8s %-16s %-5s %10s %8s\n", "type", "isa", "kernel", "set", "us/call", "GB/s");
+    for (int ti = 0; ti < 2; ti++) {
+        const enum ts_type type = types[ti];
+        const size_t row_bytes = ts_row_size(type, N_EMBD);
+        void * w_gate = random_matrix(type, N_FF, N_EMBD);
+        void * w_up   = random_matrix(type, N_FF, N_EMBD);
+        void * w_down = random_matrix(type, N_FF, N_EMBD); // neuron-major: row i = neuron i
+        const void * x = ts_dot_type(type) == TS_TYPE_F32 ? (const void *) xf : (const void *) xq;
+        for (int isa = 0; isa < TS_ISA_COUNT; isa++) {
+            const struct ts_kernels * K = ts_kernels_for((enum ts_isa) isa);
+            if (!K) continue;
+            for (int kernel = 0; kernel < 2; kernel++) {
+                for (int cold = 1; cold >= 0; cold--) {
+                    const int reps = isa == TS_ISA_SCALAR ? 8 : 64;
+                    double best = 1e30, total = 0;
+                    for (int r = 0; r < reps; r++) {
+                        const int32_t * idx = sets[cold ? r % N_SETS : 0];
+                        const double t0 = now_s();
+                        if (kernel == 0) {
+                            K->gate_up(type, TS_ACT_DRELU, N_EMBD, w_gate, w_up, row_bytes, x, idx, N_ACTIVE, out);
+                        } else {
+                            K->axpy_rows(type, N_EMBD, w_down, row_bytes, idx, a, N_ACTIVE, 0, N_EMBD, y);
+                        }
+                        const double dt = now_s() - t0;
+                        total += dt;
+                        best = dt < best ? dt : best;
+                    }
+                    const double t = cold ? total / reps : best; // cold: mean over changing sets
+                    const double bytes = (double) row_bytes * N_ACTIVE * (kernel == 0 ? 2 : 1);
+                    printf("%-5s %-8s %-16s %-5s %10.1f %8.2f\n", ts_type_name(type), K->name,
+                           kernel == 0 ? "gate_up (2 rows)" : "axpy (down)", cold ? "cold" : "hot",
+                           t * 1e6, bytes / t * 1e-9);
+                }
+            }
+        }
+        free(w_gate); free(w_up); free(w_down);
+    }
+    free(sets); free(xf); free(xq); free(a); free(out); free(y);
+    return 0;
+}
