@@ -14,7 +14,7 @@ def _open():
     try:
         import turbosparse
 
-        pkg = Path(turbosparse.__file__).parent
+        pkg = Path(list(turbosparse.__path__)[0])
     except ImportError:  # not installed: the source tree (TS_LIB must then name the library)
         pkg = Path(__file__).resolve().parents[2] / "python" / "turbosparse"
     lib_path = os.environ.get("TS_LIB") or str(pkg / "lib" / "libggml-sparse.so")
