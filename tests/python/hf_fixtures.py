@@ -25,7 +25,7 @@ import io
 import json
 import struct
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -116,6 +116,27 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], dtype: str = "
         f.write(raw)
         for a in tensors.values():
             f.write(_encode(a, dtype))
+
+
+def write_safetensors_lazy(path: Path, shapes: dict[str, tuple[int, ...]],
+                           make: Callable[[str, tuple[int, ...]], np.ndarray], dtype: str = "f32") -> int:
+    """Like write_safetensors, but each tensor is made by make(name, shape) just before it is
+    written, so files far larger than memory can be written. Returns the file size."""
+    st_name, np_dtype = _ST_DTYPES[dtype]
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, shape in shapes.items():
+        n = int(np.prod(shape)) * np_dtype.itemsize
+        header[name] = {"dtype": st_name, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name, shape in shapes.items():
+            f.write(_encode(make(name, shape), dtype))
+    return 8 + len(raw) + offset
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:

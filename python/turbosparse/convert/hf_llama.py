@@ -25,7 +25,7 @@ from .plan import (FORMAT_VERSION, KEY_DOWN_LAYOUT, KEY_FFN_KIND, KEY_FORMAT_VER
                    ModelPlan, OutTensor, SourceTensor)
 from .predictors import load_predictor_dir
 from .qtypes import FILE_TYPES, Role
-from .safetensors_lazy import Checkpoint, load_entry_f32
+from .safetensors_lazy import Checkpoint, check_dtype, load_entry_f32
 from .tokenizer import add_vocab, read_vocab
 from .transforms import neuron_major, permute_qk
 
@@ -124,6 +124,7 @@ class _Source:
 
     def get(self, name: str, shape: tuple[int, ...]) -> SourceTensor:
         entry = self.ckpt.entry(name)
+        check_dtype(entry)
         if entry.shape != shape:
             raise ConvertError(f"{entry.where} has shape {list(entry.shape)}, expected {list(shape)}")
         self.used.add(name)

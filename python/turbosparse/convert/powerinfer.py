@@ -120,6 +120,8 @@ def build_powerinfer_plan(path: Path, opts: ConvertOptions) -> ModelPlan:
     elif reader.get_field("general.file_type") is not None:
         plan.u32("general.file_type", int(_scalar(reader, "general.file_type")))
     tokens_field = reader.get_field("tokenizer.ggml.tokens")
+    if reader.get_field(f"{arch}.vocab_size") is None and tokens_field is not None:
+        plan.u32("llama.vocab_size", len(tokens_field.data))
     if reader.get_field("tokenizer.ggml.eot_token_id") is None and tokens_field is not None:
         tokens = _field_value(tokens_field)
         if b"<|im_end|>" in tokens:

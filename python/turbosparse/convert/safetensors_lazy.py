@@ -125,11 +125,16 @@ class Checkpoint:
         return load_entry_f32(self.entry(name))
 
 
-def load_entry_f32(entry: TensorEntry) -> np.ndarray:
-    """Read one tensor as a fresh float32 array; the file mapping is gone when this returns."""
+def check_dtype(entry: TensorEntry) -> np.dtype:
     dtype = _DTYPES.get(entry.dtype)
     if dtype is None:
         raise ConvertError(f"{entry.where} has dtype {entry.dtype}; supported are {', '.join(_DTYPES)}")
+    return dtype
+
+
+def load_entry_f32(entry: TensorEntry) -> np.ndarray:
+    """Read one tensor as a fresh float32 array; the file mapping is gone when this returns."""
+    dtype = check_dtype(entry)
     count = int(np.prod(entry.shape, dtype=np.int64))
     if entry.end - entry.begin != count * dtype.itemsize:
         raise ConvertError(f"{entry.where}: {entry.end - entry.begin} bytes for shape {list(entry.shape)} of {entry.dtype}")
