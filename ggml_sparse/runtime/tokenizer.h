@@ -13,6 +13,11 @@
 // merged with its neighbours; SentencePiece itself always matches user-defined symbols, so
 // special=true is the mode that equals SentencePieceProcessor.encode. With special=false all
 // input is plain text (a user's "<|im_end|>" cannot end a turn).
+// Like SentencePiece, the dummy prefix goes before the whole text only: "<|im_start|>user"
+// gives [U+2581, <|im_start|>, user]. llama.cpp and HF's legacy Llama tokenizer instead split
+// at special tokens and give every text fragment its own prefix ([<|im_start|>, U+2581user]);
+// to build that, tokenize each fragment with special=false and put the ids of the special
+// tokens (ts_token_lookup) between them.
 #pragma once
 
 #include <stdbool.h>
