@@ -42,7 +42,7 @@ enum ts_act {
 enum ts_isa {
     TS_ISA_SCALAR = 0,
     TS_ISA_AVX2   = 1, // AVX2 + FMA + F16C
-    TS_ISA_AVX512 = 2, // AVX-512 F/BW/VL (+VNNI where present)
+    TS_ISA_AVX512 = 2, // AVX-512 F/BW/VL/DQ + VNNI (else the AVX2 table is used)
     TS_ISA_NEON   = 3,
     TS_ISA_COUNT
 };
