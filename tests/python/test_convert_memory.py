@@ -1,6 +1,6 @@
 """Streaming: converting a ~2 GB checkpoint peaks at (baseline) + a few times the largest tensor.
 
-The converter runs in a child process that reports its own peak RSS (ru_maxrss). The baseline
+The converter runs in a child process that reports its own peak RSS (VmHWM, Linux). The baseline
 is the same command on a tiny model: the interpreter, numpy, gguf, sentencepiece and the
 vocabulary. The allowance per tensor is 4x its float32 size: while one tensor is in flight the
 converter holds its float32 copy (1x), a rearranged copy for permuted/transposed tensors (1x),
@@ -22,9 +22,11 @@ from hf_fixtures import tiny_config, write_safetensors_lazy, write_tiny_checkpoi
 
 MiB = 1 << 20
 
-# Report the child's own peak RSS on the last line of stdout.
+# Report the child's own peak RSS on the last line of stdout. VmHWM belongs to the address
+# space made by exec; ru_maxrss would not do, as Linux carries the parent's (pytest's) peak
+# across fork and exec into it.
 _RUNNER = """
-import resource, runpy, sys
+import runpy, sys
 script = sys.argv[1]
 sys.argv = sys.argv[1:]
 code = 0
@@ -32,7 +34,9 @@ try:
     runpy.run_path(script, run_name="__main__")
 except SystemExit as e:
     code = e.code or 0
-print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+with open("/proc/self/status") as f:
+    hwm = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+print("PEAK_RSS_KB", hwm, flush=True)
 sys.exit(code)
 """
 
