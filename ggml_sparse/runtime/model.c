@@ -288,6 +288,11 @@ static bool load_tensors(struct loader * L) {
     h->tied_output = missing;
     if (missing) m->output = m->tok_embd;
 
+    // each block has at least 9 tensors: a larger count is a corrupted key, not a model
+    if ((int64_t) h->n_layer * 9 > gguf_get_n_tensors(m->gguf)) {
+        return fail(L, "llama.block_count is %d but the file holds only %lld tensors", h->n_layer,
+                    (long long) gguf_get_n_tensors(m->gguf));
+    }
     m->layers = calloc(h->n_layer, sizeof(struct ts_layer));
     if (!m->layers) return fail(L, "out of memory");
 

@@ -1,0 +1,381 @@
+// ts-main: generates text from a turbosparse (or plain llama.cpp) GGUF model, with
+// llama.cpp-style flags. Streams the text as it is generated and ends with a statistics line.
+#include "turbosparse.h"
+#include "tokenizer.h"
+#include "sampler.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+struct options {
+    const char * model;
+    const char * prompt;
+    const char * prompt_file;
+    int          n_predict;
+    int          n_threads;
+    int          n_ctx;
+    struct ts_sampler_params sampling;
+    bool         seed_set;
+    int          ffn_mode;
+    bool         threshold_set;
+    float        threshold;
+    bool         chat;
+    bool         interactive;
+};
+
+static void usage(FILE * f) {
+    fprintf(f,
+        "usage: ts-main -m MODEL [options]\n"
+        "\n"
+        "  -m, --model PATH         GGUF model file (turbosparse or plain llama.cpp dense Llama/Mistral)\n"
+        "  -p, --prompt TEXT        prompt\n"
+        "  -f, --file PATH          read the prompt from a file\n"
+        "  -n, --n-predict N        tokens to generate (default 128; -1: until end of text or context)\n"
+        "  -t, --threads N          threads (default: the online CPUs)\n"
+        "  -c, --ctx-size N         context size in tokens (default: the model's, at most 4096)\n"
+        "      --temp F             temperature (default 0.8; 0 = greedy)\n"
+        "      --top-k N            top-k (default 40; 0 = off)\n"
+        "      --top-p F            top-p (default 0.95; 1 = off)\n"
+        "      --min-p F            min-p (default 0.05; 0 = off)\n"
+        "      --repeat-penalty F   repetition penalty over the last 64 tokens (default 1 = off)\n"
+        "      --seed N             random seed (default: from the clock; printed)\n"
+        "      --ffn-mode MODE      dense | predicted | exact (default: predicted when the file has\n"
+        "                           predictors, else exact for ReGLU/dReLU, else dense)\n"
+        "      --threshold F        predictor logit threshold (default: the file's)\n"
+        "      --chat               wrap the prompt in the model's chat format (ChatML or [INST])\n"
+        "  -i, --interactive        chat on stdin, turn by turn (Ctrl-C stops a reply, Ctrl-D quits)\n"
+        "  -h, --help               this help\n");
+}
+
+static bool parse_int(const char * s, int * out) {
+    char * end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < -2147483647L || v > 2147483647L) return false;
+    *out = (int) v;
+    return true;
+}
+
+static bool parse_float(const char * s, float * out) {
+    char * end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || v != v) return false;
+    *out = v;
+    return true;
+}
+
+// 0 ok, 1 error (message printed), 2 help printed
+static int parse_args(int argc, char ** argv, struct options * o) {
+    memset(o, 0, sizeof(*o));
+    o->n_predict = 128;
+    o->ffn_mode = TS_FFN_MODE_AUTO;
+    o->sampling = ts_sampler_default_params();
+    for (int i = 1; i < argc; i++) {
+        const char * a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 2; }
+        if (!strcmp(a, "--chat")) { o->chat = true; continue; }
+        if (!strcmp(a, "-i") || !strcmp(a, "--interactive")) { o->interactive = true; continue; }
+        if (i + 1 >= argc) { fprintf(stderr, "error: unknown option or missing value: %s\n", a); return 1; }
+        const char * v = argv[++i];
+        bool ok = true;
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model = v;
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) o->prompt = v;
+        else if (!strcmp(a, "-f") || !strcmp(a, "--file")) o->prompt_file = v;
+        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) ok = parse_int(v, &o->n_predict) && o->n_predict >= -1;
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) ok = parse_int(v, &o->n_threads) && o->n_threads >= 1;
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) ok = parse_int(v, &o->n_ctx) && o->n_ctx >= 1;
+        else if (!strcmp(a, "--temp")) ok = parse_float(v, &o->sampling.temperature);
+        else if (!strcmp(a, "--top-k")) ok = parse_int(v, &o->sampling.top_k);
+        else if (!strcmp(a, "--top-p")) ok = parse_float(v, &o->sampling.top_p);
+        else if (!strcmp(a, "--min-p")) ok = parse_float(v, &o->sampling.min_p);
+        else if (!strcmp(a, "--repeat-penalty")) ok = parse_float(v, &o->sampling.repeat_penalty) && o->sampling.repeat_penalty > 0;
+        else if (!strcmp(a, "--seed")) {
+            char * end;
+            errno = 0;
+            unsigned long long s = strtoull(v, &end, 10);
+            ok = !errno && end != v && !*end;
+            o->sampling.seed = s;
+            o->seed_set = true;
+        }
+        else if (!strcmp(a, "--ffn-mode")) {
+            if (!strcmp(v, "dense")) o->ffn_mode = TS_FFN_MODE_DENSE;
+            else if (!strcmp(v, "predicted")) o->ffn_mode = TS_FFN_MODE_PREDICTED;
+            else if (!strcmp(v, "exact")) o->ffn_mode = TS_FFN_MODE_EXACT;
+            else ok = false;
+        }
+        else if (!strcmp(a, "--threshold")) { ok = parse_float(v, &o->threshold); o->threshold_set = true; }
+        else { fprintf(stderr, "error: unknown option: %s (see --help)\n", a); return 1; }
+        if (!ok) { fprintf(stderr, "error: bad value for %s: '%s'\n", a, v); return 1; }
+    }
+    if (!o->model) { fprintf(stderr, "error: no model given (-m PATH; see --help)\n"); return 1; }
+    if (o->prompt && o->prompt_file) { fprintf(stderr, "error: give -p or -f, not both\n"); return 1; }
+    if (!o->prompt && !o->prompt_file && !o->interactive) {
+        fprintf(stderr, "error: no prompt (-p TEXT, -f FILE or -i)\n");
+        return 1;
+    }
+    if (!o->seed_set) o->sampling.seed = (uint64_t) time(NULL);
+    return 0;
+}
+
+static char * read_file(const char * path) {
+    FILE * f = fopen(path, "rb");
+    if (!f) { fprintf(stderr, "error: cannot open prompt file '%s': %s\n", path, strerror(errno)); return NULL; }
+    size_t cap = 4096, len = 0;
+    char * buf = malloc(cap);
+    size_t r;
+    while (buf && (r = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+        len += r;
+        if (cap - len - 1 == 0) { cap *= 2; buf = realloc(buf, cap); }
+    }
+    fclose(f);
+    if (buf) buf[len] = '\0';
+    return buf;
+}
+
+// ---- the session -----------------------------------------------------------------------------
+
+static volatile sig_atomic_t g_interrupted = 0;
+static struct ts_context * g_ctx = NULL;
+
+static void on_sigint(int sig) {
+    (void) sig;
+    if (g_interrupted) _exit(130); // a second Ctrl-C: leave now
+    g_interrupted = 1;
+    if (g_ctx) ts_context_abort(g_ctx);
+}
+
+struct session {
+    struct options        o;
+    struct ts_model     * model;
+    struct ts_context   * ctx;
+    struct ts_tokenizer * tok;
+    struct ts_sampler   * smpl;
+    const struct ts_tokenizer_info * info;
+    float               * logits;
+    int                   n_vocab;
+    bool                  chatml; // else [INST]
+};
+
+// Tokenizes text (special tokens recognised); returns a malloc'd array or NULL.
+static int32_t * tokenize(struct session * s, const char * text, bool add_bos, int * n_out) {
+    size_t len = strlen(text);
+    int cap = (int) len + 8;
+    int32_t * ids = malloc(sizeof(int32_t) * cap);
+    int n = ids ? ts_tokenize(s->tok, text, len, add_bos, true, ids, cap) : TS_TOKENIZE_ERROR;
+    if (n < 0 && n != TS_TOKENIZE_ERROR) {
+        cap = -n;
+        ids = realloc(ids, sizeof(int32_t) * cap);
+        n = ids ? ts_tokenize(s->tok, text, len, add_bos, true, ids, cap) : TS_TOKENIZE_ERROR;
+    }
+    if (n < 0) { fprintf(stderr, "error: cannot tokenize the prompt\n"); free(ids); return NULL; }
+    *n_out = n;
+    return ids;
+}
+
+static char * chat_wrap(const struct session * s, const char * text) {
+    const char * pre = s->chatml ? "<|im_start|>user\n" : "[INST] ";
+    const char * post = s->chatml ? "<|im_end|>\n<|im_start|>assistant\n" : " [/INST]";
+    char * out = malloc(strlen(pre) + strlen(text) + strlen(post) + 1);
+    if (out) sprintf(out, "%s%s%s", pre, text, post);
+    return out;
+}
+
+// Feeds ids (one batch), then samples and streams up to n_predict tokens. Returns 0, or 1
+// on an error (printed). *last is the last sampled token (an end-of-generation token when
+// the reply ended by itself) or -1.
+static int run_turn(struct session * s, const int32_t * ids, int n_ids, int32_t * last) {
+    *last = -1;
+    int32_t n_ctx = ts_context_n_ctx(s->ctx), n_past = ts_context_n_past(s->ctx);
+    if (n_past + n_ids > n_ctx) {
+        fprintf(stderr, "\nerror: the prompt (%d tokens) does not fit in the context: %d of %d tokens are free "
+                        "(use -c to raise the context size)\n", n_ids, n_ctx - n_past, n_ctx);
+        return 1;
+    }
+    for (int i = 0; i < n_ids; i++) ts_sampler_accept(s->smpl, ids[i]);
+    int32_t rc = ts_decode(s->ctx, ids, n_ids, s->logits, 0);
+    struct ts_utf8_stream stream;
+    ts_utf8_stream_init(&stream, s->tok, false, false);
+    const int out_size = 3 * (s->info->max_piece_bytes + 4) + 16;
+    char * out = malloc(out_size);
+    for (int i = 0; rc == TS_OK && (s->o.n_predict < 0 || i < s->o.n_predict); i++) {
+        int32_t t = ts_sample(s->smpl, s->logits, s->n_vocab);
+        if (t < 0) {
+            fprintf(stderr, "\nerror: sampling failed: %s\n", ts_sample_error_str(t));
+            free(out);
+            return 1;
+        }
+        *last = t;
+        if (ts_token_is_eog(s->tok, t)) break;
+        ts_sampler_accept(s->smpl, t);
+        int n = ts_utf8_stream_push(&stream, s->tok, t, out, out_size);
+        if (n > 0) { fwrite(out, 1, n, stdout); fflush(stdout); }
+        if (ts_context_n_past(s->ctx) >= n_ctx) {
+            fprintf(stderr, "\n[context full at %d tokens: generation stopped; use -c to raise it]\n", n_ctx);
+            break;
+        }
+        if (i + 1 == s->o.n_predict) break; // the last token needs no decode
+        rc = ts_decode(s->ctx, &t, 1, s->logits, 0);
+    }
+    int n = ts_utf8_stream_flush(&stream, out, out_size);
+    if (n > 0) fwrite(out, 1, n, stdout);
+    fflush(stdout);
+    free(out);
+    if (rc == TS_ERR_ABORTED) return 0;
+    if (rc != TS_OK) {
+        fprintf(stderr, "\nerror: %s\n", ts_context_error(s->ctx));
+        return 1;
+    }
+    return 0;
+}
+
+static void print_stats(const struct session * s) {
+    struct ts_stats st;
+    ts_context_get_stats(s->ctx, &st);
+    static const char * modes[] = { "dense", "predicted", "exact" };
+    fprintf(stderr,
+            "\n\nstats: prompt %lld tokens, %.2f tok/s | generation %lld tokens, %.2f tok/s | "
+            "FFN neurons computed %.1f%% (%s) | load %.0f ms\n",
+            (long long) st.n_prompt_tokens, st.prompt_ms > 0 ? st.n_prompt_tokens * 1000.0 / st.prompt_ms : 0.0,
+            (long long) st.n_gen_tokens, st.gen_ms > 0 ? st.n_gen_tokens * 1000.0 / st.gen_ms : 0.0,
+            100.0 * st.ffn_density, modes[ts_context_ffn_mode(s->ctx)], st.load_ms);
+}
+
+static int interactive(struct session * s) {
+    char line[8192];
+    int32_t last = -1;
+    bool first = true;
+    if (s->o.prompt) {
+        // a given prompt is the first user turn
+    }
+    for (;;) {
+        const char * text = NULL;
+        if (first && s->o.prompt) {
+            text = s->o.prompt;
+        } else {
+            fprintf(stderr, "\n> ");
+            fflush(stderr);
+            if (!fgets(line, sizeof(line), stdin)) break;
+            line[strcspn(line, "\n")] = '\0';
+            text = line;
+        }
+        char * wrapped = chat_wrap(s, text);
+        // the previous reply's end-of-turn token and the newline ChatML puts after it
+        char * turn = malloc(strlen(wrapped) + 64);
+        sprintf(turn, "%s%s", !first && s->chatml ? "\n" : "", wrapped);
+        int n_ids;
+        int32_t * ids = tokenize(s, turn, first && s->info->add_bos, &n_ids);
+        free(wrapped);
+        free(turn);
+        if (!ids) return 1;
+        if (!first && last >= 0) {
+            // the sampled end-of-turn token enters the context first
+            ids = realloc(ids, sizeof(int32_t) * (n_ids + 1));
+            memmove(ids + 1, ids, sizeof(int32_t) * n_ids);
+            ids[0] = last;
+            n_ids++;
+        }
+        first = false;
+        g_interrupted = 0;
+        int rc = run_turn(s, ids, n_ids, &last);
+        free(ids);
+        if (rc) return rc;
+        if (last >= 0 && !ts_token_is_eog(s->tok, last)) last = -1;
+    }
+    return 0;
+}
+
+int main(int argc, char ** argv) {
+    struct session s;
+    memset(&s, 0, sizeof(s));
+    int prc = parse_args(argc, argv, &s.o);
+    if (prc) return prc == 2 ? 0 : 1;
+    char err[1024];
+    int rc = 1;
+
+    struct ts_model_params mp;
+    ts_model_params_init(&mp);
+    s.model = ts_model_load(s.o.model, &mp, err, sizeof(err));
+    if (!s.model) { fprintf(stderr, "error: cannot load the model: %s\n", err); return 1; }
+    s.tok = ts_tokenizer_from_gguf(ts_model_gguf(s.model), err, sizeof(err));
+    if (!s.tok) { fprintf(stderr, "error: cannot read the tokenizer: %s\n", err); goto done; }
+    s.info = ts_tokenizer_get_info(s.tok);
+
+    struct ts_model_meta meta;
+    ts_model_get_meta(s.model, &meta);
+    s.n_vocab = meta.n_vocab;
+    if (s.info->n_vocab != meta.n_vocab) {
+        fprintf(stderr, "error: the tokenizer has %d tokens but the model %d\n", s.info->n_vocab, meta.n_vocab);
+        goto done;
+    }
+    struct ts_context_params cp;
+    ts_context_params_init(&cp);
+    cp.n_ctx = s.o.n_ctx;
+    cp.n_threads = s.o.n_threads;
+    cp.ffn_mode = s.o.ffn_mode;
+    cp.use_threshold = s.o.threshold_set;
+    cp.threshold = s.o.threshold;
+    s.ctx = ts_context_new(s.model, &cp, err, sizeof(err));
+    if (!s.ctx) { fprintf(stderr, "error: %s\n", err); goto done; }
+    s.smpl = ts_sampler_new(&s.o.sampling, err, sizeof(err));
+    if (!s.smpl) { fprintf(stderr, "error: %s\n", err); goto done; }
+    s.logits = malloc(sizeof(float) * (size_t) s.n_vocab);
+
+    // ChatML when the vocabulary has its markers, else Mistral's [INST]
+    s.chatml = false;
+    for (int32_t id = 0; id < s.n_vocab; id++) {
+        const char * t = ts_token_text(s.tok, id);
+        if (t && !strcmp(t, "<|im_start|>")) { s.chatml = true; break; }
+    }
+    static const char * modes[] = { "dense", "predicted", "exact" };
+    fprintf(stderr, "model: %s | %d layers, n_embd %d, n_ff %d%s | ffn %s, mode %s%s | threshold %.3g | ctx %d | "
+                    "threads %d | seed %llu\n",
+            meta.name[0] ? meta.name : s.o.model, meta.n_layer, meta.n_embd, meta.n_ff,
+            meta.n_expert ? ", MoE" : "", meta.ffn_kind == TS_FFN_DRELU ? "dReLU" : meta.ffn_kind == TS_FFN_REGLU ? "ReGLU" : "SwiGLU",
+            modes[ts_context_ffn_mode(s.ctx)], meta.has_predictor ? "" : " (no predictor in the file)",
+            ts_context_threshold(s.ctx), ts_context_n_ctx(s.ctx),
+            ts_context_n_threads(s.ctx), (unsigned long long) s.o.sampling.seed);
+
+    g_ctx = s.ctx;
+    signal(SIGINT, on_sigint);
+
+    if (s.o.interactive) {
+        rc = interactive(&s);
+    } else {
+        char * prompt = s.o.prompt_file ? read_file(s.o.prompt_file) : strdup(s.o.prompt);
+        if (!prompt) goto done;
+        if (s.o.chat) {
+            char * w = chat_wrap(&s, prompt);
+            free(prompt);
+            prompt = w;
+        }
+        int n_ids;
+        int32_t * ids = tokenize(&s, prompt, s.info->add_bos, &n_ids);
+        if (ids && n_ids == 0) {
+            fprintf(stderr, "error: the prompt is empty\n");
+        } else if (ids) {
+            if (!s.o.chat) { fwrite(prompt, 1, strlen(prompt), stdout); fflush(stdout); }
+            int32_t last;
+            rc = run_turn(&s, ids, n_ids, &last);
+        }
+        free(ids);
+        free(prompt);
+    }
+    if (s.ctx) print_stats(&s);
+    if (g_interrupted && rc == 0) rc = 130;
+
+done:
+    g_ctx = NULL;
+    free(s.logits);
+    if (s.smpl) ts_sampler_free(s.smpl);
+    ts_context_free(s.ctx);
+    if (s.tok) ts_tokenizer_free(s.tok);
+    ts_model_free(s.model);
+    return rc;
+}
