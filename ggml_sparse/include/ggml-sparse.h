@@ -47,11 +47,14 @@ enum ggml_sparse_down_layout {
 };
 
 // Running counts a graph adds to as it computes (integer atomics; may be shared by all
-// layers of a model). neurons_computed counts neurons whose gate/up rows were read.
+// layers of a model). Only the sparse gate/up node counts (predicted and exact modes).
+//   predicted mode: neurons_computed = neurons predicted active (gate and up rows read)
+//   exact mode:     neurons_computed = neurons found active (a != 0; every gate row and the
+//                   up rows of positive gates were read)
 struct ggml_sparse_stats {
     int64_t neurons_computed;
-    int64_t neurons_total;
-    int64_t tokens; // token-FFN evaluations (T per sparse FFN node)
+    int64_t neurons_total;   // n_ff per token
+    int64_t tokens;          // token-FFN evaluations (T per sparse gate/up node)
 };
 
 struct ggml_sparse_ffn_params {
@@ -67,6 +70,21 @@ struct ggml_sparse_ffn_params {
 // y = W_down · act(W_gate x, W_up x) in the mode of `params` (copied into ctx).
 // fc1/fc2/u are needed in predicted mode only (may be NULL otherwise).
 // Returns NULL and fills `err` (if given) when shapes, types or the mode do not fit.
+//
+// What each mode builds:
+//   dense, standard down:      three ggml_mul_mat and ggml's activation ops (ggml's dense FFN)
+//   dense, neuron-major down:  gate/up by ggml_mul_mat, activation by ggml ops, then the
+//                              sparse down node over every row (it skips exact zeros)
+//   predicted:                 predictor (ggml_mul_mat, relu, ggml_mul_mat), sparse gate/up
+//   exact:                     sparse gate/up in exact mode
+//   and in both sparse modes the sparse down node (neuron-major) or ggml_mul_mat (standard
+//   down: correct, but W_down is then read whole).
+// Requirements: x (and u) f32 [n_embd, T] with contiguous rows; weights 2-D, contiguous;
+// w_gate and w_up of one type; SwiGLU in dense mode only; the sparse nodes need a weight
+// type with a fast kernel or a ggml to_float.
+//
+// Memory: the nodes' metadata and a small parameter block live in ctx; a no_alloc context
+// needs ggml_sparse_ffn_ctx_size() bytes per call on top of its other tensors.
 struct ggml_tensor * ggml_sparse_ffn(
         struct ggml_context * ctx,
         struct ggml_tensor  * x,
@@ -89,14 +107,20 @@ bool ggml_sparse_check_ffn(
         const struct ggml_sparse_ffn_params * params,
         char * err, size_t err_size);
 
+// Upper bound on the context memory (tensor metadata and op parameters) one ggml_sparse_ffn
+// call takes, for sizing no_alloc contexts.
+size_t ggml_sparse_ffn_ctx_size(void);
+
 // ---- the finer ops it is made of ---------------------------------------------------------
+// Each returns NULL and fills `err` (if given) on bad shapes or types, naming the tensor.
 
 // Predictor logits [n_ff, T] = fc2 · relu(fc1 · u)   (ggml mul_mat + relu).
 struct ggml_tensor * ggml_sparse_predictor(
         struct ggml_context * ctx,
         struct ggml_tensor  * fc1,
         struct ggml_tensor  * fc2,
-        struct ggml_tensor  * u);
+        struct ggml_tensor  * u,
+        char * err, size_t err_size);
 
 // Sparse gate/up fused with the activation: a [n_ff, T] f32, zero for neurons not computed.
 // With logits ([n_ff, T] f32): neurons with logit > threshold (predicted mode).
@@ -110,14 +134,17 @@ struct ggml_tensor * ggml_sparse_gate_up(
         struct ggml_tensor  * logits,
         enum ggml_sparse_ffn_kind kind,
         float threshold,
-        struct ggml_sparse_stats * stats);
+        struct ggml_sparse_stats * stats,
+        char * err, size_t err_size);
 
 // Sparse down projection y [n_embd, T] = sum over i with a[i] != 0 of a[i] * w_down_t[i],
-// w_down_t neuron-major. Bit-identical for any thread count.
+// w_down_t neuron-major, a f32 [n_ff, T] with contiguous rows. Bit-identical for any
+// thread count (each output column is one fixed chain of multiply-adds, see ts-kernels.h).
 struct ggml_tensor * ggml_sparse_down(
         struct ggml_context * ctx,
         struct ggml_tensor  * w_down_t,
-        struct ggml_tensor  * a);
+        struct ggml_tensor  * a,
+        char * err, size_t err_size);
 
 // Name of the kernel table in use ("scalar", "avx2", "avx512", "neon").
 const char * ggml_sparse_isa(void);
