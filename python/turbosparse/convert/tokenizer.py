@@ -115,7 +115,10 @@ def _chat_template(tok_config: dict[str, Any], path: Path) -> Optional[str]:
 
 
 def read_vocab(folder: Path, config: dict[str, Any]) -> Vocab:
-    from sentencepiece import SentencePieceProcessor
+    try:
+        from sentencepiece import SentencePieceProcessor
+    except ImportError:
+        raise ConvertError("reading tokenizer.model needs the sentencepiece package: pip install sentencepiece") from None
 
     model_path = folder / "tokenizer.model"
     if not model_path.is_file():
