@@ -90,7 +90,8 @@ struct ts_context * ts_context_new(struct ts_model * model, const struct ts_cont
     c->galloc = ggml_gallocr_new(ggml_backend_cpu_buffer_type());
     c->graph_size = 256 + h->n_layer * (64 + 24 * h->n_expert);
     c->graph_meta_size = ggml_tensor_overhead() * (size_t) c->graph_size * 2 +
-                         ggml_graph_overhead_custom(c->graph_size, false);
+                         ggml_graph_overhead_custom(c->graph_size, false) +
+                         ggml_sparse_ffn_ctx_size() * (size_t) h->n_layer * (h->n_expert ? h->n_expert : 1);
     c->graph_meta = malloc(c->graph_meta_size);
     if (!c->threadpool || !c->galloc || !c->graph_meta) {
         snprintf(err, err_size, "cannot create the thread pool or graph allocator");
@@ -200,6 +201,10 @@ void ts_context_get_stats(const struct ts_context * c, struct ts_stats * s) {
     *s = c->stats;
     s->ffn_neurons_computed = c->sparse_stats.neurons_computed;
     s->ffn_neurons_total = c->sparse_stats.neurons_total;
+    // MoE: every expert's sparse node runs on the whole batch (tokens not routed to it zeroed,
+    // so they compute nothing); the share is of the routed experts' neurons
+    const struct ts_model_meta * h = &c->model->meta;
+    if (h->n_expert > 0) s->ffn_neurons_total = s->ffn_neurons_total / h->n_expert * h->n_expert_used;
     s->ffn_density = s->ffn_neurons_total > 0 ? (double) s->ffn_neurons_computed / (double) s->ffn_neurons_total : 1.0;
     s->load_ms = c->model->meta.load_ms;
 }

@@ -211,6 +211,56 @@ def test_stats(tmp_path):
     assert ctx.n_past == 0 and ctx.stats().n_prompt_tokens == 0
 
 
+def test_density_counts_the_neurons_computed(tmp_path):
+    """The share of FFN neurons computed is the reference's share of predicted (predicted
+    mode) or truly active (exact mode) neurons."""
+    cfg, held, path = make(tmp_path, "bamboo_drelu_pred")
+    model = Model(path)
+    trace = RefTrace()
+    forward(cfg, held, TOKENS, mode="predicted", trace=trace)
+    ctx = Context(model, mode="predicted")
+    ctx.decode(TOKENS)
+    assert ctx.stats().ffn_density == pytest.approx(np.mean(np.concatenate(trace.masks)), abs=1e-12)
+
+    # exact: a neuron is computed when relu(g) * relu(u) != 0, i.e. g > 0 and u > 0
+    active = []
+    x = held["model.embed_tokens.weight"][TOKENS].astype(np.float64)
+    import numpy_reference as ref
+
+    w = {k: v.astype(np.float64) for k, v in held.items()}
+    for il in range(cfg.n_layer):
+        p = f"model.layers.{il}"
+        h = ref.rms_norm(x, w[f"{p}.input_layernorm.weight"], cfg.rms_eps)
+        resid = x + ref.attention(cfg, w, f"{p}.self_attn", h, np.arange(len(TOKENS)))
+        f_in = ref.rms_norm(resid, w[f"{p}.post_attention_layernorm.weight"], cfg.rms_eps)
+        g, u = f_in @ w[f"{p}.mlp.gate_proj.weight"].T, f_in @ w[f"{p}.mlp.up_proj.weight"].T
+        active.append((g > 0) & (u > 0))
+        x = resid + ref.ffn(cfg, w, f"{p}.mlp", f_in, resid, "dense", 0.0, RefTrace())
+    ctx = Context(model, mode="exact")
+    ctx.decode(TOKENS)
+    assert ctx.stats().ffn_density == pytest.approx(np.mean(np.concatenate(active)), abs=1e-12)
+    dense = Context(model, mode="dense")
+    dense.decode(TOKENS)
+    assert dense.stats().ffn_density == 1.0
+
+
+def test_abort(tmp_path):
+    """An abort request stops the next (or running) decode, leaves the cache as it was, and is
+    consumed: the decode after it runs normally."""
+    from runtime_api import lib
+
+    _, _, path = make(tmp_path, "dense_llama_swiglu")
+    model = Model(path)
+    ctx = Context(model)
+    ctx.decode(TOKENS[:4])
+    lib.ts_context_abort(ctx.ptr)
+    with pytest.raises(RuntimeError_, match="aborted"):
+        ctx.decode(TOKENS[4:])
+    assert ctx.n_past == 4
+    rest = ctx.decode(TOKENS[4:])
+    assert rel_err(rest, Context(model).decode(TOKENS)[4:]) < 1e-5
+
+
 # ---- bad input ---------------------------------------------------------------------------
 
 
