@@ -288,3 +288,31 @@ def test_summary_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert f"({n_params})" in text and f"({n_pred})" in text
     assert f"({out.stat().st_size} bytes)" in text
 
+
+
+def test_installed_command(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("convert-turbosparse")
+    if exe is None:
+        pytest.skip("the package is not installed (pip install .): no convert-turbosparse command on PATH")
+    src = tmp_path / "model"
+    write_tiny_checkpoint(src, arch="mistral", n_layer=1)
+    out = tmp_path / "out.gguf"
+    res = subprocess.run([exe, str(src), "--outfile", str(out), "--outtype", "q8_0"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert field(GGUFReader(out), "turbosparse.ffn_kind") == "swiglu"
+
+
+def test_converter_never_loads_native_code() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, turbosparse.convert.cli, turbosparse.convert.hf_llama, turbosparse.convert.powerinfer, "
+            "turbosparse.convert.writer; "
+            "bad = [m for m in sys.modules if m == 'cffi' or m.startswith('_cffi') or 'turbosparse_cffi' in m "
+            "or m.startswith('turbosparse.') and not m.startswith('turbosparse.convert')]; print(bad)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
