@@ -63,11 +63,13 @@ struct ts_model_meta {
     int32_t n_head;
     int32_t n_head_kv;
     int32_t n_rot;                 // RoPE dimensions (the head size)
+    int32_t head_dim;              // llama.attention.key_length, default n_embd / n_head
     int32_t n_expert;              // 0 for dense models
     int32_t n_expert_used;
     int32_t sliding_window;        // 0 = none
     float   rms_eps;
     float   rope_theta;
+    float   rope_freq_scale;       // 1 / llama.rope.scaling.factor (linear scaling), else 1
     int32_t ffn_kind;              // enum ts_ffn_kind
     int32_t down_neuron_major;     // 1: ffn_down_t (neuron-major), 0: ffn_down
     int32_t has_predictor;

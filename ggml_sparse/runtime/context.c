@@ -79,7 +79,7 @@ struct ts_context * ts_context_new(struct ts_model * model, const struct ts_cont
     c->ffn_mode = mode;
     c->threshold = params->use_threshold ? params->threshold : h->threshold;
 
-    const int32_t n_embd_kv = h->n_embd / h->n_head * h->n_head_kv;
+    const int32_t n_embd_kv = h->head_dim * h->n_head_kv;
     if (!ts_kv_cache_init(&c->kv, h->n_layer, n_embd_kv, n_ctx, params->kv_f32 ? GGML_TYPE_F32 : GGML_TYPE_F16,
                           err, err_size)) {
         free(c);

@@ -15,7 +15,7 @@ static struct ggml_tensor * rms_norm(struct ggml_context * g, struct ggml_tensor
 static struct ggml_tensor * rope(struct ggml_context * g, const struct ts_model_meta * h,
                                  struct ggml_tensor * x, struct ggml_tensor * pos) {
     return ggml_rope_ext(g, x, pos, NULL, h->n_rot, 0 /* normal */, h->n_ctx_train, h->rope_theta,
-                         1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+                         h->rope_freq_scale, 0.0f, 1.0f, 0.0f, 0.0f);
 }
 
 // Self-attention of layer il: writes this batch's K/V into the cache, attends over
@@ -24,7 +24,7 @@ static struct ggml_tensor * attention(struct ts_context * c, struct ggml_context
                                       int il, struct ggml_tensor * x, const struct ts_graph_io * io) {
     const struct ts_model_meta * h = &c->model->meta;
     const struct ts_layer * l = &c->model->layers[il];
-    const int64_t n = x->ne[1], hd = h->n_rot, n_kv = c->n_past + n;
+    const int64_t n = x->ne[1], hd = h->head_dim, n_kv = c->n_past + n;
     const int64_t E_kv = c->kv.n_embd_kv;
     struct ggml_tensor * kc = c->kv.k[il], * vc = c->kv.v[il];
 
@@ -46,7 +46,7 @@ static struct ggml_tensor * attention(struct ts_context * c, struct ggml_context
     struct ggml_tensor * kq = ggml_mul_mat(g, K, Q);                              // [n_kv, n, n_head]
     kq = ggml_soft_max_ext(g, kq, io->mask, 1.0f / sqrtf((float) hd), 0.0f);
     struct ggml_tensor * kqv = ggml_mul_mat(g, V, kq);                            // [hd, n, n_head]
-    struct ggml_tensor * o = ggml_cont_2d(g, ggml_permute(g, kqv, 0, 2, 1, 3), h->n_embd, n);
+    struct ggml_tensor * o = ggml_cont_2d(g, ggml_permute(g, kqv, 0, 2, 1, 3), hd * h->n_head, n);
     return ggml_mul_mat(g, l->wo, o);
 }
 

@@ -165,13 +165,19 @@ static bool read_hparams(struct loader * L) {
     if (!key_i32(L, "llama.expert_count", false, 0, 0, &h->n_expert)) return false;
     if (!key_i32(L, "llama.expert_used_count", false, 0, 0, &h->n_expert_used)) return false;
 
-    if (h->n_embd % h->n_head != 0) {
+    if (!key_i32(L, "llama.attention.key_length", false, h->n_embd / h->n_head, 1, &h->head_dim)) return false;
+    int32_t v_len;
+    if (!key_i32(L, "llama.attention.value_length", false, h->head_dim, 1, &v_len)) return false;
+    if (v_len != h->head_dim) {
+        return fail(L, "llama.attention.value_length %d differs from key_length %d (not supported)", v_len, h->head_dim);
+    }
+    if (gguf_find_key(g, "llama.attention.key_length") < 0 && h->n_embd % h->n_head != 0) {
         return fail(L, "llama.embedding_length %d is not a multiple of llama.attention.head_count %d", h->n_embd, h->n_head);
     }
     if (h->n_head % h->n_head_kv != 0) {
         return fail(L, "llama.attention.head_count %d is not a multiple of llama.attention.head_count_kv %d", h->n_head, h->n_head_kv);
     }
-    int32_t head_dim = h->n_embd / h->n_head;
+    const int32_t head_dim = h->head_dim;
     if (!key_i32(L, "llama.rope.dimension_count", false, head_dim, 1, &h->n_rot)) return false;
     if (h->n_rot != head_dim || head_dim % 2 != 0) {
         return fail(L, "llama.rope.dimension_count %d must equal the (even) head size %d", h->n_rot, head_dim);
@@ -182,6 +188,19 @@ static bool read_hparams(struct loader * L) {
     if (h->n_expert == 1 || (h->n_expert > 0 && (h->n_expert_used < 1 || h->n_expert_used > h->n_expert))) {
         return fail(L, "llama.expert_count %d / llama.expert_used_count %d: need 2+ experts and 1..expert_count used",
                     h->n_expert, h->n_expert_used);
+    }
+    // RoPE scaling: linear (positions divided by the factor) is ggml's freq_scale; others refused
+    h->rope_freq_scale = 1.0f;
+    const char * scaling;
+    if (!key_str(L, "llama.rope.scaling.type", false, &scaling)) return false;
+    if (scaling && strcmp(scaling, "none") != 0) {
+        if (strcmp(scaling, "linear") != 0) {
+            return fail(L, "llama.rope.scaling.type '%s' is not supported (only linear)", scaling);
+        }
+        float factor;
+        if (!key_f32(L, "llama.rope.scaling.factor", true, 1.0f, &factor)) return false;
+        if (!(factor > 0.0f)) return fail(L, "llama.rope.scaling.factor must be positive");
+        h->rope_freq_scale = 1.0f / factor;
     }
     if (h->n_expert > 256) return fail(L, "llama.expert_count %d is above the supported 256", h->n_expert);
     if (h->n_expert == 0) h->n_expert_used = 0;
@@ -276,7 +295,7 @@ static bool load_tensors(struct loader * L) {
     struct ts_model * m = L->m;
     struct ts_model_meta * h = &m->meta;
     const int64_t E = h->n_embd, F = h->n_ff, V = h->n_vocab;
-    const int64_t E_kv = (int64_t) h->n_embd / h->n_head * h->n_head_kv;
+    const int64_t E_q = (int64_t) h->head_dim * h->n_head, E_kv = (int64_t) h->head_dim * h->n_head_kv;
     const int64_t X = h->n_expert;
     char name[128];
     bool missing;
@@ -302,10 +321,10 @@ static bool load_tensors(struct loader * L) {
         snprintf(name, sizeof(name), "blk.%d.%s.weight", il, suffix); \
         if (!(l->field = want(L, name, a, b, c, wt, true, NULL))) return false;
         T(attn_norm, "attn_norm", E, 1, 1, W_F32);
-        T(wq, "attn_q", E, E, 1, W_ANY);
+        T(wq, "attn_q", E, E_q, 1, W_ANY);
         T(wk, "attn_k", E, E_kv, 1, W_ANY);
         T(wv, "attn_v", E, E_kv, 1, W_ANY);
-        T(wo, "attn_output", E, E, 1, W_ANY);
+        T(wo, "attn_output", E_q, E, 1, W_ANY);
         T(ffn_norm, "ffn_norm", E, 1, 1, W_F32);
         if (X == 0) {
             T(ffn_gate, "ffn_gate", E, F, 1, W_ANY);

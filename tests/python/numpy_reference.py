@@ -26,10 +26,12 @@ class RefConfig:
     n_expert: int = 0
     n_expert_used: int = 0
     predictor_input: str = "residual"  # residual | ffn_input
+    head_dim_override: int = 0  # HF config head_dim when it is not n_embd / n_head
+    rope_linear_factor: float = 1.0  # HF rope_scaling {"type": "linear", "factor": ...}
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_dim_override or self.n_embd // self.n_head
 
 
 @dataclass
@@ -50,11 +52,12 @@ def rotate_half(x: np.ndarray) -> np.ndarray:
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
-def rope(x: np.ndarray, pos: np.ndarray, theta: float) -> np.ndarray:
-    """HF LlamaRotaryEmbedding + apply_rotary_pos_emb; x is [T, heads, head_dim]."""
+def rope(x: np.ndarray, pos: np.ndarray, theta: float, linear_factor: float = 1.0) -> np.ndarray:
+    """HF LlamaRotaryEmbedding (linear scaling divides the positions) + apply_rotary_pos_emb;
+    x is [T, heads, head_dim]."""
     d = x.shape[-1]
     inv_freq = 1.0 / (theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
-    freqs = np.outer(pos.astype(np.float64), inv_freq)
+    freqs = np.outer(pos.astype(np.float64) / linear_factor, inv_freq)
     emb = np.concatenate([freqs, freqs], axis=-1)
     cos, sin = np.cos(emb)[:, None, :], np.sin(emb)[:, None, :]
     return x * cos + rotate_half(x) * sin
@@ -97,7 +100,7 @@ def attention(cfg: RefConfig, w: dict, p: str, h: np.ndarray, pos: np.ndarray) -
     q = (h @ w[f"{p}.q_proj.weight"].T).reshape(T, cfg.n_head, hd)
     k = (h @ w[f"{p}.k_proj.weight"].T).reshape(T, cfg.n_head_kv, hd)
     v = (h @ w[f"{p}.v_proj.weight"].T).reshape(T, cfg.n_head_kv, hd)
-    q, k = rope(q, pos, cfg.rope_theta), rope(k, pos, cfg.rope_theta)
+    q, k = (rope(t, pos, cfg.rope_theta, cfg.rope_linear_factor) for t in (q, k))
     group = cfg.n_head // cfg.n_head_kv
     k = np.repeat(k, group, axis=1)  # HF repeat_kv: query head i uses kv head i // group
     v = np.repeat(v, group, axis=1)
@@ -110,7 +113,7 @@ def attention(cfg: RefConfig, w: dict, p: str, h: np.ndarray, pos: np.ndarray) -
     scores = scores - scores.max(axis=-1, keepdims=True)
     probs = np.exp(scores)
     probs /= probs.sum(axis=-1, keepdims=True)
-    out = np.einsum("hts,shd->thd", probs, v).reshape(T, cfg.n_embd)
+    out = np.einsum("hts,shd->thd", probs, v).reshape(T, cfg.n_head * hd)
     return out @ w[f"{p}.o_proj.weight"].T
 
 

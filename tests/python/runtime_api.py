@@ -20,10 +20,10 @@ def _open():
     lib_path = os.environ.get("TS_LIB") or str(pkg / "lib" / "libggml-sparse.so")
     ffi = cffi.FFI()
     ffi.cdef((pkg / "cdef" / "runtime.h").read_text())
-    return ffi, ffi.dlopen(lib_path)
+    return ffi, ffi.dlopen(lib_path), pkg / "cdef"
 
 
-ffi, lib = _open()
+ffi, lib, CDEF_DIR = _open()
 
 MODES = {"auto": -1, "dense": 0, "predicted": 1, "exact": 2}
 

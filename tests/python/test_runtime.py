@@ -39,7 +39,8 @@ def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
 
 def make(tmp_path: Path, which: str, outtype: str = "f32", seed: int = 1, **kw):
     name, kind, moe, rank = next(a for a in ARCHS if a[0] == which)
-    over = {k: kw.pop(k) for k in list(kw) if k in ("sliding_window", "predictor_input")}
+    over = {k: kw.pop(k) for k in list(kw) if k in ("sliding_window", "predictor_input", "head_dim_override",
+                                                     "rope_linear_factor")}
     cfg = tiny_config(kind, moe=moe, **over)
     w = random_weights(cfg, seed, predictor_rank=rank, tied=kw.pop("tied", False))
     path = tmp_path / f"{name}-{outtype}.gguf"
@@ -154,6 +155,33 @@ def test_sliding_window(tmp_path):
     assert rel_err(got, ref) < TOL["f32"]
     cfg.sliding_window = 0
     assert rel_err(got, forward(cfg, held, TOKENS)) > 1e-3  # the window mattered
+
+
+def test_head_dim_and_linear_rope_scaling(tmp_path):
+    """llama.attention.key_length != n_embd / n_head, and linear RoPE scaling."""
+    cfg, held, path = make(tmp_path, "relu_llama_reglu", head_dim_override=32, rope_linear_factor=2.0)
+    model = Model(path)
+    assert model.meta.head_dim == 32 and model.meta.rope_freq_scale == 0.5
+    assert rel_err(Context(model, mode="dense").decode(TOKENS), forward(cfg, held, TOKENS)) < TOL["f32"]
+    cfg.rope_linear_factor = 1.0
+    assert rel_err(Context(model, mode="dense").decode(TOKENS), forward(cfg, held, TOKENS)) > 1e-3
+
+
+def test_cdef_matches_header():
+    """python/turbosparse/cdef/runtime.h is turbosparse.h's declarations, comments dropped."""
+    import re
+
+    import runtime_api
+
+    root = Path(__file__).resolve().parents[2]
+    header = (root / "ggml_sparse" / "include" / "turbosparse.h").read_text()
+    body = header.split('extern "C" {\n#endif\n', 1)[1].rsplit("#ifdef __cplusplus", 1)[0]
+
+    def norm(text: str) -> str:
+        return re.sub(r"\s+", " ", re.sub(r"//[^\n]*", "", text)).strip()
+
+    cdef = (runtime_api.CDEF_DIR / "runtime.h").read_text()
+    assert norm(body) == norm(cdef)
 
 
 def test_tied_output(tmp_path):

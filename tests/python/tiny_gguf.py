@@ -124,6 +124,12 @@ def write_gguf(path: Path, cfg: RefConfig, w: dict, outtype: str = "f32", plain_
     wr.add_layer_norm_rms_eps(cfg.rms_eps)
     wr.add_rope_freq_base(cfg.rope_theta)
     wr.add_rope_dimension_count(cfg.head_dim)
+    if cfg.head_dim_override:
+        wr.add_key_length(cfg.head_dim)
+        wr.add_value_length(cfg.head_dim)
+    if cfg.rope_linear_factor != 1.0:
+        wr.add_string("llama.rope.scaling.type", "linear")
+        wr.add_float32("llama.rope.scaling.factor", cfg.rope_linear_factor)
     wr.add_vocab_size(cfg.n_vocab)
     if cfg.sliding_window:
         wr.add_sliding_window(cfg.sliding_window)

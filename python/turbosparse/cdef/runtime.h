@@ -1,75 +1,77 @@
 // cffi declarations of the runtime API (ggml_sparse/include/turbosparse.h, comments dropped).
-// Keep in sync with that header.
+// Keep in sync with that header (tests/python/test_runtime.py checks it).
 enum ts_ffn_kind {
     TS_FFN_SWIGLU = 0,
     TS_FFN_REGLU  = 1,
     TS_FFN_DRELU  = 2,
 };
 enum ts_ffn_mode {
-    TS_FFN_MODE_AUTO      = -1, 
+    TS_FFN_MODE_AUTO      = -1,
     TS_FFN_MODE_DENSE     = 0,
     TS_FFN_MODE_PREDICTED = 1,
     TS_FFN_MODE_EXACT     = 2,
 };
 enum ts_predictor_input {
-    TS_PRED_INPUT_RESIDUAL  = 0, 
-    TS_PRED_INPUT_FFN_INPUT = 1, 
+    TS_PRED_INPUT_RESIDUAL  = 0,
+    TS_PRED_INPUT_FFN_INPUT = 1,
 };
 enum ts_status {
     TS_OK                 = 0,
-    TS_ERR_INVALID        = -1, 
-    TS_ERR_CONTEXT_FULL   = -2, 
-    TS_ERR_COMPUTE        = -3, 
-    TS_ERR_ABORTED        = -4, 
+    TS_ERR_INVALID        = -1,
+    TS_ERR_CONTEXT_FULL   = -2,
+    TS_ERR_COMPUTE        = -3,
+    TS_ERR_ABORTED        = -4,
 };
 struct ts_model_params {
-    int32_t use_mmap; 
+    int32_t use_mmap;
 };
 struct ts_model_meta {
     char    name[128];
-    char    source_model_type[64]; 
-    int32_t is_turbosparse;        
+    char    source_model_type[64];
+    int32_t is_turbosparse;
     int32_t n_vocab;
     int32_t n_ctx_train;
     int32_t n_embd;
     int32_t n_layer;
-    int32_t n_ff;                  
+    int32_t n_ff;
     int32_t n_head;
     int32_t n_head_kv;
-    int32_t n_rot;                 
-    int32_t n_expert;              
+    int32_t n_rot;
+    int32_t head_dim;
+    int32_t n_expert;
     int32_t n_expert_used;
-    int32_t sliding_window;        
+    int32_t sliding_window;
     float   rms_eps;
     float   rope_theta;
-    int32_t ffn_kind;              
-    int32_t down_neuron_major;     
+    float   rope_freq_scale;
+    int32_t ffn_kind;
+    int32_t down_neuron_major;
     int32_t has_predictor;
-    int32_t predictor_input;       
-    float   threshold;             
-    int32_t tied_output;           
-    int32_t file_type;             
-    int64_t n_params;              
-    int64_t n_bytes;               
+    int32_t predictor_input;
+    float   threshold;
+    int32_t tied_output;
+    int32_t file_type;
+    int64_t n_params;
+    int64_t n_bytes;
     double  load_ms;
 };
 struct ts_context_params {
-    int32_t n_ctx;         
-    int32_t n_threads;     
-    int32_t ffn_mode;      
-    int32_t use_threshold; 
+    int32_t n_ctx;
+    int32_t n_threads;
+    int32_t ffn_mode;
+    int32_t use_threshold;
     float   threshold;
-    int32_t kv_f32;        
+    int32_t kv_f32;
 };
 struct ts_stats {
     int64_t n_prompt_tokens;
     double  prompt_ms;
     int64_t n_gen_tokens;
     double  gen_ms;
-    int64_t ffn_neurons_computed; 
+    int64_t ffn_neurons_computed;
     int64_t ffn_neurons_total;
-    double  ffn_density;          
-    double  load_ms;              
+    double  ffn_density;
+    double  load_ms;
 };
 struct ts_model;
 struct ts_context;
@@ -87,7 +89,7 @@ void ts_context_reset(struct ts_context * ctx);
 int32_t ts_context_n_ctx(const struct ts_context * ctx);
 int32_t ts_context_n_past(const struct ts_context * ctx);
 int32_t ts_context_n_threads(const struct ts_context * ctx);
-int32_t ts_context_ffn_mode(const struct ts_context * ctx); 
+int32_t ts_context_ffn_mode(const struct ts_context * ctx);
 float   ts_context_threshold(const struct ts_context * ctx);
 int32_t ts_decode(struct ts_context * ctx, const int32_t * tokens, int32_t n,
                   float * logits, int32_t logits_all);
