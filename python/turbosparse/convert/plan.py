@@ -7,6 +7,7 @@ writer then loads, encodes and writes one tensor at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -99,7 +100,7 @@ class ConvertOptions:
     """What the command line decides about a conversion (see cli.py for each flag's help)."""
     outtype: Optional[str] = None          # None: f16 for checkpoints, source types for imports
     predictor_type: Optional[str] = None   # None: same as outtype
-    predictors_dir: Optional[Any] = None   # Path of --predictors
+    predictors_dir: Optional[Path] = None  # --predictors DIR
     no_predictor: bool = False
     predictor_input: Optional[str] = None  # override of the architecture's default
     threshold: Optional[float] = None      # override of the default tau

@@ -85,26 +85,30 @@ def check_finite(data: np.ndarray, where: str) -> None:
 
 
 def encode(data: np.ndarray, qtype: GGMLQuantizationType, where: str) -> np.ndarray:
-    """float32 array -> a flat array holding the ggml bytes of `qtype` for it (row-major)."""
+    """float32 array -> a flat array holding the ggml bytes of `qtype` for it (row-major).
+
+    Checks and encoding go chunk by chunk so their temporaries stay a constant size.
+    """
     if data.dtype != np.float32:
         raise TypeError(f"encode expects float32, got {data.dtype}")
     if qtype not in SUPPORTED:
         raise ConvertError(f"{where}: output type {qtype.name} is not supported")
-    check_finite(data, where)
-    if qtype == Q.F32:
-        return np.ascontiguousarray(data).reshape(-1)
-    if qtype == Q.F16:
-        peak = float(np.abs(data).max()) if data.size else 0.0
-        if peak > _F16_MAX:
-            raise ConvertError(f"{where} has values up to {peak:g}, beyond f16's range; use --outtype bf16 or f32")
     row = data.shape[-1] if data.ndim else 1
-    rows = data.reshape(-1, row)
+    rows = np.ascontiguousarray(data).reshape(-1, row)
     out_row_bytes = nbytes_of((row,), qtype)
-    out = np.empty((rows.shape[0], out_row_bytes), dtype=np.uint8)
+    out = rows.view(np.uint8) if qtype == Q.F32 else np.empty((rows.shape[0], out_row_bytes), dtype=np.uint8)
     step = max(1, _CHUNK_ELEMENTS // max(row, 1))
     for r0 in range(0, rows.shape[0], step):
         chunk = rows[r0:r0 + step]
+        if not np.isfinite(chunk).all():
+            check_finite(data, where)
+        if qtype == Q.F32:
+            continue
         if qtype == Q.F16:
+            peak = float(np.abs(chunk).max()) if chunk.size else 0.0
+            if peak > _F16_MAX:
+                raise ConvertError(f"{where} has values up to {peak:g}, beyond f16's range; "
+                                   "use --outtype bf16 or f32")
             out[r0:r0 + step] = chunk.astype(np.float16).view(np.uint8)
         else:
             out[r0:r0 + step] = quants.quantize(chunk, qtype).reshape(chunk.shape[0], out_row_bytes)
