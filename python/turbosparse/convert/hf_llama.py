@@ -242,7 +242,7 @@ def _find_predictors(src: _Source, folder: Path, arch: ArchInfo, hp: HParams, sp
         raise ConvertError(f"a ReLU {'/'.join(k for k in ARCHS if not ARCHS[k].predictors_inside)} model needs its "
                            "predictors: pass --predictors DIR (model_{i}.pt or .safetensors), or --no-predictor "
                            "to convert it for the exact and dense modes only")
-    first = (f"model.layers.0.block_sparse_moe.experts.0.predictor.fc1.weight" if arch.moe
+    first = ("model.layers.0.block_sparse_moe.experts.0.predictor.fc1.weight" if arch.moe
              else "model.layers.0.mlp.predictor.fc1.weight")
     if not src.has(first):
         raise ConvertError(f"the checkpoint in {folder} has no predictors ({first} missing); pass --no-predictor to "
