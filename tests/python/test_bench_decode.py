@@ -1,0 +1,79 @@
+"""Smoke test of the decode benchmark's machinery (bench/bench_decode.py) on a tiny model,
+without llama.cpp: synthetic checkpoint, threshold calibration, conversion, timing, JSON rows.
+Timings are machine-dependent: only their sanity is checked, never their values."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_decode.py"
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory) -> tuple[list[dict], str]:
+    work = tmp_path_factory.mktemp("bench")
+    out = work / "rows.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--tiny", "--quick", "--no-llama-cpp", "--workdir", str(work),
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_rows_cover_every_mode_and_phase(result):
+    rows, _ = result
+    keys = {(r["type"], r["mode"], r["density"] if r["mode"] == "predicted" else None, r["file"], r["phase"])
+            for r in rows}
+    want = {("q4_0", m, d, f, ph) for ph in ("decode", "prefill")
+            for m, d, f in (("dense", None, "drelu"), ("predicted", 0.10, "drelu"), ("predicted", 0.25, "drelu"),
+                            ("exact", None, "drelu"), ("dense", None, "swiglu"))}
+    assert keys == want
+    assert len(rows) == len(want)
+
+
+def test_rows_are_sane(result):
+    rows, _ = result
+    for r in rows:
+        for k in ("type", "mode", "density", "phase", "tok_s", "llama_cpp_tok_s", "vs_llama_cpp"):
+            assert k in r, (k, r)
+        assert math.isfinite(r["tok_s"]) and r["tok_s"] > 0, r
+        assert r["llama_cpp_tok_s"] is None and r["vs_llama_cpp"] is None  # --no-llama-cpp
+        assert len(r["samples"]) == 1  # --quick: one round
+        if r["phase"] == "decode":
+            assert r["bytes_per_token"] > 0 and r["roofline_tok_s"] > 0 and r["roofline_share"] > 0
+
+
+def test_densities_hit_their_targets(result):
+    rows, _ = result
+    for r in rows:
+        if r["mode"] == "dense":
+            assert r["density"] == 1.0 and r["density_measured"] == pytest.approx(1.0)
+        elif r["mode"] == "predicted":
+            # threshold calibrated on the bf16 checkpoint, measured on the q4_0 file with other tokens
+            assert abs(r["density_measured"] - r["density"]) < 0.05, r
+        else:  # exact: the synthetic weights are built for ~10% natural dReLU activity
+            assert abs(r["density_measured"] - 0.10) < 0.05, r
+
+
+def test_sparse_modes_read_fewer_bytes(result):
+    rows, _ = result
+    by = {(r["mode"], r["density"], r["file"]): r["bytes_per_token"] for r in rows if r["phase"] == "decode"}
+    dense = by[("dense", 1.0, "drelu")]
+    assert by[("predicted", 0.10, "drelu")] < by[("predicted", 0.25, "drelu")] < dense
+    assert by[("dense", 1.0, "swiglu")] == dense  # the baseline file holds the same FFN/attention bytes
+
+
+def test_table_is_printed(result):
+    _, stdout = result
+    assert "ts predicted 10%" in stdout and "read bandwidth" in stdout and "command: python bench/bench_decode.py" in stdout
+
+
+def test_help_says_how_to_build_llama_bench():
+    proc = subprocess.run([sys.executable, str(BENCH), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "pip download --no-deps --no-binary :all: --no-build-isolation llama-cpp-python" in proc.stdout
+    assert "--target llama-bench" in proc.stdout
