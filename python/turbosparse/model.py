@@ -1,0 +1,607 @@
+"""turbosparse.Model: loads a GGUF model and generates text from it.
+
+    import turbosparse
+    with turbosparse.Model("model.gguf", n_ctx=2048) as model:
+        print(model.generate("The capital of France is", max_tokens=32, temperature=0))
+        for piece in model.chat([{"role": "user", "content": "Hi!"}], stream=True):
+            print(piece, end="", flush=True)
+
+Threads: a Model may be shared between threads. Each Model has a lock that serializes its
+native calls (one decode at a time; other threads wait). Each generation keeps its own tokens
+and sampler, and the context is re-synchronised with them at every step, so interleaved
+generations (two threads, or two streams consumed in turns) give exactly the text each would
+give alone; interleaving only costs re-evaluating prompts. For parallel speed use one Model per
+thread. The GIL is released while the native code computes.
+
+Ctrl-C: generation decodes one token per native call and checks for KeyboardInterrupt between
+them; a prompt evaluated on the main thread runs in a helper thread so that Ctrl-C aborts it
+mid-way (ts_context_abort). Either way KeyboardInterrupt propagates and the model stays usable.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Set, Union, overload
+
+import numpy as np
+
+from . import chat as chat_mod
+from ._gguf_meta import MetaValue, read_metadata
+from ._lib import load
+from ._sampling import Sampler, SamplingParams, StopFilter, check_seed, stop_list
+from ._tokenizer import Tokenizer, token_ids
+from .errors import (ContextError, ContextFullError, DecodeError, ModelClosedError, ModelLoadError,
+                     NoDefaultModelError, TokenizeError)
+
+ffi, lib = load()
+
+FFN_MODES: Dict[str, int] = {"auto": -1, "dense": 0, "predicted": 1, "exact": 2}
+_MODE_NAMES = {v: k for k, v in FFN_MODES.items()}
+_TS_ERR_CONTEXT_FULL, _TS_ERR_ABORTED = -2, -4
+_MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+PathLike = Union[str, "os.PathLike[str]"]
+Prompt = Union[str, Sequence[int]]
+
+
+def default_model_path() -> Path:
+    """The bundled default model: turbosparse/models/default.gguf, or the only .gguf there."""
+    found = sorted(_MODELS_DIR.glob("*.gguf")) if _MODELS_DIR.is_dir() else []
+    preferred = _MODELS_DIR / "default.gguf"
+    if preferred in found:
+        return preferred
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise NoDefaultModelError(
+            f"no bundled default model is installed ({_MODELS_DIR} holds no .gguf file): "
+            "pass the path of a GGUF model, e.g. turbosparse.Model('model.gguf')")
+    raise NoDefaultModelError(f"{_MODELS_DIR} holds several models ({', '.join(p.name for p in found)}) and "
+                              "no default.gguf: pass the path of the one to load")
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counters since the model was loaded or reset(). A decode of several tokens counts as
+    prompt processing, one of a single token as generation."""
+
+    n_prompt_tokens: int
+    prompt_ms: float
+    n_gen_tokens: int
+    gen_ms: float
+    ffn_neurons_computed: int
+    ffn_neurons_total: int
+    load_ms: float
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        return 1000.0 * self.n_prompt_tokens / self.prompt_ms if self.prompt_ms > 0 else 0.0
+
+    @property
+    def gen_tokens_per_s(self) -> float:
+        return 1000.0 * self.n_gen_tokens / self.gen_ms if self.gen_ms > 0 else 0.0
+
+    @property
+    def ffn_density(self) -> float:
+        """Share of FFN neurons computed (1.0 when nothing sparse ran)."""
+        return self.ffn_neurons_computed / self.ffn_neurons_total if self.ffn_neurons_total > 0 else 1.0
+
+    def __add__(self, other: "Stats") -> "Stats":
+        return Stats(self.n_prompt_tokens + other.n_prompt_tokens, self.prompt_ms + other.prompt_ms,
+                     self.n_gen_tokens + other.n_gen_tokens, self.gen_ms + other.gen_ms,
+                     self.ffn_neurons_computed + other.ffn_neurons_computed,
+                     self.ffn_neurons_total + other.ffn_neurons_total, max(self.load_ms, other.load_ms))
+
+
+_NO_STATS = Stats(0, 0.0, 0, 0.0, 0, 0, 0.0)
+
+
+class Generation:
+    """What one generation did, filled in as it runs (openai_compat reads it for `usage`)."""
+
+    def __init__(self, prompt_tokens: List[int]) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens: List[int] = []
+        self.finish_reason: Optional[str] = None  # "stop" (end of text or a stop string) or "length"
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not 0 < value <= 2**31 - 1:
+        raise ValueError(f"{name} must be a positive int below 2**31 (got {value})")
+    return value
+
+
+class Model:
+    """A GGUF model with its inference context (KV cache) and tokenizer.
+
+    Args:
+        path: the GGUF file; None loads the bundled default model (turbosparse/models/).
+        n_ctx: context size in tokens (None: the model's training context, at most 4096).
+        n_threads: compute threads (None: the online CPUs).
+        ffn_mode: "auto" (predicted when the file has predictors, else exact for ReGLU/dReLU,
+            else dense), "predicted", "exact" or "dense".
+        threshold: the predictor's logit threshold (None: the file's).
+        seed: seeds the sampling of every generation that is not given its own seed, so a
+            program rerun gives the same text; None draws fresh randomness.
+        use_mmap: keep the weights in the memory-mapped file (False reads them into RAM).
+
+    Raises:
+        ModelLoadError: the file is missing or bad (the message is the C loader's).
+        ContextError: the context cannot be made (e.g. "predicted" without predictors).
+    """
+
+    def __init__(self, path: Optional[PathLike] = None, *, n_ctx: Optional[int] = None,
+                 n_threads: Optional[int] = None, ffn_mode: str = "auto", threshold: Optional[float] = None,
+                 seed: Optional[int] = None, use_mmap: bool = True) -> None:
+        self._model: Any = None
+        self._ctx: Any = None
+        self._tok: Optional[Tokenizer] = None
+        self._lock = threading.RLock()
+        if path is None:
+            path = default_model_path()
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+        self.path: str = os.fspath(path)
+        if "\0" in self.path:
+            raise ValueError("path contains a NUL character")
+        if not isinstance(ffn_mode, str) or ffn_mode not in FFN_MODES:
+            raise ValueError(f"ffn_mode must be one of {', '.join(FFN_MODES)} (got {ffn_mode!r})")
+        cp = ffi.new("struct ts_context_params *")
+        lib.ts_context_params_init(cp)
+        cp.n_ctx = 0 if n_ctx is None else _positive_int("n_ctx", n_ctx)
+        cp.n_threads = 0 if n_threads is None else _positive_int("n_threads", n_threads)
+        cp.ffn_mode = FFN_MODES[ffn_mode]
+        if threshold is not None:
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+                raise TypeError(f"threshold must be a float, not {type(threshold).__name__}")
+            if not math.isfinite(threshold):
+                raise ValueError(f"threshold must be finite (got {threshold})")
+            cp.use_threshold, cp.threshold = 1, float(threshold)
+        self._seed_rng = random.Random(check_seed(seed)) if seed is not None else random.SystemRandom()
+
+        mp = ffi.new("struct ts_model_params *")
+        lib.ts_model_params_init(mp)
+        mp.use_mmap = 1 if use_mmap else 0
+        err = ffi.new("char[]", 1024)
+        model = lib.ts_model_load(os.fsencode(self.path), mp, err, 1024)
+        if model == ffi.NULL:
+            raise ModelLoadError(ffi.string(err).decode("utf-8", "replace") or f"{self.path}: cannot load")
+        self._model = model
+        ctx = lib.ts_context_new(model, cp, err, 1024)
+        if ctx == ffi.NULL:
+            self.close()
+            raise ContextError(ffi.string(err).decode("utf-8", "replace") or "cannot create the context")
+        self._ctx = ctx
+        meta = ffi.new("struct ts_model_meta *")
+        lib.ts_model_get_meta(model, meta)
+        self._meta = meta
+        self.n_vocab: int = int(meta.n_vocab)
+        try:
+            self._tok = Tokenizer(lib.ts_model_gguf(model))
+            self._tok_error = ""
+        except TokenizeError as e:  # a file without a vocabulary still runs token ids
+            self._tok_error = str(e)
+        try:
+            self._metadata, self._array_keys = read_metadata(self.path)
+        except (OSError, ValueError) as e:  # the file changed after the C loader read it
+            self.close()
+            raise ModelLoadError(f"{self.path}: cannot read the metadata: {e}") from None
+        self._kv_tokens: List[int] = []  # what the KV cache holds (when _kv_valid)
+        self._kv_logits: Optional[np.ndarray] = None  # logits after its last token
+        self._kv_valid = True
+        self._stats_base = _NO_STATS
+
+    # ---- life cycle ---------------------------------------------------------------------
+    def close(self) -> None:
+        """Frees the native model and context. Safe to call twice; a generation still running
+        in another thread is aborted and then fails with ModelClosedError."""
+        ctx = getattr(self, "_ctx", None)
+        if ctx is not None:
+            lib.ts_context_abort(ctx)
+        with self._lock:
+            if self._tok is not None:
+                self._tok.close()
+                self._tok = None
+            if self._ctx is not None:
+                lib.ts_context_free(self._ctx)
+                self._ctx = None
+            if self._model is not None:
+                lib.ts_model_free(self._model)
+                self._model = None
+
+    @property
+    def closed(self) -> bool:
+        return self._ctx is None
+
+    def __enter__(self) -> "Model":
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"n_ctx={self.n_ctx}, ffn_mode={self.ffn_mode!r}"
+        return f"Model({self.path!r}, {state})"
+
+    def _check_open(self) -> None:
+        if self._ctx is None:
+            raise ModelClosedError("this Model is closed")
+
+    def _tokenizer(self) -> Tokenizer:
+        self._check_open()
+        if self._tok is None:
+            raise TokenizeError(f"{self.path} has no usable tokenizer: {self._tok_error}")
+        return self._tok
+
+    # ---- properties ---------------------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        """The context size in tokens."""
+        with self._lock:
+            self._check_open()
+            return int(lib.ts_context_n_ctx(self._ctx))
+
+    @property
+    def n_threads(self) -> int:
+        with self._lock:
+            self._check_open()
+            return int(lib.ts_context_n_threads(self._ctx))
+
+    @property
+    def ffn_mode(self) -> str:
+        """The FFN mode in use: "dense", "predicted" or "exact" (never "auto")."""
+        with self._lock:
+            self._check_open()
+            return _MODE_NAMES[int(lib.ts_context_ffn_mode(self._ctx))]
+
+    @property
+    def threshold(self) -> float:
+        """The predictor logit threshold in use."""
+        with self._lock:
+            self._check_open()
+            return float(lib.ts_context_threshold(self._ctx))
+
+    @property
+    def metadata(self) -> Dict[str, MetaValue]:
+        """The GGUF file's scalar and string keys (arrays such as the vocabulary are left out)."""
+        return dict(self._metadata)
+
+    @property
+    def chat_template(self) -> Optional[str]:
+        """The file's Jinja chat template, None when it has none (chat() then uses ChatML)."""
+        t = self._metadata.get("tokenizer.chat_template")
+        return t if isinstance(t, str) else None
+
+    @property
+    def info(self) -> Dict[str, Any]:
+        """What the runtime read from the file: sizes, FFN kind, predictor, load time, ..."""
+        self._check_open()
+        m = self._meta
+        out: Dict[str, Any] = {}
+        for name, _ in ffi.typeof("struct ts_model_meta").fields:
+            v = getattr(m, name)
+            out[name] = ffi.string(v).decode("utf-8", "replace") if isinstance(v, ffi.CData) else v
+        return out
+
+    def token_bos(self) -> int:
+        """The BOS id (-1 when the vocabulary has none)."""
+        return self._tokenizer().bos_id
+
+    def token_eos(self) -> int:
+        """The EOS id (-1 when the vocabulary has none)."""
+        return self._tokenizer().eos_id
+
+    def token_eot(self) -> int:
+        """The end-of-turn id (-1 when the model has none besides EOS)."""
+        return self._tokenizer().eot_id
+
+    @property
+    def stats(self) -> Stats:
+        """Token counts, times and FFN density since load or reset()."""
+        with self._lock:
+            self._check_open()
+            return self._stats_base + self._c_stats()
+
+    def _c_stats(self) -> Stats:
+        s = ffi.new("struct ts_stats *")
+        lib.ts_context_get_stats(self._ctx, s)
+        return Stats(int(s.n_prompt_tokens), float(s.prompt_ms), int(s.n_gen_tokens), float(s.gen_ms),
+                     int(s.ffn_neurons_computed), int(s.ffn_neurons_total), float(s.load_ms))
+
+    # ---- tokens -------------------------------------------------------------------------
+    def tokenize(self, text: Union[str, bytes], add_bos: Optional[bool] = None, special: bool = False) -> List[int]:
+        """Token ids of text. add_bos None follows the file (tokenizer.ggml.add_bos_token).
+        special=True turns the texts of control tokens (e.g. "<|im_start|>") into those
+        tokens, as llama.cpp does; otherwise all text is plain text."""
+        with self._lock:
+            tok = self._tokenizer()
+            return tok.tokenize(text, tok.add_bos if add_bos is None else bool(add_bos), bool(special))
+
+    def detokenize(self, ids: Sequence[int], render_special: bool = False) -> str:
+        """The text of ids (the dummy-prefix space of the first one dropped, as SentencePiece)."""
+        with self._lock:
+            tok = self._tokenizer()
+            return tok.detokenize(token_ids(ids, self.n_vocab), bool(render_special))
+
+    def token_to_piece(self, token: int, render_special: bool = True) -> str:
+        """The stored text of one token (e.g. "▁the", "<0x0A>", "<|im_end|>")."""
+        with self._lock:
+            tok = self._tokenizer()
+            (t,) = token_ids([token], self.n_vocab)
+            return tok.token_text(t)
+
+    # ---- evaluation ---------------------------------------------------------------------
+    def eval(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits of every position, shape [len(ids), n_vocab], evaluating ids from an empty
+        context (the KV cache then holds ids)."""
+        toks = token_ids(ids, self.n_vocab)
+        if not toks:
+            raise ValueError("eval needs at least one token")
+        with self._lock:
+            self._check_open()
+            self._check_fits(len(toks))
+            self._reset_kv()
+            out = self._decode(toks, logits_all=True)
+            self._kv_tokens, self._kv_logits = toks, out[-1]
+            return out
+
+    def reset(self) -> None:
+        """Empties the KV cache and the statistics."""
+        with self._lock:
+            self._check_open()
+            lib.ts_context_reset(self._ctx)
+            self._kv_tokens, self._kv_logits, self._kv_valid = [], None, True
+            self._stats_base = _NO_STATS
+
+    def _check_fits(self, n: int) -> None:
+        n_ctx = int(lib.ts_context_n_ctx(self._ctx))
+        if n > n_ctx:
+            raise ContextFullError(f"{n} tokens do not fit the context of {n_ctx} tokens "
+                                   "(make the Model with a larger n_ctx, or shorten the prompt)")
+
+    def _reset_kv(self) -> None:
+        """Empties the KV cache, keeping its statistics in _stats_base."""
+        self._stats_base = self._stats_base + self._c_stats()
+        lib.ts_context_reset(self._ctx)
+        self._kv_tokens, self._kv_logits, self._kv_valid = [], None, True
+
+    def _decode(self, toks: List[int], logits_all: bool) -> np.ndarray:
+        """Appends toks to the KV cache; logits of every position or of the last one."""
+        n = len(toks)
+        arr = ffi.new("int32_t[]", toks)
+        out = np.empty((n if logits_all else 1, self.n_vocab), dtype=np.float32)
+        ptr = ffi.cast("float *", ffi.from_buffer(out, require_writable=True))
+        if n > 1 and threading.current_thread() is threading.main_thread():
+            rc = self._decode_interruptible(arr, n, ptr, logits_all)
+        else:
+            rc = lib.ts_decode(self._ctx, arr, n, ptr, 1 if logits_all else 0)
+        if rc != 0:
+            msg = ffi.string(lib.ts_context_error(self._ctx)).decode("utf-8", "replace")
+            if rc == _TS_ERR_CONTEXT_FULL:
+                raise ContextFullError(msg)
+            raise DecodeError(msg or f"decode failed (status {rc})")
+        return out if logits_all else out[0]
+
+    def _decode_interruptible(self, arr: Any, n: int, ptr: Any, logits_all: bool) -> int:
+        """ts_decode in a helper thread while this (main) thread waits, so that Ctrl-C can set
+        the context's abort flag instead of waiting for a long prompt to finish."""
+        result: List[int] = []
+        worker = threading.Thread(
+            target=lambda: result.append(lib.ts_decode(self._ctx, arr, n, ptr, 1 if logits_all else 0)),
+            name="turbosparse-decode", daemon=True)
+        worker.start()
+        try:
+            worker.join()
+        except BaseException:
+            lib.ts_context_abort(self._ctx)
+            while worker.is_alive():
+                try:
+                    worker.join()
+                except BaseException:
+                    lib.ts_context_abort(self._ctx)
+            if not result or result[0] != _TS_ERR_ABORTED:
+                # the decode ended before it saw the flag: it went through, and the flag is
+                # still set for the next decode; a reset clears both
+                self._kv_valid = False
+            raise
+        return result[0]
+
+    def _sync(self, toks: List[int]) -> np.ndarray:
+        """Makes the KV cache hold exactly toks (decoding only what it lacks); returns the
+        logits after the last token."""
+        have = self._kv_tokens
+        valid = self._kv_valid and int(lib.ts_context_n_past(self._ctx)) == len(have)
+        if valid and have == toks and self._kv_logits is not None:
+            return self._kv_logits
+        if not (valid and len(have) < len(toks) and toks[:len(have)] == have):
+            self._reset_kv()
+            have = []
+        self._check_fits(len(toks))
+        logits = self._decode(toks[len(have):], logits_all=False)
+        self._kv_tokens, self._kv_logits = list(toks), logits
+        return logits
+
+    # ---- generation ---------------------------------------------------------------------
+    def _prompt_tokens(self, prompt: Prompt, add_bos: Optional[bool]) -> List[int]:
+        if isinstance(prompt, (str, bytes)):
+            tok = self._tokenizer()
+            ids = tok.tokenize(prompt, tok.add_bos if add_bos is None else bool(add_bos), True)
+        elif isinstance(prompt, Sequence) or isinstance(prompt, np.ndarray):
+            ids = token_ids(prompt, self.n_vocab, "prompt token")
+        else:
+            raise TypeError(f"prompt must be a str or a sequence of token ids, not {type(prompt).__name__}")
+        if not ids:
+            raise ValueError("the prompt is empty and the model adds no BOS token: nothing to start from")
+        return ids
+
+    def _sampling(self, temperature: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
+                  repeat_last_n: int, seed: Optional[int]) -> tuple:
+        params = SamplingParams.checked(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n)
+        return params, (check_seed(seed) if seed is not None else self._seed_rng.getrandbits(64))
+
+    def _run(self, prompt: List[int], max_tokens: Optional[int], params: SamplingParams, seed: int,
+             stops: List[str], at_text_start: bool, gen: Generation,
+             stop_ids: Set[int] = frozenset()) -> Iterator[str]:  # type: ignore[assignment]
+        """The generation loop: one decode per token, the lock held only inside a step."""
+        limit = math.inf if max_tokens is None or max_tokens < 0 else max_tokens
+        sampler = Sampler(params, seed)
+        filt = StopFilter(stops)
+        try:
+            with self._lock:
+                tok = self._tokenizer()
+                self._check_fits(len(prompt))
+                n_ctx = int(lib.ts_context_n_ctx(self._ctx))
+                logits = self._sync(prompt)
+                stream = tok.stream(at_text_start)
+            if params.repeat_last_n > 0:
+                for t in prompt[-params.repeat_last_n:]:
+                    sampler.accept(t)
+            tokens = list(prompt)
+            while True:
+                if len(gen.completion_tokens) >= limit:
+                    gen.finish_reason = "length"
+                    break
+                with self._lock:
+                    self._check_open()
+                    t = sampler.sample(logits)
+                    if tok.is_eog(t) or t in stop_ids:
+                        gen.finish_reason = "stop"
+                        break
+                    sampler.accept(t)
+                    tokens.append(t)
+                    gen.completion_tokens.append(t)
+                    text = filt.feed(stream.push(t))
+                    if not filt.stopped and len(tokens) < n_ctx and len(gen.completion_tokens) < limit:
+                        logits = self._sync(tokens)
+                if text:
+                    yield text
+                if filt.stopped:
+                    gen.finish_reason = "stop"
+                    break
+                if len(tokens) >= n_ctx:
+                    gen.finish_reason = "length"
+                    break
+            if not filt.stopped:
+                with self._lock:
+                    self._check_open()
+                    rest = filt.feed(stream.flush())
+                rest += "" if filt.stopped else filt.flush()
+                if rest:
+                    yield rest
+        finally:
+            sampler.close()
+
+    @overload
+    def generate(self, prompt: Prompt, max_tokens: Optional[int] = ..., temperature: float = ...,
+                 top_k: int = ..., top_p: float = ..., min_p: float = ..., repeat_penalty: float = ...,
+                 stop: Union[None, str, Sequence[str]] = ..., *, stream: Literal[False] = ...,
+                 seed: Optional[int] = ..., repeat_last_n: int = ..., add_bos: Optional[bool] = ...) -> str: ...
+
+    @overload
+    def generate(self, prompt: Prompt, max_tokens: Optional[int] = ..., temperature: float = ...,
+                 top_k: int = ..., top_p: float = ..., min_p: float = ..., repeat_penalty: float = ...,
+                 stop: Union[None, str, Sequence[str]] = ..., *, stream: Literal[True],
+                 seed: Optional[int] = ..., repeat_last_n: int = ..., add_bos: Optional[bool] = ...) -> Iterator[str]: ...
+
+    def generate(self, prompt: Prompt, max_tokens: Optional[int] = 128, temperature: float = 0.8,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                 stop: Union[None, str, Sequence[str]] = None, *, stream: bool = False,
+                 seed: Optional[int] = None, repeat_last_n: int = 64,
+                 add_bos: Optional[bool] = None) -> Union[str, Iterator[str]]:
+        """Continues prompt (text, or token ids) and returns the generated text, or with
+        stream=True an iterator of text pieces as they are generated.
+
+        Generation ends at the end-of-text token, at the first of the `stop` strings (which is
+        not included in the text), after max_tokens tokens (None or -1: no limit), or when
+        the context is full. temperature 0 is greedy; top_k 0, top_p 1, min_p 0 and
+        repeat_penalty 1 switch those off. seed makes the sampling reproducible. Control-token
+        texts in a str prompt (e.g. "<|im_start|>") become those tokens.
+        """
+        prompt_ids, max_tokens, params, seed_v, stops = self._prepare(
+            prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, stop, seed, add_bos)
+        it = self._run(prompt_ids, max_tokens, params, seed_v, stops, False, Generation(prompt_ids))
+        return it if stream else "".join(it)
+
+    def _prepare(self, prompt: Prompt, max_tokens: Optional[int], temperature: float, top_k: int, top_p: float,
+                 min_p: float, repeat_penalty: float, repeat_last_n: int, stop: Any, seed: Optional[int],
+                 add_bos: Optional[bool]) -> tuple:
+        """Checks every argument up front, so a bad one raises at the call, not at the first
+        piece of a stream."""
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
+            raise TypeError(f"max_tokens must be an int or None, not {type(max_tokens).__name__}")
+        params, seed_v = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
+        stops = stop_list(stop)
+        with self._lock:
+            self._check_open()
+            ids = self._prompt_tokens(prompt, add_bos)
+            self._check_fits(len(ids))
+        return ids, max_tokens, params, seed_v, stops
+
+    def render_chat(self, messages: Sequence[chat_mod.Message], add_generation_prompt: bool = True,
+                    **variables: Any) -> str:
+        """The prompt text chat() would use: the file's chat template (ChatML when it has
+        none) applied to messages."""
+        tok = self._tokenizer()
+        bos = tok.token_text(tok.bos_id) if tok.bos_id >= 0 else ""
+        eos = tok.token_text(tok.eos_id) if tok.eos_id >= 0 else ""
+        return chat_mod.render_chat(self.chat_template, messages, add_generation_prompt, bos, eos, **variables)
+
+    def _chat_run(self, messages: Sequence[chat_mod.Message], max_tokens: Optional[int], temperature: float,
+                  top_k: int, top_p: float, min_p: float, repeat_penalty: float, stop: Any, seed: Optional[int],
+                  repeat_last_n: int, variables: Dict[str, Any]) -> tuple:
+        text = self.render_chat(messages, True, **variables)
+        prompt_ids, max_tokens, params, seed_v, stops = self._prepare(
+            text, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, stop, seed, None)
+        stop_ids: Set[int] = set()
+        if self.chat_template is None:  # ChatML: the turn ends at <|im_end|>, token or text
+            stops.append(chat_mod.CHATML_END_OF_TURN)
+            end = self._tokenizer().lookup(chat_mod.CHATML_END_OF_TURN)
+            if end >= 0:
+                stop_ids.add(end)
+        gen = Generation(prompt_ids)
+        return self._run(prompt_ids, max_tokens, params, seed_v, stops, True, gen, stop_ids), gen
+
+    def chat(self, messages: Sequence[chat_mod.Message], max_tokens: Optional[int] = None,
+             temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+             repeat_penalty: float = 1.0, stop: Union[None, str, Sequence[str]] = None, *, stream: bool = False,
+             seed: Optional[int] = None, repeat_last_n: int = 64,
+             **template_variables: Any) -> Union[str, Iterator[str]]:
+        """The assistant's reply to messages ([{"role": "user", "content": "..."}, ...]).
+
+        The prompt is the file's chat template rendered with jinja2 (ChatML when the file has
+        none); the reply ends at the model's end-of-turn token. Other arguments as generate();
+        max_tokens None lets the reply run to its end of turn (or the end of the context).
+        """
+        it, _ = self._chat_run(messages, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, stop, seed,
+                               repeat_last_n, template_variables)
+        return it if stream else "".join(it)
+
+    # ---- llama-cpp-python style ---------------------------------------------------------
+    def create_completion(self, prompt: Prompt, **kwargs: Any) -> Any:
+        """llama-cpp-python's Llama.create_completion: a dict (or, with stream=True, an
+        iterator of chunk dicts) in OpenAI's text_completion shape."""
+        from .openai_compat import create_completion
+
+        return create_completion(self, prompt, **kwargs)
+
+    __call__ = create_completion
+
+    def create_chat_completion(self, messages: Sequence[chat_mod.Message], **kwargs: Any) -> Any:
+        """llama-cpp-python's Llama.create_chat_completion: OpenAI's chat.completion shape."""
+        from .openai_compat import create_chat_completion
+
+        return create_chat_completion(self, messages, **kwargs)
+
