@@ -11,6 +11,7 @@ looks a symbol up only in the library it opened and that library's dependencies.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import threading
@@ -48,7 +49,15 @@ def library_path() -> Path:
     override = os.environ.get("TURBOSPARSE_LIB")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent / "lib" / f"libggml-sparse{_SUFFIX}"
+    name = f"libggml-sparse{_SUFFIX}"
+    # The library is installed beside the generated cffi module (both come from CMake). In an
+    # editable install that folder is not this file's, so look there first.
+    spec = importlib.util.find_spec("turbosparse._turbosparse_cffi")
+    if spec is not None and spec.origin:
+        beside_cffi = Path(spec.origin).resolve().parent / "lib" / name
+        if beside_cffi.exists():
+            return beside_cffi
+    return Path(__file__).resolve().parent / "lib" / name
 
 
 def _ggml_paths() -> list[Path]:

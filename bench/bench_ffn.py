@@ -1,0 +1,184 @@
+"""One FFN layer of the Mistral-7B shape: the sparse ops against ggml's dense FFN.
+
+    python bench/bench_ffn.py [--json FILE] [--repeats N] [--types q4_0,f16] [--threads 2]
+
+n_embd 4096, n_ff 14336, predictor rank 1024, batch 1. For each weight type (Q4_0, F16; the
+predictor in the same type) and each row below, the sparse graph and ggml's dense FFN (three
+ggml_mul_mat + ggml's activation ops, standard-layout down) on the same weights are timed
+in the same process, interleaved call by call, and the medians are compared:
+  - predicted mode at a predicted density of 100/50/25/10/5%, predictor included; the
+    density is hit by setting the threshold at the matching quantile of the real predictor
+    logits for this input;
+  - exact mode (no predictor): gate for every neuron, up where the gate is positive, down
+    where the activation is non-zero; the weights are drawn so that about half of the gates
+    are positive and about a sixth of the neurons are active after dReLU (W_up is
+    -0.5 W_gate + noise), and the measured active share is reported;
+  - all active, no predictor: every neuron marked active by a constant logits tensor, so the
+    sparse gate/up and down kernels do all of dense's work.
+Every timed call starts with a cold last-level cache (a 96 MB buffer is read first), as in a
+real model where the other layers' weights evict this one's; without this, a sparse call's
+few megabytes would stay cached between repeats and flatter it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from turbosparse import _ggml as G
+
+N_EMBD, N_FF, RANK = 4096, 14336, 1024
+DENSITIES = [1.0, 0.5, 0.25, 0.10, 0.05]
+FLUSH_BYTES = 96 << 20
+
+
+@dataclass
+class Row:
+    type: str
+    mode: str            # "predicted", "exact", "all_active"
+    density: float       # share of neurons computed (measured)
+    ms: float
+    ms_dense: float
+    speedup: float
+    predictor: bool
+
+
+class Layer:
+    """Weights of one FFN layer in one ggml type, as ggml tensors over numpy memory."""
+
+    def __init__(self, type_: str, rng: np.random.Generator, ctx: G.Context) -> None:
+        def store(w: np.ndarray) -> G.Tensor:
+            if type_ == "f16":
+                return ctx.from_numpy(w.astype(np.float16))
+            return ctx.from_numpy(G.quantize(w, type_), type_, w.shape[1])
+
+        def normal(rows: int, cols: int, scale: float) -> np.ndarray:
+            return rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(scale)
+
+        s = 1.0 / np.sqrt(N_EMBD)
+        gate = normal(N_FF, N_EMBD, s)
+        # up correlated -0.5 with gate: P(gate > 0 and up > 0) = 1/4 - asin(0.5)/(2 pi) = 1/6
+        up = -0.5 * gate + normal(N_FF, N_EMBD, s * np.sqrt(0.75))
+        self.gate, self.up = store(gate), store(up)
+        del gate, up
+        down_t = normal(N_FF, N_EMBD, 1.0 / np.sqrt(N_FF))
+        self.down_t = store(down_t)                              # neuron-major
+        self.down = store(np.ascontiguousarray(down_t.T))        # standard: ggml [n_ff, n_embd]
+        del down_t
+        self.fc1 = store(normal(RANK, N_EMBD, s))
+        self.fc2 = store(normal(N_FF, RANK, 1.0 / np.sqrt(RANK)))
+
+
+def cold_cache(buf: np.ndarray) -> None:
+    buf.sum()
+
+
+def time_pair(sparse: Callable[[], None], dense: Callable[[], None], repeats: int,
+              flush: np.ndarray) -> tuple[float, float]:
+    """Medians (ms) of the two, called alternately."""
+    t_s, t_d = [], []
+    for _ in range(2):  # warm-up
+        sparse()
+        dense()
+    for _ in range(repeats):
+        for fn, out in ((sparse, t_s), (dense, t_d)):
+            cold_cache(flush)
+            t0 = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(t_s), statistics.median(t_d)
+
+
+def bench_type(type_: str, n_threads: int, repeats: int, pool: G.ThreadPool, flush: np.ndarray,
+               log: Callable[[str], None]) -> list[Row]:
+    rng = np.random.default_rng(1234)
+    ctx = G.Context(mem_size=16 << 20)
+    t0 = time.perf_counter()
+    layer = Layer(type_, rng, ctx)
+    x_np = rng.standard_normal((1, N_EMBD), dtype=np.float32)
+    u_np = rng.standard_normal((1, N_EMBD), dtype=np.float32)
+    x, u = ctx.from_numpy(x_np), ctx.from_numpy(u_np)
+    log(f"{type_}: weights ready in {time.perf_counter() - t0:.1f} s")
+
+    def run(graph: G.Graph) -> Callable[[], None]:
+        return lambda: graph.compute(n_threads, pool)
+
+    dense_y = ctx.sparse_ffn(x, layer.gate, layer.up, layer.down, kind="drelu", mode="dense", down_layout="standard")
+    dense = run(G.Graph([dense_y]))
+
+    logits_t = ctx.sparse_predictor(layer.fc1, layer.fc2, u)
+    G.Graph([logits_t]).compute(n_threads, pool)
+    logits = logits_t.numpy()[0]
+
+    rows: list[Row] = []
+
+    def add(mode: str, y: G.Tensor, stats, predictor: bool) -> None:
+        graph = G.Graph([y])
+        graph.compute(n_threads, pool)
+        stats.neurons_computed = stats.neurons_total = stats.tokens = 0
+        graph.compute(n_threads, pool)
+        density = stats.neurons_computed / max(stats.neurons_total, 1)
+        ms, ms_dense = time_pair(run(graph), dense, repeats, flush)
+        rows.append(Row(type_, mode, round(density, 4), round(ms, 3), round(ms_dense, 3),
+                        round(ms_dense / ms, 3), predictor))
+        log(f"{type_:5s} {mode:10s} density {density:6.1%}  {ms:8.2f} ms  dense {ms_dense:8.2f} ms  "
+            f"x{ms_dense / ms:5.2f}")
+
+    for d in DENSITIES:
+        tau = float(np.min(logits)) - 1.0 if d >= 1.0 else float(np.quantile(logits, 1.0 - d))
+        stats = ctx.stats()
+        y = ctx.sparse_ffn(x, layer.gate, layer.up, layer.down_t, kind="drelu", mode="predicted",
+                           down_layout="neuron_major", u=u, fc1=layer.fc1, fc2=layer.fc2, threshold=tau, stats=stats)
+        add("predicted", y, stats, True)
+
+    stats = ctx.stats()
+    y = ctx.sparse_ffn(x, layer.gate, layer.up, layer.down_t, kind="drelu", mode="exact",
+                       down_layout="neuron_major", stats=stats)
+    add("exact", y, stats, False)
+
+    ones = ctx.from_numpy(np.ones((1, N_FF), dtype=np.float32))
+    stats = ctx.stats()
+    a = ctx.sparse_gate_up(layer.gate, layer.up, x, ones, kind="drelu", threshold=0.0, stats=stats)
+    add("all_active", ctx.sparse_down(layer.down_t, a), stats, False)
+    ctx.close()
+    return rows
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", metavar="FILE", help="write the rows as a JSON list")
+    ap.add_argument("--types", default="q4_0,f16")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=25)
+    args = ap.parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    log(f"kernels {G.isa()}, {args.threads} threads, batch 1, n_embd {N_EMBD}, n_ff {N_FF}, rank {RANK}, "
+        f"median of {args.repeats}, load average {os.getloadavg()[0]:.2f}")
+    flush = np.ones(FLUSH_BYTES // 4, dtype=np.float32)
+    rows: list[Row] = []
+    with G.ThreadPool(args.threads) as pool:
+        for type_ in args.types.split(","):
+            rows += bench_type(type_, args.threads, args.repeats, pool, flush, log)
+
+    print(f"{'type':6s}{'mode':12s}{'predictor':>10s}{'density':>9s}{'ms':>9s}{'dense ms':>10s}{'speed-up':>10s}")
+    for r in rows:
+        print(f"{r.type:6s}{r.mode:12s}{'yes' if r.predictor else 'no':>10s}{r.density:>9.1%}{r.ms:>9.2f}"
+              f"{r.ms_dense:>10.2f}{r.speedup:>9.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([r.__dict__ for r in rows], f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
