@@ -1,0 +1,150 @@
+"""Writes trained predictors: into a new GGUF (the converter's writer: temporary file, then
+rename) or as a Hugging Face predictor folder (model_{i}.safetensors with fc1.weight and
+fc2.weight, config.json with sparse_threshold: the ReLU-LLaMA/ProSparse layout that
+`convert-turbosparse --predictors DIR` reads).
+
+Per-layer cuts: the file format has one threshold for all layers. When every layer's cut
+tau_l has the same sign, layer l's fc2 is multiplied by T / tau_l (> 0), which scales its
+logits and turns "logit > tau_l" into "logit' > T" exactly; T is the median cut. Otherwise
+(mixed signs) the file gets the lowest cut, which gives every layer at least its recall.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..convert.errors import ConvertError
+from .errors import TrainError
+from .weights import GGUFModel, HFModel
+
+_MAX_SCALE_SPREAD = 1e3  # beyond this ratio of per-layer scales, fall back to one common cut
+
+
+@dataclass
+class Predictor:
+    fc1: np.ndarray  # [r, n_embd]
+    fc2: np.ndarray  # [n_ff, r]
+
+
+def fold_thresholds(preds: Sequence[Predictor], taus: Sequence[float]) -> tuple[list[Predictor], float, bool]:
+    """(predictors to write, the file's threshold, whether per-layer cuts were folded in)."""
+    t = np.asarray(taus, dtype=np.float64)
+    same_sign = bool(np.all(t < 0) or np.all(t > 0))
+    if same_sign:
+        common = float(np.median(t))
+        scales = common / t
+        if scales.max() / scales.min() <= _MAX_SCALE_SPREAD:
+            return ([Predictor(p.fc1, (p.fc2 * np.float32(s)).astype(np.float32)) for p, s in zip(preds, scales)],
+                    common, True)
+    return list(preds), float(t.min()), False
+
+
+def _check_target(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise TrainError(f"{path} exists; pass --force to overwrite it")
+    if path.is_dir():
+        raise TrainError(f"{path} is a directory")
+    if not path.parent.is_dir():
+        raise TrainError(f"output directory {path.parent} does not exist")
+
+
+def write_predictor_dir(folder: Path, preds: Sequence[Predictor], threshold: float, force: bool) -> None:
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise TrainError(f"{folder} exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    if any(folder.glob("model_*.safetensors")) or any(folder.glob("model_*.pt")):
+        if not force:
+            raise TrainError(f"{folder} already holds predictors; pass --force to overwrite them")
+        for old in list(folder.glob("model_*.safetensors")) + list(folder.glob("model_*.pt")):
+            old.unlink()
+
+    def atomic(name: str, write) -> None:  # type: ignore[no-untyped-def]
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, folder / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    for i, p in enumerate(preds):
+        atomic(f"model_{i}.safetensors", lambda tmp, p=p: save_file(
+            {"fc1.weight": np.ascontiguousarray(p.fc1), "fc2.weight": np.ascontiguousarray(p.fc2)}, tmp))
+    atomic("config.json", lambda tmp: Path(tmp).write_text(json.dumps({"sparse_threshold": threshold}, indent=1)))
+
+
+def write_gguf_from_hf(src: HFModel, out: Path, predictor_dir: Path, threshold: float, outtype: str,
+                       predictor_type: Optional[str], force: bool) -> None:
+    """Converts the checkpoint with the new predictors (convert-turbosparse --predictors DIR)."""
+    from ..convert.hf_llama import build_hf_plan
+    from ..convert.plan import ConvertOptions
+    from ..convert.writer import tensor_types, write_plan
+
+    _check_target(out, force)
+    opts = ConvertOptions(outtype=outtype, predictor_type=predictor_type, predictors_dir=predictor_dir,
+                          threshold=threshold)
+    try:
+        plan = build_hf_plan(src.path, src.config, opts)
+        write_plan(plan, out, tensor_types(plan, outtype, predictor_type), force=force)
+    except ConvertError as e:
+        raise TrainError(str(e)) from e
+
+
+def write_gguf_from_gguf(src: GGUFModel, out: Path, preds: Sequence[Predictor], threshold: float,
+                         predictor_type: str, force: bool) -> None:
+    """A copy of the source GGUF (metadata and tensor bytes unchanged) with its predictors
+    replaced by `preds` and the predictor keys set."""
+    from gguf import GGMLQuantizationType, GGUFValueType
+
+    from ..convert.plan import (KEY_PREDICTOR_INPUT, KEY_PREDICTOR_PRESENT, KEY_PREDICTOR_THRESHOLD, ModelPlan,
+                                OutTensor)
+    from ..convert.powerinfer import _field_value
+    from ..convert.qtypes import OUTTYPES, Role, choose_type
+    from ..convert.writer import write_plan
+
+    _check_target(out, force)
+    if out.exists() and out.resolve() == src.path.resolve():
+        raise TrainError(f"{out} is the input file; write to a new file")
+    reader = src.reader
+    replaced = (KEY_PREDICTOR_PRESENT, KEY_PREDICTOR_THRESHOLD, KEY_PREDICTOR_INPUT)
+    plan = ModelPlan(name=src.path.stem, source_model_type="", ffn_kind=src.shape.ffn_kind)
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture" or key in replaced:
+            continue
+        sub = field.types[1] if field.types[0] == GGUFValueType.ARRAY and len(field.types) > 1 else None
+        plan.add(key, _field_value(field), field.types[0], sub)
+    plan.boolean(KEY_PREDICTOR_PRESENT, True)
+    plan.string(KEY_PREDICTOR_INPUT, src.shape.predictor_input)
+    plan.f32(KEY_PREDICTOR_THRESHOLD, threshold)
+
+    types: list[GGMLQuantizationType] = []
+    for t in reader.tensors:
+        if "ffn_pred_" in t.name:
+            continue
+        qtype = GGMLQuantizationType(int(t.tensor_type))
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        plan.tensor(OutTensor(t.name, shape, Role.WEIGHT, lambda: np.zeros(0), raw_type=qtype,
+                              load_raw=lambda t=t: t.data))
+        types.append(qtype)
+    pred_q = OUTTYPES[predictor_type]
+    for i, p in enumerate(preds):
+        for key, a in (("fc1", p.fc1), ("fc2", p.fc2)):
+            a = np.ascontiguousarray(a, dtype=np.float32)
+            plan.tensor(OutTensor(f"blk.{i}.ffn_pred_{key}.weight", a.shape, Role.PREDICTOR, lambda a=a: a,
+                                  is_predictor=True))
+            types.append(choose_type(Role.PREDICTOR, a.shape, pred_q, pred_q))
+    try:
+        write_plan(plan, out, types, force=force)
+    except ConvertError as e:
+        raise TrainError(str(e)) from e
