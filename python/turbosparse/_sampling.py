@@ -5,7 +5,7 @@ import math
 import numbers
 import operator
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Sequence, Union
 
 import numpy as np
 
@@ -143,11 +143,3 @@ class StopFilter:
         out, self.pending = self.pending, ""
         return out
 
-
-def split_tokens_for_penalty(tokens: Sequence[int], last_n: int) -> Tuple[int, ...]:
-    """The tokens the repetition penalty can still see: the last last_n."""
-    return tuple(tokens[-last_n:]) if last_n > 0 else ()
-
-
-def none_or(value: Optional[Any], default: Any) -> Any:
-    return default if value is None else value

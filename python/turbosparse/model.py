@@ -19,10 +19,13 @@ mid-way (ts_context_abort). Either way KeyboardInterrupt propagates and the mode
 """
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import random
+import signal
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Set, Union, overload
@@ -62,6 +65,20 @@ def default_model_path() -> Path:
             "pass the path of a GGUF model, e.g. turbosparse.Model('model.gguf')")
     raise NoDefaultModelError(f"{_MODELS_DIR} holds several models ({', '.join(p.name for p in found)}) and "
                               "no default.gguf: pass the path of the one to load")
+
+
+# Models still open at exit are closed before the interpreter tears modules down: otherwise
+# cffi may dlclose ggml while a context's thread-pool threads still run its code (a crash).
+_open_models: "weakref.WeakSet[Model]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_models() -> None:
+    for m in list(_open_models):
+        try:
+            m.close()
+        except Exception:
+            pass
 
 
 @dataclass(frozen=True)
@@ -143,6 +160,7 @@ class Model:
         self._ctx: Any = None
         self._tok: Optional[Tokenizer] = None
         self._lock = threading.RLock()
+        self._closing = False  # close() has begun: an aborted decode means "closed"
         if path is None:
             path = default_model_path()
         if not isinstance(path, (str, os.PathLike)):
@@ -178,6 +196,7 @@ class Model:
             self.close()
             raise ContextError(ffi.string(err).decode("utf-8", "replace") or "cannot create the context")
         self._ctx = ctx
+        _open_models.add(self)
         meta = ffi.new("struct ts_model_meta *")
         lib.ts_model_get_meta(model, meta)
         self._meta = meta
@@ -203,6 +222,7 @@ class Model:
         in another thread is aborted and then fails with ModelClosedError."""
         ctx = getattr(self, "_ctx", None)
         if ctx is not None:
+            self._closing = True
             lib.ts_context_abort(ctx)
         with self._lock:
             if self._tok is not None:
@@ -383,8 +403,9 @@ class Model:
         n = len(toks)
         arr = ffi.new("int32_t[]", toks)
         out = np.empty((n if logits_all else 1, self.n_vocab), dtype=np.float32)
-        ptr = ffi.cast("float *", ffi.from_buffer(out, require_writable=True))
-        if n > 1 and threading.current_thread() is threading.main_thread():
+        buf = ffi.from_buffer(out, require_writable=True)  # keeps `out` pinned while C writes
+        ptr = ffi.cast("float *", buf)
+        if n > 1 and threading.current_thread() is threading.main_thread() and callable(signal.getsignal(signal.SIGINT)):
             rc = self._decode_interruptible(arr, n, ptr, logits_all)
         else:
             rc = lib.ts_decode(self._ctx, arr, n, ptr, 1 if logits_all else 0)
@@ -392,32 +413,50 @@ class Model:
             msg = ffi.string(lib.ts_context_error(self._ctx)).decode("utf-8", "replace")
             if rc == _TS_ERR_CONTEXT_FULL:
                 raise ContextFullError(msg)
+            if rc == _TS_ERR_ABORTED and self._closing:
+                raise ModelClosedError("the Model was closed during the computation")
             raise DecodeError(msg or f"decode failed (status {rc})")
         return out if logits_all else out[0]
 
     def _decode_interruptible(self, arr: Any, n: int, ptr: Any, logits_all: bool) -> int:
         """ts_decode in a helper thread while this (main) thread waits, so that Ctrl-C can set
-        the context's abort flag instead of waiting for a long prompt to finish."""
-        result: List[int] = []
-        worker = threading.Thread(
-            target=lambda: result.append(lib.ts_decode(self._ctx, arr, n, ptr, 1 if logits_all else 0)),
-            name="turbosparse-decode", daemon=True)
-        worker.start()
-        try:
-            worker.join()
-        except BaseException:
-            lib.ts_context_abort(self._ctx)
-            while worker.is_alive():
-                try:
-                    worker.join()
-                except BaseException:
-                    lib.ts_context_abort(self._ctx)
-            if not result or result[0] != _TS_ERR_ABORTED:
-                # the decode ended before it saw the flag: it went through, and the flag is
-                # still set for the next decode; a reset clears both
+        the context's abort flag instead of waiting for a long prompt to finish.
+
+        While it runs, SIGINT only sets the abort flag (a temporary handler): an exception
+        raised in the middle of starting or joining the helper could leave it writing into
+        buffers that Python has freed. The interrupt is raised once the helper is done."""
+        while True:
+            result: List[int] = []
+            interrupted: List[Any] = []
+
+            def on_sigint(signum: int, frame: Any) -> None:
+                # the decode may end before it sees the flag, leaving it set for the next one
+                # (and the KV cache may hold the batch): the next use starts with a reset,
+                # which clears both. Marked here, not after the join, because a second signal
+                # can raise KeyboardInterrupt anywhere once the default handler is back.
                 self._kv_valid = False
-            raise
-        return result[0]
+                interrupted.append(frame)
+                lib.ts_context_abort(self._ctx)
+
+            def work() -> None:
+                result.append(lib.ts_decode(self._ctx, arr, n, ptr, 1 if logits_all else 0))
+
+            old = signal.signal(signal.SIGINT, on_sigint)
+            try:
+                worker = threading.Thread(target=work, name="turbosparse-decode", daemon=True)
+                worker.start()
+                worker.join()
+            finally:
+                signal.signal(signal.SIGINT, old)
+            rc = result[0] if result else _TS_ERR_ABORTED
+            if not interrupted:
+                return rc
+            if old is signal.default_int_handler:
+                raise KeyboardInterrupt
+            old(signal.SIGINT, interrupted[0])  # the program's own handler decides
+            if rc != _TS_ERR_ABORTED:
+                return rc
+            # the handler did not raise: the program wants to go on, so decode again
 
     def _sync(self, toks: List[int]) -> np.ndarray:
         """Makes the KV cache hold exactly toks (decoding only what it lacks); returns the
