@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -102,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp (ratios are then absent)")
     p.add_argument("--no-swiglu-dense", action="store_true",
                    help="skip timing turbosparse's dense mode on the llama.cpp (SwiGLU) file itself")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="write, calibrate and convert the model files, then stop (to measure later on a quiet machine)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the result rows as JSON")
     p.add_argument("--seed", type=int, default=0, help="weights seed (default %(default)s)")
     return p
@@ -172,6 +175,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     cal = get_calibration(root, drelu_hf, densities, args.calib_tokens)
     files = {q: (convert(drelu_hf, root / f"drelu-{q}.gguf", q), convert(swiglu_hf, root / f"swiglu-{q}.gguf", q))
              for q in types}
+    if args.prepare_only:
+        log(f"files ready in {root}")
+        return 0
 
     rt = Runtime(lib)
     n_ctx = max(args.prompt, args.tokens + 1) + 16
@@ -184,33 +190,35 @@ def main(argv: Optional[list[str]] = None) -> int:
         configs.append(Config(q, "exact", None))
         if not args.no_swiglu_dense:
             configs.append(Config(q, "dense", None, swiglu_file=True))
-    models = {}
-    contexts = {}
+    # One model per file stays loaded (mmap) for the whole run; a context lives for one
+    # measurement only: every context owns a ggml thread pool, and an idle pool beside the
+    # measured one slowed decoding ~4x on a 2-core machine (reported to the runtime).
+    models: dict[Path, Model] = {}
     for c in configs:
         path = files[c.qtype][1 if c.swiglu_file else 0]
         if path not in models:
             models[path] = Model(rt, path)
-        contexts[c] = Context(models[path], c.mode, args.threads, n_ctx,
-                              cal.taus[c.density] if c.mode == "predicted" else None)
     samples = {c: Samples() for c in configs}
     llama = {q: Samples() for q in types}
     llama_version = ""
 
+    load = [os.getloadavg()[0]]
     bandwidth = [measure_bandwidth(args.threads)]
-    log(f"read bandwidth, {args.threads} threads: {bandwidth[0]:.1f} GB/s")
-    warmed: set[Config] = set()
+    log(f"read bandwidth, {args.threads} threads: {bandwidth[0]:.1f} GB/s; load average {load[0]:.2f}")
     for r in range(args.repeats):
         log(f"round {r + 1}/{args.repeats}")
         for q in types:
             for c in (c for c in configs if c.qtype == q):
                 prompt = [rng.randrange(3, n_vocab) for _ in range(args.prompt)]
                 gen = [rng.randrange(3, n_vocab) for _ in range(args.tokens)]
-                ctx = contexts[c]
-                if c not in warmed:
-                    ctx.time_prefill(prompt)  # first use allocates the batch graph's buffers
-                    warmed.add(c)
-                d = ctx.time_decode(gen)
-                p = ctx.time_prefill(prompt)
+                ctx = Context(models[files[q][1 if c.swiglu_file else 0]], c.mode, args.threads, n_ctx,
+                              cal.taus[c.density] if c.mode == "predicted" else None)
+                try:
+                    ctx.time_prefill(prompt)  # warm-up, as llama-bench's: allocates the batch graph's buffers
+                    p = ctx.time_prefill(prompt)
+                    d = ctx.time_decode(gen)
+                finally:
+                    ctx.close()
                 samples[c].decode.append(d.tok_s)
                 samples[c].prefill.append(p.tok_s)
                 samples[c].density.append(d.density)
@@ -225,16 +233,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                 llama[q].prefill.append(res.prefill_tok_s)
                 log(f"  {q} llama.cpp: decode {res.decode_tok_s:.2f} tok/s, prefill {res.prefill_tok_s:.1f} tok/s")
     bandwidth.append(measure_bandwidth(args.threads))
+    load.append(os.getloadavg()[0])
     bw = max(bandwidth)
-    for ctx in contexts.values():
-        ctx.close()
     for m in models.values():
         m.close()
+    if max(load) > args.threads + 0.5:
+        log(f"warning: load average {max(load):.2f} during the run: other processes shared the cores; "
+            "the numbers are not trustworthy")
 
-    gate_pos = statistics.mean(cal.gate_positive)
     rows = make_rows(configs, samples, llama, {q: (file_bytes(f[0]), file_bytes(f[1])) for q, f in files.items()},
-                     bw, gate_pos)
-    print_report(args, argv, shape, cal, rows, types, llama, bandwidth, lib, llama_bench, llama_version,
+                     bw, statistics.mean(cal.gate_positive), statistics.mean(cal.active))
+    print_report(args, argv, shape, cal, rows, types, llama, bandwidth, load, lib, llama_bench, llama_version,
                  {q: file_bytes(f[1]) for q, f in files.items()})
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
@@ -242,7 +251,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def make_rows(configs: list[Config], samples: dict[Config, Samples], llama: dict[str, Samples],
-              fbytes: dict[str, tuple[FileBytes, FileBytes]], bw_gb_s: float, gate_pos: float) -> list[dict]:
+              fbytes: dict[str, tuple[FileBytes, FileBytes]], bw_gb_s: float, gate_pos: float,
+              active: float) -> list[dict]:
     rows = []
     for phase in ("decode", "prefill"):
         for c in configs:
@@ -259,7 +269,7 @@ def make_rows(configs: list[Config], samples: dict[Config, Samples], llama: dict
                    "samples": getattr(s, phase)}
             if phase == "decode":
                 fb = fbytes[c.qtype][1 if c.swiglu_file else 0]
-                nbytes = fb.per_token(c.mode, measured, gate_pos)
+                nbytes = fb.per_token(c.mode, measured, gate_pos, active)
                 ideal = bw_gb_s * 1e9 / nbytes
                 row |= {"bytes_per_token": int(nbytes), "roofline_tok_s": ideal, "roofline_share": tok_s / ideal}
             rows.append(row)
@@ -267,7 +277,7 @@ def make_rows(configs: list[Config], samples: dict[Config, Samples], llama: dict
 
 
 def print_report(args, argv, shape: SynthShape, cal: Calibration, rows: list[dict], types: list[str],
-                 llama: dict[str, Samples], bandwidth: list[float], lib: Path, llama_bench: Optional[Path],
+                 llama: dict[str, Samples], bandwidth: list[float], load: list[float], lib: Path, llama_bench: Optional[Path],
                  llama_version: str, swiglu_bytes: dict[str, FileBytes]) -> None:
     bw = max(bandwidth)
     print(f"\ncommand: python bench/bench_decode.py {' '.join(argv)}")
@@ -279,7 +289,7 @@ def print_report(args, argv, shape: SynthShape, cal: Calibration, rows: list[dic
     print(f"calibration ({cal.n_tokens} tokens): " + ", ".join(f"tau({d:.0%}) = {t:.4g}" for d, t in cal.taus.items())
           + f"; natural dReLU: gate>0 {statistics.mean(cal.gate_positive):.3f}, active {statistics.mean(cal.active):.3f}")
     print(f"read bandwidth ({args.threads} threads): {' / '.join(f'{b:.1f}' for b in bandwidth)} GB/s "
-          f"(start / end); roofline uses {bw:.1f}\n")
+          f"(start / end); roofline uses {bw:.1f}; load average {' / '.join(f'{x:.2f}' for x in load)}\n")
     head = f"{'type':6} {'phase':8} {'engine / mode':24} {'density':>8} {'tok/s':>9} {'vs llama.cpp':>12} " \
            f"{'MB/token':>9} {'roofline':>9} {'share':>6}"
     print(head)
@@ -303,7 +313,9 @@ def print_report(args, argv, shape: SynthShape, cal: Calibration, rows: list[dic
                 print(f"{q:6} {phase:8} {label:24} {r['density_measured']:8.3f} {r['tok_s']:9.2f} {vs:>12} {extra}")
         print()
     print("density: share of FFN neurons computed as the runtime reports it; MB/token: weight bytes one decoded token"
-          " reads; roofline: bandwidth / MB per token; share: achieved / roofline.")
+          " reads; roofline: bandwidth / MB per token; share: achieved / roofline.\n"
+          "ts dense on the dReLU file: gate/up by ggml's mul_mat, down by the sparse down op, which skips the"
+          " natural zeros; ts dense (swiglu file): the llama.cpp file itself, everything dense.")
 
 
 if __name__ == "__main__":

@@ -57,13 +57,16 @@ class FileBytes:
     predictor: int
     output: int      # output head + one row of the token embedding
     n_layer: int
+    down_neuron_major: bool  # ffn_down_t: the runtime's down projection skips zero activations
 
-    def per_token(self, mode: str, density: float = 1.0, gate_positive: float = 1.0) -> float:
+    def per_token(self, mode: str, density: float = 1.0, gate_positive: float = 1.0, active: float = 1.0) -> float:
         """Weight bytes one decoded token reads. predicted: density = share of neurons computed;
-        exact: gate_positive = share of up rows read, density = share of down rows read."""
+        exact: gate_positive = share of up rows read, density = share of down rows read.
+        dense: everything, except that a neuron-major down projection (dReLU files) goes
+        through the sparse down op in every mode, which reads only the `active` share."""
         base = self.attn + self.output
         if mode == "dense":
-            return base + self.gate + self.up + self.down
+            return base + self.gate + self.up + (active if self.down_neuron_major else 1.0) * self.down
         if mode == "predicted":
             return base + self.predictor + density * (self.gate + self.up + self.down)
         if mode == "exact":
@@ -77,6 +80,7 @@ def file_bytes(path: Path) -> FileBytes:
     r = GGUFReader(str(path))
     b = dict(attn=0, gate=0, up=0, down=0, predictor=0, output=0)
     n_layer = 0
+    neuron_major = any(".ffn_down_t." in t.name for t in r.tensors)
     for t in r.tensors:
         name, n = t.name, int(t.n_bytes)
         if name == "token_embd.weight":
@@ -97,7 +101,7 @@ def file_bytes(path: Path) -> FileBytes:
             n_layer = max(n_layer, int(name.split(".")[1]) + 1)
     if not any(t.name == "output.weight" for t in r.tensors):  # tied: the head is token_embd
         b["output"] += sum(int(t.n_bytes) for t in r.tensors if t.name == "token_embd.weight")
-    return FileBytes(n_layer=n_layer, **b)
+    return FileBytes(n_layer=n_layer, down_neuron_major=neuron_major, **b)
 
 
 if __name__ == "__main__":
