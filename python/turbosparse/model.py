@@ -297,6 +297,7 @@ class Model:
     @property
     def metadata(self) -> Dict[str, MetaValue]:
         """The GGUF file's scalar and string keys (arrays such as the vocabulary are left out)."""
+        self._check_open()
         return dict(self._metadata)
 
     @property

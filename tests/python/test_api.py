@@ -562,6 +562,40 @@ def test_sigint_during_compute_leaves_model_usable(models, what):
         np.testing.assert_array_equal(m.eval(long_ids)[-1], ref_logits)
 
 
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread() or os.name != "posix",
+                    reason="signals reach the main thread only")
+def test_gil_released_prompt_aborted_midway(models, monkeypatch):
+    """The Python SIGINT handler runs (it needs the GIL) while the helper thread is inside
+    ts_decode, and its abort flag stops that decode part-way: some decode returns
+    TS_ERR_ABORTED after having started, which a GIL held through the call would prevent."""
+    from turbosparse import model as model_mod
+
+    real = model_mod.lib.ts_decode
+    codes: list = []
+    monkeypatch.setattr(model_mod.lib, "ts_decode", lambda *a: codes.append(real(*a)) or codes[-1], raising=False)
+    with Model(models["bamboo"], n_ctx=512, n_threads=2) as m:
+        long_ids = m.tokenize("The quick brown fox jumps over the lazy dog. " * 30)[:400]
+        old = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            for _ in range(20):
+                stop = threading.Event()
+                try:
+                    spam = _interrupt_soon(stop)
+                    while True:
+                        m.eval(long_ids)
+                except KeyboardInterrupt:
+                    pass
+                finally:
+                    stop.set()
+                    spam.join()
+                    time.sleep(0.05)
+                if -4 in codes:
+                    break
+        finally:
+            signal.signal(signal.SIGINT, old)
+    assert -4 in codes
+
+
 # ---- commands -----------------------------------------------------------------------------
 
 def _script(name: str) -> str:
