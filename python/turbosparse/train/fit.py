@@ -54,11 +54,9 @@ class LayerFit:
 
 
 def torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def resolve_backend(name: str) -> str:
