@@ -538,7 +538,10 @@ class Model:
                 with self._lock:
                     self._check_open()
                     rest = filt.feed(stream.flush())
-                rest += "" if filt.stopped else filt.flush()
+                if filt.stopped:  # a stop string completed by the last bytes
+                    gen.finish_reason = "stop"
+                else:
+                    rest += filt.flush()
                 if rest:
                     yield rest
         finally:
