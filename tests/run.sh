@@ -23,6 +23,9 @@ fi
 
 step "pip install .[test] (builds libggml-sparse and the cffi module)"
 $PY -m pip install -q --disable-pip-version-check ".[test]"
+# torch is optional for users (predictor training backend, .pt predictor fixtures); the tests
+# exercise it, so install the CPU build (this machine kind keeps torch 2.13.0 on local disk).
+$PY -c "import torch" 2>/dev/null || $PY -m pip install -q --disable-pip-version-check torch==2.13.0
 
 step "C tests"
 cmake -S . -B build/ctest -DTS_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE="$(command -v $PY)" >/dev/null
