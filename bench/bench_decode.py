@@ -41,6 +41,7 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibrate import Calibration, calibrate  # noqa: E402
+from quiet import Quiet  # noqa: E402
 from llama_bench import HOW_TO_BUILD, find_llama_bench, run_llama_bench  # noqa: E402
 from roofline import FileBytes, file_bytes, measure_bandwidth  # noqa: E402
 from synth_model import SynthShape, write_checkpoints  # noqa: E402
@@ -103,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp (ratios are then absent)")
     p.add_argument("--no-swiglu-dense", action="store_true",
                    help="skip timing turbosparse's dense mode on the llama.cpp (SwiGLU) file itself")
+    p.add_argument("--no-wait-quiet", action="store_true",
+                   help="measure at once, even while other processes use the cores (default: wait for a quiet "
+                        "machine before each measurement and redo one that other processes disturbed)")
+    p.add_argument("--max-others", type=float, default=0.25, metavar="CORES",
+                   help="CPU (in cores) other processes may use during a measurement (default %(default)s)")
     p.add_argument("--prepare-only", action="store_true",
                    help="write, calibrate and convert the model files, then stop (to measure later on a quiet machine)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the result rows as JSON")
@@ -202,8 +208,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     llama = {q: Samples() for q in types}
     llama_version = ""
 
+    quiet = Quiet(not args.no_wait_quiet, args.max_others, log=log)
+    others: list[float] = []
+
+    def measured(label: str, fn):
+        result, busy = quiet.measure(label, fn)
+        others.append(busy)
+        return result
+
     load = [os.getloadavg()[0]]
-    bandwidth = [measure_bandwidth(args.threads)]
+    bandwidth = [measured("bandwidth", lambda: measure_bandwidth(args.threads))]
     log(f"read bandwidth, {args.threads} threads: {bandwidth[0]:.1f} GB/s; load average {load[0]:.2f}")
     for r in range(args.repeats):
         log(f"round {r + 1}/{args.repeats}")
@@ -211,38 +225,44 @@ def main(argv: Optional[list[str]] = None) -> int:
             for c in (c for c in configs if c.qtype == q):
                 prompt = [rng.randrange(3, n_vocab) for _ in range(args.prompt)]
                 gen = [rng.randrange(3, n_vocab) for _ in range(args.tokens)]
-                ctx = Context(models[files[q][1 if c.swiglu_file else 0]], c.mode, args.threads, n_ctx,
-                              cal.taus[c.density] if c.mode == "predicted" else None)
-                try:
-                    ctx.time_prefill(prompt)  # warm-up, as llama-bench's: allocates the batch graph's buffers
-                    p = ctx.time_prefill(prompt)
-                    d = ctx.time_decode(gen)
-                finally:
-                    ctx.close()
+
+                def one(c: Config = c, prompt: list[int] = prompt, gen: list[int] = gen):
+                    ctx = Context(models[files[c.qtype][1 if c.swiglu_file else 0]], c.mode, args.threads, n_ctx,
+                                  cal.taus[c.density] if c.mode == "predicted" else None)
+                    try:
+                        ctx.time_prefill(prompt)  # warm-up, as llama-bench's: allocates the batch graph's buffers
+                        return ctx.time_prefill(prompt), ctx.time_decode(gen)
+                    finally:
+                        ctx.close()
+
+                p, d = measured(f"{q} {c.label}", one)
                 samples[c].decode.append(d.tok_s)
                 samples[c].prefill.append(p.tok_s)
                 samples[c].density.append(d.density)
                 log(f"  {q} {c.label}: decode {d.tok_s:.2f} tok/s (density {d.density:.3f}), "
                     f"prefill {p.tok_s:.1f} tok/s")
             if llama_bench is not None:
-                res = run_llama_bench(llama_bench, files[q][1], args.threads, args.tokens, args.prompt)
+                res = measured(f"{q} llama.cpp", lambda: run_llama_bench(llama_bench, files[q][1], args.threads,
+                                                                         args.tokens, args.prompt))
                 llama_version = res.version
                 if res.decode_tok_s is None or res.prefill_tok_s is None:
                     raise BenchError(f"llama-bench gave no {'decode' if res.decode_tok_s is None else 'prefill'} result")
                 llama[q].decode.append(res.decode_tok_s)
                 llama[q].prefill.append(res.prefill_tok_s)
                 log(f"  {q} llama.cpp: decode {res.decode_tok_s:.2f} tok/s, prefill {res.prefill_tok_s:.1f} tok/s")
-    bandwidth.append(measure_bandwidth(args.threads))
+    bandwidth.append(measured("bandwidth", lambda: measure_bandwidth(args.threads)))
     load.append(os.getloadavg()[0])
     bw = max(bandwidth)
     for m in models.values():
         m.close()
-    if max(load) > args.threads + 0.5:
-        log(f"warning: load average {max(load):.2f} during the run: other processes shared the cores; "
-            "the numbers are not trustworthy")
+    if max(others) > args.max_others:
+        log(f"warning: other processes used up to {max(others):.2f} cores during kept measurements; "
+            "those numbers are not trustworthy")
 
     rows = make_rows(configs, samples, llama, {q: (file_bytes(f[0]), file_bytes(f[1])) for q, f in files.items()},
                      bw, statistics.mean(cal.gate_positive), statistics.mean(cal.active))
+    print(f"\nother processes during the kept measurements: at most {max(others):.2f} cores (median "
+          f"{statistics.median(others):.2f}); waited {quiet.waited_s:.0f} s for quiet, redid {quiet.redone} measurement(s)")
     print_report(args, argv, shape, cal, rows, types, llama, bandwidth, load, lib, llama_bench, llama_version,
                  {q: file_bytes(f[1]) for q, f in files.items()})
     if args.json:
@@ -311,7 +331,11 @@ def print_report(args, argv, shape: SynthShape, cal: Calibration, rows: list[dic
                 if phase == "decode":
                     extra = f"{r['bytes_per_token'] / 1e6:9.0f} {r['roofline_tok_s']:9.2f} {r['roofline_share']:6.0%}"
                 print(f"{q:6} {phase:8} {label:24} {r['density_measured']:8.3f} {r['tok_s']:9.2f} {vs:>12} {extra}")
-        print()
+        dense_bytes = swiglu_bytes[q].per_token("dense")
+        ideal = ", ".join(f"{r['mode']}{' ' + format(r['density'], '.0%') if r['mode'] == 'predicted' else ''}"
+                          f"{' (swiglu file)' if r['file'] == 'swiglu' else ''} {dense_bytes / r['bytes_per_token']:.2f}x"
+                          for r in rows if r["type"] == q and r["phase"] == "decode")
+        print(f"{q:6} ideal decode speed-ups over a dense read of the SwiGLU file (byte ratios): {ideal}\n")
     print("density: share of FFN neurons computed as the runtime reports it; MB/token: weight bytes one decoded token"
           " reads; roofline: bandwidth / MB per token; share: achieved / roofline.\n"
           "ts dense on the dReLU file: gate/up by ggml's mul_mat, down by the sparse down op, which skips the"

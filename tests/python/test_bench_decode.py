@@ -18,8 +18,9 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_decode.py"
 def result(tmp_path_factory) -> tuple[list[dict], str]:
     work = tmp_path_factory.mktemp("bench")
     out = work / "rows.json"
-    proc = subprocess.run([sys.executable, str(BENCH), "--tiny", "--quick", "--no-llama-cpp", "--workdir", str(work),
-                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    # --no-wait-quiet: a test must not wait for other processes (test_quiet_gate covers the gate)
+    proc = subprocess.run([sys.executable, str(BENCH), "--tiny", "--quick", "--no-llama-cpp", "--no-wait-quiet",
+                           "--workdir", str(work), "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
 
@@ -77,3 +78,20 @@ def test_help_says_how_to_build_llama_bench():
     assert proc.returncode == 0
     assert "pip download --no-deps --no-binary :all: --no-build-isolation llama-cpp-python" in proc.stdout
     assert "--target llama-bench" in proc.stdout
+
+
+def test_quiet_gate_counts_other_processes():
+    sys.path.insert(0, str(BENCH.parent))
+    import quiet
+
+    q = quiet.Quiet(enabled=True, max_others=64.0, timeout_s=10, log=lambda msg: None)
+    result, busy = q.measure("sum", lambda: sum(range(10**6)))
+    assert result == sum(range(10**6)) and busy >= 0.0
+    # this process's own CPU time is what gets subtracted from the machine's: it must grow
+    s = quiet.snapshot()
+    x = 0
+    for i in range(5 * 10**6):
+        x += i
+    s1 = quiet.snapshot()
+    assert s1.own > s.own and s1.busy - s.busy >= s1.own - s.own - 2  # the machine counts our work too
+    assert quiet.others_since(s) >= 0.0
