@@ -4,6 +4,7 @@ density and recall figures agree with the runtime and with their limits."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,9 @@ CTX = 48
 
 def ppl_cli(*args: object, command: tuple[str, ...] = (sys.executable, "-m", "turbosparse.perplexity")
             ) -> subprocess.CompletedProcess:
-    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=300)
+    # one BLAS thread for the numpy pass: tiny matrices, and threads on a busy machine only wait
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -31,15 +31,19 @@ def words_text(seed: int, n_words: int) -> str:
 
 
 def ref_config(cfg: dict) -> RefConfig:
+    moe = cfg["model_type"] == "turbosparsemixtral"
     return RefConfig(n_vocab=cfg["vocab_size"], n_embd=cfg["hidden_size"], n_layer=cfg["num_hidden_layers"],
                      n_ff=cfg["intermediate_size"], n_head=cfg["num_attention_heads"],
                      n_head_kv=cfg["num_key_value_heads"], rms_eps=cfg["rms_norm_eps"],
-                     rope_theta=cfg["rope_theta"], sliding_window=cfg.get("sliding_window") or 0, ffn_kind="drelu")
+                     rope_theta=cfg["rope_theta"], sliding_window=cfg.get("sliding_window") or 0, ffn_kind="drelu",
+                     n_expert=cfg.get("num_local_experts", 0), n_expert_used=cfg.get("num_experts_per_tok", 0),
+                     predictor_input="ffn_input" if moe else "residual")
 
 
 def run_cli(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "turbosparse.train", *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
+    # one thread: these matrices are tiny, and BLAS threads on a busy machine only wait
+    return subprocess.run([sys.executable, "-m", "turbosparse.train", *map(str, args), "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
 
 
 def convert(folder: Path, out: Path, *extra: str) -> Path:
@@ -123,7 +127,7 @@ def synthetic_recording(tmp_path: Path, n: int = 6000, n_embd: int = 32, n_ff: i
     folder.mkdir()
     open_memmap(folder / "u_0.npy", mode="w+", dtype=np.float32, shape=u.shape)[:] = u
     open_memmap(folder / "mask_0.npy", mode="w+", dtype=np.uint8, shape=(n, n_ff // 8))[:] = np.packbits(mask, axis=1)
-    return Recording(folder, 1, n, n_embd, n_ff, np.array([0, n]))
+    return Recording(folder, 1, n, n_embd, n_ff, np.array([0, n]), {(0, -1): n})
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
@@ -131,7 +135,8 @@ def test_fit_learns_and_reaches_recall(tmp_path, backend) -> None:
     if backend == "torch" and not torch_available():
         pytest.skip("torch is not installed (optional backend)")
     rec = synthetic_recording(tmp_path)
-    fit = fit_layer(rec, 0, FitConfig(rank=32, recall=RECALL, epochs=8, batch=128, lr=3e-3, backend=backend))
+    fit = fit_layer(rec, 0, FitConfig(rank=32, recall=RECALL, epochs=8, batch=128, lr=3e-3, backend=backend,
+                                      threads=1))
     assert fit.backend == backend
     assert fit.fc1.shape == (32, 32) and fit.fc2.shape == (64, 32)
     assert fit.recall >= RECALL
@@ -241,6 +246,13 @@ def test_cli_hf_in_writes_predictor_folder_and_gguf(tiny, tmp_path) -> None:
     assert np.isfinite(ctx.decode([1, 40, 7, 211])).all()
 
 
+def test_outtype_names_are_the_converters() -> None:
+    from turbosparse.convert.qtypes import OUTTYPES
+    from turbosparse.train.cli import OUTTYPE_NAMES
+
+    assert OUTTYPE_NAMES == tuple(OUTTYPES)
+
+
 def test_cli_errors(tiny, tmp_path) -> None:
     corpus = tiny["dir"] / "train.txt"
     r = run_cli(tiny["gguf"], "--corpus", corpus)
@@ -256,3 +268,68 @@ def test_cli_errors(tiny, tmp_path) -> None:
     r = run_cli(swiglu, "--corpus", corpus, "--outfile", tmp_path / "x.gguf")
     assert r.returncode == 1 and "ReGLU/dReLU" in r.stderr
     assert not (tmp_path / "x.gguf").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# MoE (TurboSparse-Mixtral layout): one predictor per expert, trained on the tokens routed to it
+
+@pytest.fixture(scope="module")
+def tiny_moe(tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("moe")
+    cfg = write_tiny_checkpoint(d / "hf", arch="turbosparsemixtral", n_layer=2, dtype="f32", with_predictor=False,
+                                seed=6)
+    (d / "train.txt").write_text(words_text(3, 1500))
+    gguf = convert(d / "hf", d / "base.gguf", "--outtype", "f32", "--no-predictor")
+    return {"dir": d, "cfg": cfg, "hf": d / "hf", "gguf": gguf}
+
+
+@pytest.mark.parametrize("source", ["hf", "gguf"])
+def test_moe_forward_matches_reference(tiny_moe, tmp_path, source) -> None:
+    src = open_model(tiny_moe[source])
+    assert src.shape.n_expert == 4 and src.shape.predictor_input == "ffn_input"
+    seq = np.array([1, 40, 7, 211, 99, 3, 150, 64, 12, 250])
+    nll = LayerwiseForward(src, [seq], tmp_path).run("dense", want_nll=True)
+    logits = forward(ref_config(tiny_moe["cfg"]), read_tiny_tensors(tiny_moe["hf"]), seq.tolist())[:-1]
+    z = logits - logits.max(axis=-1, keepdims=True)
+    expected = np.log(np.exp(z).sum(-1)) - z[np.arange(len(seq) - 1), seq[1:]]
+    np.testing.assert_allclose(nll, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_moe_cli_per_expert_predictors_run_in_the_runtime(tiny_moe, tmp_path) -> None:
+    out, report = tmp_path / "moe-pred.gguf", tmp_path / "report.json"
+    r = run_cli(tiny_moe["gguf"], "--corpus", tiny_moe["dir"] / "train.txt", "--outfile", out, "--rank", "32",
+                "-c", "128", "--epochs", "6", "--backend", "numpy", "--report", report)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(report.read_text())
+    assert sorted((x["layer"], x["expert"]) for x in rep["layers"]) == [(i, e) for i in range(2) for e in range(4)]
+    for x in rep["layers"]:
+        assert x["recall"] >= RECALL and x["predicted_density"] < 0.9
+    new = GGUFModel(out)
+    assert new.has_predictor and new.tensors["blk.0.ffn_pred_fc1_exps.weight"].shape.tolist() == [64, 32, 4]
+
+    model = Model(out)
+    assert model.meta.has_predictor == 1
+    ctx = Context(model, n_ctx=64, mode="predicted")
+    tokens = [1, 40, 7, 211, 99, 3, 150, 64, 12, 250]
+    logits = ctx.decode(tokens)
+    assert ctx.stats().ffn_neurons_computed > 0
+    w = read_tiny_tensors(tiny_moe["hf"])
+    for i in range(2):
+        layer = new.layer(i)
+        for e in range(4):
+            w[f"model.layers.{i}.block_sparse_moe.experts.{e}.predictor.fc1.weight"] = layer.fc1[e]
+            w[f"model.layers.{i}.block_sparse_moe.experts.{e}.predictor.fc2.weight"] = layer.fc2[e]
+    ref = forward(ref_config(tiny_moe["cfg"]), w, tokens, mode="predicted", tau=new.threshold)
+    np.testing.assert_allclose(logits, ref, rtol=0, atol=2e-3 * np.abs(ref).max())
+
+
+def test_moe_cli_from_hf(tiny_moe, tmp_path) -> None:
+    out = tmp_path / "moe-q8_0.gguf"
+    r = run_cli(tiny_moe["hf"], "--corpus", tiny_moe["dir"] / "train.txt", "--outfile", out, "--outtype", "q8_0",
+                "--rank", "32", "-c", "128", "--epochs", "3", "--max-tokens", "6000", "--quiet")
+    assert r.returncode == 0, r.stderr
+    new = GGUFModel(out)
+    assert new.has_predictor and new.layer(1).fc2.shape == (4, tiny_moe["cfg"]["intermediate_size"], 32)
+    assert np.isfinite(Context(Model(out), n_ctx=32, mode="predicted").decode([1, 40, 7, 211])).all()
+    r = run_cli(tiny_moe["hf"], "--corpus", tiny_moe["dir"] / "train.txt", "--out-predictors", tmp_path / "p")
+    assert r.returncode == 1 and "experts" in r.stderr

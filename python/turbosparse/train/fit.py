@@ -38,6 +38,7 @@ class FitConfig:
     max_pos_weight: float = 100.0
     backend: str = "auto"          # auto | numpy | torch
     seed: int = 0
+    threads: Optional[int] = None  # torch threads (None: torch's default)
 
 
 @dataclass
@@ -124,9 +125,11 @@ class _NumpyNet:
 
 
 class _TorchNet:
-    def __init__(self, w1: np.ndarray, w2: np.ndarray, lr: float, pos_weight: float):
+    def __init__(self, w1: np.ndarray, w2: np.ndarray, lr: float, pos_weight: float, threads: Optional[int]):
         import torch
 
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.torch = torch
         self.w1 = torch.nn.Parameter(torch.from_numpy(w1.copy()))
         self.w2 = torch.nn.Parameter(torch.from_numpy(w2.copy()))
@@ -167,18 +170,26 @@ def recall_cut(pos_logits: np.ndarray, recall: float) -> float:
     return float(np.nextafter(hi, -np.inf))
 
 
-def fit_layer(rec: Recording, layer: int, cfg: FitConfig, log=None) -> LayerFit:  # type: ignore[no-untyped-def]
+MIN_ROWS = 20  # fewer recorded rows than this cannot be split into training and held-out rows
+
+
+def fit_layer(rec: Recording, layer: int, cfg: FitConfig, log=None, expert: int = -1) -> LayerFit:  # type: ignore[no-untyped-def]
+    """The predictor of `layer` (of its `expert` for MoE)."""
     if not 0 < cfg.recall <= 1:
         raise TrainError(f"recall must be in (0, 1], got {cfg.recall}")
     if cfg.rank < 1:
         raise TrainError(f"rank must be at least 1, got {cfg.rank}")
     backend = resolve_backend(cfg.backend)
-    n = rec.n_tokens
+    where = f"layer {layer}" + (f" expert {expert}" if expert >= 0 else "")
+    n = rec.n_rows(layer, expert)
+    if n < MIN_ROWS:
+        raise TrainError(f"{where}: only {n} tokens recorded (routed to it); give a larger corpus or --max-tokens")
     n_val = max(1, int(round(n * cfg.val_fraction)))
-    if n - n_val < 1:
-        raise TrainError(f"{n} recorded tokens are too few to hold out {cfg.val_fraction:.0%} for validation")
     train_rows, val_rows = range(0, n - n_val), range(n - n_val, n)
-    inputs = rec.inputs(layer)
+    inputs = rec.inputs(layer, expert)
+
+    def masks(rows: slice) -> np.ndarray:
+        return rec.masks(layer, rows, expert)
 
     # per-dimension RMS of the training inputs, and the share of active neurons
     sq = np.zeros(rec.n_embd, dtype=np.float64)
@@ -186,18 +197,18 @@ def fit_layer(rec: Recording, layer: int, cfg: FitConfig, log=None) -> LayerFit:
     for rows in _blocks(train_rows):
         x = np.asarray(inputs[rows], dtype=np.float64)
         sq += (x * x).sum(axis=0)
-        n_pos += int(rec.masks(layer, rows).sum())
+        n_pos += int(masks(rows).sum())
     scale = np.sqrt(sq / len(train_rows)).astype(np.float32)
     scale[scale == 0] = 1
     p = n_pos / (len(train_rows) * rec.n_ff)
     if n_pos == 0:
-        raise TrainError(f"layer {layer}: no neuron is ever active in the training rows; nothing to predict")
+        raise TrainError(f"{where}: no neuron is ever active in the training rows; nothing to predict")
     pos_weight = float(min(cfg.max_pos_weight, max(1.0, (1 - p) / p)))
 
-    rng = np.random.default_rng(cfg.seed + 1000 * layer)
+    rng = np.random.default_rng(cfg.seed + 1000 * layer + expert + 1)
     w1 = (rng.standard_normal((cfg.rank, rec.n_embd)) * math.sqrt(2 / rec.n_embd)).astype(np.float32)
     w2 = (rng.standard_normal((rec.n_ff, cfg.rank)) * math.sqrt(1 / cfg.rank)).astype(np.float32)
-    net = _TorchNet(w1, w2, cfg.lr, pos_weight) if backend == "torch" else _NumpyNet(w1, w2, cfg.lr)
+    net = _TorchNet(w1, w2, cfg.lr, pos_weight, cfg.threads) if backend == "torch" else _NumpyNet(w1, w2, cfg.lr)
 
     val_loss_rows = range(val_rows.start, min(val_rows.stop, val_rows.start + cfg.val_max_rows))
 
@@ -205,7 +216,7 @@ def fit_layer(rec: Recording, layer: int, cfg: FitConfig, log=None) -> LayerFit:
         total, count = 0.0, 0
         for rows in _blocks(val_loss_rows):
             x = np.asarray(inputs[rows], dtype=np.float32) / scale
-            y = rec.masks(layer, rows).astype(np.float32)
+            y = masks(rows).astype(np.float32)
             total += weighted_bce(net.logits(x), y, pos_weight) * y.size
             count += y.size
         return total / count
@@ -218,14 +229,14 @@ def fit_layer(rec: Recording, layer: int, cfg: FitConfig, log=None) -> LayerFit:
         for bi in rng.permutation(len(blocks)):
             rows = blocks[bi]
             x_block = np.asarray(inputs[rows], dtype=np.float32) / scale
-            y_block = rec.masks(layer, rows).astype(np.float32)
+            y_block = masks(rows).astype(np.float32)
             order = rng.permutation(len(x_block))
             for a in range(0, len(order), cfg.batch):
                 idx = order[a:a + cfg.batch]
                 net.step(x_block[idx], y_block[idx], pos_weight)
         loss = val_loss()
         if log is not None:
-            log(f"layer {layer}: epoch {epochs} held-out loss {loss:.4f}")
+            log(f"{where}: epoch {epochs} held-out loss {loss:.4f}")
         if loss < best[0] - 1e-5:
             best, bad = (loss, *net.weights()), 0
         else:
@@ -241,22 +252,22 @@ def fit_layer(rec: Recording, layer: int, cfg: FitConfig, log=None) -> LayerFit:
     pos = []
     for rows in _blocks(val_rows):
         logits = np.maximum(np.asarray(inputs[rows], dtype=np.float32) @ fc1.T, 0) @ fc2.T
-        pos.append(logits[rec.masks(layer, rows)])
+        pos.append(logits[masks(rows)])
     tau = recall_cut(np.concatenate(pos), cfg.recall)
-    stats = evaluate(rec, layer, fc1, fc2, tau, val_rows)
+    stats = evaluate(rec, layer, fc1, fc2, tau, val_rows, expert)
     return LayerFit(fc1, fc2, tau, stats[0], stats[1], stats[2], epochs, best_loss, backend)
 
 
 def evaluate(rec: Recording, layer: int, fc1: np.ndarray, fc2: np.ndarray, tau: float,
-             rows_range: Optional[range] = None) -> tuple[float, float, float]:
+             rows_range: Optional[range] = None, expert: int = -1) -> tuple[float, float, float]:
     """(recall, predicted density, true density) of a predictor at cut tau on recorded rows."""
-    rows_range = rows_range if rows_range is not None else range(rec.n_tokens)
-    inputs = rec.inputs(layer)
+    rows_range = rows_range if rows_range is not None else range(rec.n_rows(layer, expert))
+    inputs = rec.inputs(layer, expert)
     hit = active = predicted = total = 0
     for rows in _blocks(rows_range):
         logits = np.maximum(np.asarray(inputs[rows], dtype=np.float32) @ fc1.T, 0) @ fc2.T
         keep = logits > tau
-        y = rec.masks(layer, rows)
+        y = rec.masks(layer, rows, expert)
         hit += int((keep & y).sum())
         active += int(y.sum())
         predicted += int(keep.sum())

@@ -22,10 +22,11 @@ from .weights import LayerWeights, ModelShape, ModelSource
 @dataclass
 class LayerObservation:
     layer: int
-    start: int                          # first row of this sequence in the token stream
-    u: np.ndarray                       # predictor input [T, n_embd]
-    active: np.ndarray                  # true active mask [T, n_ff] (bool)
-    predicted: Optional[np.ndarray]     # predicted mask [T, n_ff], None without a predictor
+    rows: np.ndarray                    # rows of the token stream these tokens are (ascending)
+    u: np.ndarray                       # predictor input [n, n_embd]
+    active: np.ndarray                  # true active mask [n, n_ff] (bool)
+    predicted: Optional[np.ndarray]     # predicted mask [n, n_ff], None without a predictor
+    expert: int = -1                    # MoE: the expert these tokens were routed to; -1 dense
 
 
 Observer = Callable[[LayerObservation], None]
@@ -69,17 +70,48 @@ def attention(s: ModelShape, w: LayerWeights, h: np.ndarray, cos: np.ndarray, si
     return np.einsum("hts,shd->thd", probs, v).reshape(T, s.n_head * hd) @ w.wo.T
 
 
-def ffn_activation(kind: str, x: np.ndarray, w: LayerWeights) -> np.ndarray:
-    g = x @ w.gate.T
-    u = x @ w.up.T
+def activation(kind: str, x: np.ndarray, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    g = x @ gate.T
+    u = x @ up.T
     if kind == "drelu":
         return np.maximum(g, 0) * np.maximum(u, 0)
     return np.maximum(g, 0) * u  # reglu
 
 
-def predictor_logits(w: LayerWeights, u: np.ndarray) -> np.ndarray:
-    assert w.fc1 is not None and w.fc2 is not None
-    return np.maximum(u @ w.fc1.T, 0) @ w.fc2.T
+def ffn_activation(kind: str, x: np.ndarray, w: LayerWeights) -> np.ndarray:
+    return activation(kind, x, w.gate, w.up)
+
+
+def predictor_logits(fc1: np.ndarray, fc2: np.ndarray, u: np.ndarray) -> np.ndarray:
+    return np.maximum(u @ fc1.T, 0) @ fc2.T
+
+
+def moe_ffn(s: ModelShape, w: LayerWeights, il: int, rows: np.ndarray, f_in: np.ndarray, u: np.ndarray,
+            mode: str, tau: float, observe: Optional["Observer"]) -> np.ndarray:
+    """Mixtral routing (softmax over the router logits, top-k, weights renormalised), each
+    expert's FFN on the tokens routed to it."""
+    assert w.router is not None
+    logits = f_in @ w.router.T
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    top = np.argsort(-probs, axis=-1, kind="stable")[:, : s.n_expert_used]
+    norm = np.take_along_axis(probs, top, axis=-1).sum(axis=-1)
+    out = np.zeros_like(f_in)
+    for e in range(s.n_expert):
+        t = np.nonzero((top == e).any(axis=-1))[0]
+        if t.size == 0:
+            continue
+        act = activation(s.ffn_kind, f_in[t], w.gate[e], w.up[e])
+        predicted = None
+        if w.fc1 is not None and w.fc2 is not None:
+            predicted = predictor_logits(w.fc1[e], w.fc2[e], u[t]) > tau
+        if observe is not None:
+            observe(LayerObservation(il, rows[t], u[t], act != 0, predicted, e))
+        if mode == "predicted":
+            assert predicted is not None
+            act = act * predicted
+        out[t] += (probs[t, e] / norm[t])[:, None] * (act @ w.down[e].T)
+    return out
 
 
 def log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -132,11 +164,16 @@ class LayerwiseForward:
                 h = np.asarray(x[a:b])
                 resid = h + attention(s, w, rms_norm(h, w.attn_norm, s.rms_eps), self.cos, self.sin)
                 f_in = rms_norm(resid, w.ffn_norm, s.rms_eps)
-                act = ffn_activation(s.ffn_kind, f_in, w)
                 u = resid if s.predictor_input == "residual" else f_in
-                predicted = predictor_logits(w, u) > tau if w.fc1 is not None else None
+                rows = np.arange(a, b)
+                if s.n_expert:
+                    y[a:b] = resid + moe_ffn(s, w, il, rows, f_in, u, mode, tau, observe)
+                    continue
+                act = ffn_activation(s.ffn_kind, f_in, w)
+                predicted = predictor_logits(w.fc1, w.fc2, u) > tau if w.fc1 is not None and w.fc2 is not None \
+                    else None
                 if observe is not None:
-                    observe(LayerObservation(il, int(a), u, act != 0, predicted))
+                    observe(LayerObservation(il, rows, u, act != 0, predicted))
                 if mode == "predicted":
                     assert predicted is not None
                     act = act * predicted

@@ -29,8 +29,36 @@ _MAX_SCALE_SPREAD = 1e3  # beyond this ratio of per-layer scales, fall back to o
 
 @dataclass
 class Predictor:
-    fc1: np.ndarray  # [r, n_embd]
-    fc2: np.ndarray  # [n_ff, r]
+    fc1: np.ndarray  # [r, n_embd]; MoE: the layer's experts stacked, [E, r, n_embd]
+    fc2: np.ndarray  # [n_ff, r]; MoE: [E, n_ff, r]
+
+
+def stack_experts(preds: Sequence[Predictor]) -> Predictor:
+    return Predictor(np.stack([p.fc1 for p in preds]), np.stack([p.fc2 for p in preds]))
+
+
+def _set_meta(plan, key: str, value, vtype) -> None:  # type: ignore[no-untyped-def]
+    for m in plan.metadata:
+        if m.key == key:
+            m.value, m.vtype = value, vtype
+            return
+    plan.add(key, value, vtype)
+
+
+def _predictor_tensors(plan, preds: Sequence[Predictor], pred_q) -> list:  # type: ignore[no-untyped-def]
+    """Adds blk.N.ffn_pred_fc{1,2}[_exps].weight to plan; returns their types."""
+    from ..convert.plan import OutTensor
+    from ..convert.qtypes import Role, choose_type
+
+    types = []
+    for i, p in enumerate(preds):
+        suffix = "_exps" if p.fc1.ndim == 3 else ""
+        for key, a in (("fc1", p.fc1), ("fc2", p.fc2)):
+            a = np.ascontiguousarray(a, dtype=np.float32)
+            plan.tensor(OutTensor(f"blk.{i}.ffn_pred_{key}{suffix}.weight", a.shape, Role.PREDICTOR, lambda a=a: a,
+                                  is_predictor=True))
+            types.append(choose_type(Role.PREDICTOR, a.shape, pred_q, pred_q))
+    return types
 
 
 def fold_thresholds(preds: Sequence[Predictor], taus: Sequence[float]) -> tuple[list[Predictor], float, bool]:
@@ -101,6 +129,29 @@ def write_gguf_from_hf(src: HFModel, out: Path, predictor_dir: Path, threshold: 
         raise TrainError(str(e)) from e
 
 
+def write_gguf_from_hf_moe(src: HFModel, out: Path, preds: Sequence[Predictor], threshold: float, outtype: str,
+                           predictor_type: Optional[str], force: bool) -> None:
+    """MoE checkpoints keep predictors inside (the converter reads no predictor folder for
+    them): convert without predictors, then add the new ones to the same plan."""
+    from gguf import GGUFValueType
+
+    from ..convert.hf_llama import build_hf_plan
+    from ..convert.plan import KEY_PREDICTOR_PRESENT, KEY_PREDICTOR_THRESHOLD, ConvertOptions
+    from ..convert.qtypes import OUTTYPES
+    from ..convert.writer import tensor_types, write_plan
+
+    _check_target(out, force)
+    try:
+        plan = build_hf_plan(src.path, src.config, ConvertOptions(outtype=outtype, no_predictor=True))
+        types = tensor_types(plan, outtype, None)
+        _set_meta(plan, KEY_PREDICTOR_PRESENT, True, GGUFValueType.BOOL)
+        _set_meta(plan, KEY_PREDICTOR_THRESHOLD, float(threshold), GGUFValueType.FLOAT32)
+        types += _predictor_tensors(plan, preds, OUTTYPES[predictor_type or outtype])
+        write_plan(plan, out, types, force=force)
+    except ConvertError as e:
+        raise TrainError(str(e)) from e
+
+
 def write_gguf_from_gguf(src: GGUFModel, out: Path, preds: Sequence[Predictor], threshold: float,
                          predictor_type: str, force: bool) -> None:
     """A copy of the source GGUF (metadata and tensor bytes unchanged) with its predictors
@@ -110,7 +161,7 @@ def write_gguf_from_gguf(src: GGUFModel, out: Path, preds: Sequence[Predictor], 
     from ..convert.plan import (KEY_PREDICTOR_INPUT, KEY_PREDICTOR_PRESENT, KEY_PREDICTOR_THRESHOLD, ModelPlan,
                                 OutTensor)
     from ..convert.powerinfer import _field_value
-    from ..convert.qtypes import OUTTYPES, Role, choose_type
+    from ..convert.qtypes import OUTTYPES, Role
     from ..convert.writer import write_plan
 
     _check_target(out, force)
@@ -137,13 +188,7 @@ def write_gguf_from_gguf(src: GGUFModel, out: Path, preds: Sequence[Predictor], 
         plan.tensor(OutTensor(t.name, shape, Role.WEIGHT, lambda: np.zeros(0), raw_type=qtype,
                               load_raw=lambda t=t: t.data))
         types.append(qtype)
-    pred_q = OUTTYPES[predictor_type]
-    for i, p in enumerate(preds):
-        for key, a in (("fc1", p.fc1), ("fc2", p.fc2)):
-            a = np.ascontiguousarray(a, dtype=np.float32)
-            plan.tensor(OutTensor(f"blk.{i}.ffn_pred_{key}.weight", a.shape, Role.PREDICTOR, lambda a=a: a,
-                                  is_predictor=True))
-            types.append(choose_type(Role.PREDICTOR, a.shape, pred_q, pred_q))
+    types += _predictor_tensors(plan, preds, OUTTYPES[predictor_type])
     try:
         write_plan(plan, out, types, force=force)
     except ConvertError as e:

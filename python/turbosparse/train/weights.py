@@ -34,10 +34,14 @@ class ModelShape:
     sliding_window: int        # 0 = none
     ffn_kind: str              # reglu | drelu
     predictor_input: str       # residual | ffn_input
+    n_expert: int = 0          # 0: dense FFN
+    n_expert_used: int = 0
 
 
 @dataclass
 class LayerWeights:
+    """MoE layers (router set) stack the experts on a new first axis: gate [E, n_ff, n_embd],
+    down [E, n_embd, n_ff], fc1 [E, r, n_embd], fc2 [E, n_ff, r]."""
     attn_norm: np.ndarray
     wq: np.ndarray
     wk: np.ndarray
@@ -49,6 +53,7 @@ class LayerWeights:
     down: np.ndarray           # [n_embd, n_ff]
     fc1: Optional[np.ndarray]  # [r, n_embd], None without a predictor
     fc2: Optional[np.ndarray]  # [n_ff, r]
+    router: Optional[np.ndarray] = None  # [E, n_embd], MoE only
 
 
 class ModelSource:
@@ -132,10 +137,7 @@ class HFModel(ModelSource):
             if kind not in FFN_KINDS:
                 raise TrainError(f"{self.path}: FFN is {kind or config.get('hidden_act')!r}; predictors are for "
                                  "ReGLU/dReLU models (hidden_act relu)")
-            if arch.moe:
-                raise TrainError(f"{self.path}: MoE ({model_type}) is not supported by ts-train-predictor yet; "
-                                 "it trains one predictor per dense FFN layer")
-            hp = read_hparams(config, moe=False)
+            hp = read_hparams(config, moe=arch.moe)
             self._ckpt = Checkpoint(self.path)
         except ConvertError as e:
             raise TrainError(str(e)) from e
@@ -145,9 +147,11 @@ class HFModel(ModelSource):
             n_vocab=hp.n_vocab, n_embd=hp.n_embd, n_layer=hp.n_layer, n_ff=hp.n_ff, n_head=hp.n_head,
             n_head_kv=hp.n_head_kv, head_dim=hp.head_dim, rms_eps=hp.norm_eps, rope_theta=hp.rope_theta,
             rope_linear_factor=hp.rope_scaling[1] if hp.rope_scaling else 1.0,
-            sliding_window=hp.sliding_window or 0, ffn_kind=kind, predictor_input=arch.predictor_input)
+            sliding_window=hp.sliding_window or 0, ffn_kind=kind, predictor_input=arch.predictor_input,
+            n_expert=hp.n_expert, n_expert_used=hp.n_expert_used)
         self.tied = "lm_head.weight" not in self._ckpt
-        self.has_predictor = "model.layers.0.mlp.predictor.fc1.weight" in self._ckpt
+        self.has_predictor = ("model.layers.0.block_sparse_moe.experts.0.predictor.fc1.weight" if hp.n_expert
+                              else "model.layers.0.mlp.predictor.fc1.weight") in self._ckpt
         self.threshold = float(config.get("sparse_threshold", 0.0) or 0.0)
         self._sp = None
         self._specials: list[tuple[str, int]] = []
@@ -165,11 +169,23 @@ class HFModel(ModelSource):
     def layer(self, i: int) -> LayerWeights:
         p = f"model.layers.{i}"
         pred = self.has_predictor
-        return LayerWeights(
+        common = dict(
             attn_norm=self._get(f"{p}.input_layernorm.weight"),
             wq=self._get(f"{p}.self_attn.q_proj.weight"), wk=self._get(f"{p}.self_attn.k_proj.weight"),
             wv=self._get(f"{p}.self_attn.v_proj.weight"), wo=self._get(f"{p}.self_attn.o_proj.weight"),
-            ffn_norm=self._get(f"{p}.post_attention_layernorm.weight"),
+            ffn_norm=self._get(f"{p}.post_attention_layernorm.weight"))
+        if self.shape.n_expert:
+            m = f"{p}.block_sparse_moe"
+
+            def stack(name: str) -> np.ndarray:
+                return np.stack([self._get(f"{m}.experts.{e}.{name}") for e in range(self.shape.n_expert)])
+
+            return LayerWeights(**common, gate=stack("w1.weight"), up=stack("w3.weight"), down=stack("w2.weight"),
+                                fc1=stack("predictor.fc1.weight") if pred else None,
+                                fc2=stack("predictor.fc2.weight") if pred else None,
+                                router=self._get(f"{m}.gate.weight"))
+        return LayerWeights(
+            **common,
             gate=self._get(f"{p}.mlp.gate_proj.weight"), up=self._get(f"{p}.mlp.up_proj.weight"),
             down=self._get(f"{p}.mlp.down_proj.weight"),
             fc1=self._get(f"{p}.mlp.predictor.fc1.weight") if pred else None,
@@ -232,10 +248,7 @@ class GGUFModel(ModelSource):
         kind = self._str("turbosparse.ffn_kind", "swiglu")
         if kind not in FFN_KINDS:
             raise TrainError(f"{self.path}: turbosparse.ffn_kind is {kind!r}; predictors are for reglu/drelu models")
-        if self._opt("llama.expert_count") is not None:
-            raise TrainError(f"{self.path}: MoE models are not supported by ts-train-predictor yet")
-        if self._str("turbosparse.down_layout", "standard") != "neuron_major" and "blk.0.ffn_down.weight" not in self.tensors:
-            raise TrainError(f"{self.path}: no blk.0.ffn_down.weight and down_layout is not neuron_major")
+        n_expert = int(self._opt("llama.expert_count") or 0)
         n_embd = int(self._need("llama.embedding_length"))
         n_head = int(self._need("llama.attention.head_count"))
         scale_type = self._opt("llama.rope.scaling.type")
@@ -250,8 +263,11 @@ class GGUFModel(ModelSource):
             rope_theta=float(self._opt("llama.rope.freq_base") or 10000.0),
             rope_linear_factor=float(self._need("llama.rope.scaling.factor")) if scale_type == "linear" else 1.0,
             sliding_window=int(self._opt("llama.attention.sliding_window") or 0),
-            ffn_kind=kind, predictor_input=self._str("turbosparse.predictor.input", "residual"))
-        self.has_predictor = bool(self._opt("turbosparse.predictor.present")) and "blk.0.ffn_pred_fc1.weight" in self.tensors
+            ffn_kind=kind, predictor_input=self._str("turbosparse.predictor.input", "residual"),
+            n_expert=n_expert, n_expert_used=int(self._opt("llama.expert_used_count") or 0) if n_expert else 0)
+        self._x = "_exps" if n_expert else ""
+        self.has_predictor = bool(self._opt("turbosparse.predictor.present")) and \
+            f"blk.0.ffn_pred_fc1{self._x}.weight" in self.tensors
         self.threshold = float(self._opt("turbosparse.predictor.threshold") or 0.0)
         self._tok = None
 
@@ -292,9 +308,11 @@ class GGUFModel(ModelSource):
         return self._get("token_embd.weight")
 
     def layer(self, i: int) -> LayerWeights:
-        b, s = f"blk.{i}", self.shape
-        down = self._get(f"{b}.ffn_down_t.weight").T if f"{b}.ffn_down_t.weight" in self.tensors \
-            else self._get(f"{b}.ffn_down.weight")
+        b, s, x = f"blk.{i}", self.shape, self._x
+        if f"{b}.ffn_down_t{x}.weight" in self.tensors:  # neuron-major: swap the last two axes back
+            down = np.swapaxes(self._get(f"{b}.ffn_down_t{x}.weight"), -1, -2)
+        else:
+            down = self._get(f"{b}.ffn_down{x}.weight")
         pred = self.has_predictor
         return LayerWeights(
             attn_norm=self._get(f"{b}.attn_norm.weight"),
@@ -302,10 +320,11 @@ class GGUFModel(ModelSource):
             wk=unpermute_qk(self._get(f"{b}.attn_k.weight"), s.n_head_kv),
             wv=self._get(f"{b}.attn_v.weight"), wo=self._get(f"{b}.attn_output.weight"),
             ffn_norm=self._get(f"{b}.ffn_norm.weight"),
-            gate=self._get(f"{b}.ffn_gate.weight"), up=self._get(f"{b}.ffn_up.weight"),
+            gate=self._get(f"{b}.ffn_gate{x}.weight"), up=self._get(f"{b}.ffn_up{x}.weight"),
             down=np.ascontiguousarray(down),
-            fc1=self._get(f"{b}.ffn_pred_fc1.weight") if pred else None,
-            fc2=self._get(f"{b}.ffn_pred_fc2.weight") if pred else None)
+            fc1=self._get(f"{b}.ffn_pred_fc1{x}.weight") if pred else None,
+            fc2=self._get(f"{b}.ffn_pred_fc2{x}.weight") if pred else None,
+            router=self._get(f"{b}.ffn_gate_inp.weight") if s.n_expert else None)
 
     def output(self) -> tuple[np.ndarray, np.ndarray]:
         name = "output.weight" if "output.weight" in self.tensors else "token_embd.weight"
