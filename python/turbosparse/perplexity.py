@@ -114,8 +114,9 @@ def evaluate(path: str, text: str, mode: str, n_ctx: int, n_threads: Optional[in
     with Model(path, n_ctx=8, n_threads=1) as tok_model:
         tokens = tok_model.tokenize(text, add_bos=False, special=True)
         bos = tok_model.token_bos()
+        sparse = tok_model.info.get("ffn_kind") in (1, 2)  # enum ts_ffn_kind: reglu, drelu
         if mode == "auto":
-            mode = "predicted" if tok_model.info.get("has_predictor") else "exact"
+            mode = "predicted" if tok_model.info.get("has_predictor") else ("exact" if sparse else "dense")
     if not tokens:
         raise PerplexityError("the text holds no tokens")
     chunks = chunk(tokens, bos, n_ctx)
@@ -123,7 +124,7 @@ def evaluate(path: str, text: str, mode: str, n_ctx: int, n_threads: Optional[in
         chunks = chunks[:max_chunks]
     nll, share, seconds = runtime_nll(path, chunks, mode, n_threads, threshold)
     result = ModeResult(mode, float(math.exp(nll.mean())), int(nll.size), share, seconds)
-    if with_recall:
+    if with_recall and sparse:  # a SwiGLU FFN has no zeros to count and no predictor
         layers = numpy_figures(path, chunks, mode, threshold)
         result.layers = layers
         result.true_density = float(np.mean([f.true_density for f in layers]))
@@ -203,10 +204,11 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .errors import TurboSparseError
+    from .train.errors import TrainError
 
     try:
         return run(argv)
-    except (PerplexityError, TurboSparseError) as e:
+    except (PerplexityError, TurboSparseError, TrainError) as e:
         print(f"ts-perplexity: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

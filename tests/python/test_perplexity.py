@@ -127,6 +127,17 @@ def test_errors(tiny, tmp_path) -> None:
     assert r.returncode == 1 and "predict" in r.stderr
 
 
+def test_swiglu_model_gets_dense_only(tiny, tmp_path) -> None:
+    write_tiny_checkpoint(tmp_path / "llama", arch="llama", n_layer=1, dtype="f32")
+    gguf = tmp_path / "llama.gguf"
+    subprocess.run([sys.executable, "-m", "turbosparse.convert", str(tmp_path / "llama"), "--outfile", str(gguf),
+                    "--outtype", "f32", "--quiet"], check=True, timeout=300)
+    r = ppl_cli("-m", gguf, "-f", tiny["text"], "-c", CTX, "--json", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    (res,) = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert res["mode"] == "dense" and res["true_density"] is None and res["perplexity"] > 1
+
+
 def test_installed_command(tiny) -> None:
     exe = shutil.which("ts-perplexity")
     if exe is None:
