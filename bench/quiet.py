@@ -6,6 +6,15 @@ elsewhere can halve a 2-thread result; a single load-average reading before the 
 not catch the compile that starts a minute later. "Others" is the CPU time the whole machine
 spent (/proc/stat, steal included) minus what this process and its waited-for children
 (llama-bench) spent, per second of wall time: 1.0 = one core taken away.
+
+Nice values and autogroups: with autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled,
+the Linux default) each session is one scheduling group and a process's nice value only counts
+inside its own session, so another session's nice-19 job still takes half of a 2-core machine.
+Run the benchmark in its own session with a raised autogroup priority
+    setsid bash -c 'echo -20 > /proc/self/autogroup; exec python bench/bench_decode.py ...'
+and niced background jobs then only get the cores this process leaves idle; in that case
+(autogroup_nice() < 0) their CPU time is neither waited for nor counted against a measurement.
+Without it, everything other processes use counts.
 """
 
 from __future__ import annotations
@@ -19,11 +28,12 @@ T = TypeVar("T")
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _machine_busy() -> int:
+def _machine_busy() -> tuple[int, int]:
+    """(all busy ticks, ticks of niced processes among them)."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = v[:8]
-    return user + nice + system + irq + softirq + steal
+    return user + nice + system + irq + softirq + steal, nice
 
 
 def _own_ticks() -> int:
@@ -37,29 +47,46 @@ def _own_ticks() -> int:
 class Snapshot:
     t: float
     busy: int
+    nice: int
     own: int
 
 
+def autogroup_nice() -> Optional[int]:
+    """The nice value of this process's autogroup, or None without autogroups."""
+    try:
+        with open("/proc/self/autogroup") as f:
+            return int(f.read().split("nice")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def snapshot() -> Snapshot:
-    return Snapshot(time.perf_counter(), _machine_busy(), _own_ticks())
+    busy, nice = _machine_busy()
+    return Snapshot(time.perf_counter(), busy, nice, _own_ticks())
 
 
-def others_since(s0: Snapshot) -> float:
-    """Cores' worth of CPU other processes used since s0."""
+def others_since(s0: Snapshot, count_niced: bool = True) -> float:
+    """Cores' worth of CPU other processes used since s0; count_niced=False leaves out
+    processes running at a positive nice value."""
     s1 = snapshot()
     dt = max(s1.t - s0.t, 1e-6)
-    return max(0.0, ((s1.busy - s0.busy) - (s1.own - s0.own)) / _TICKS / dt)
+    ticks = (s1.busy - s0.busy) - (s1.own - s0.own)
+    if not count_niced:
+        ticks -= s1.nice - s0.nice
+    return max(0.0, ticks / _TICKS / dt)
 
 
 class Quiet:
     def __init__(self, enabled: bool, max_others: float = 0.25, timeout_s: float = 1800.0, tries: int = 5,
                  log: Callable[[str], None] = print):
         self.enabled, self.max_others, self.timeout_s, self.tries, self.log = enabled, max_others, timeout_s, tries, log
+        nice = autogroup_nice()
+        self.count_niced = nice is None or nice >= 0
         self.waited_s = 0.0
         self.redone = 0
 
     def wait(self) -> None:
-        """Returns once others used at most max_others for two seconds in a row (or timeout)."""
+        """Returns once others used at most max_others for two seconds (or timeout)."""
         if not self.enabled:
             return
         t0 = time.perf_counter()
@@ -67,7 +94,7 @@ class Quiet:
         while time.perf_counter() - t0 < self.timeout_s:
             s = snapshot()
             time.sleep(2.0)
-            busy = others_since(s)
+            busy = others_since(s, self.count_niced)
             if busy <= self.max_others:
                 break
             if not said:
@@ -84,7 +111,7 @@ class Quiet:
             self.wait()
             s = snapshot()
             result = fn()
-            busy = others_since(s)
+            busy = others_since(s, self.count_niced)
             if not self.enabled or busy <= self.max_others:
                 break
             self.redone += 1
