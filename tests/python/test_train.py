@@ -149,21 +149,22 @@ def test_fit_learns_and_reaches_recall(tmp_path, backend) -> None:
     assert got == pytest.approx((fit.recall, fit.predicted_density, fit.true_density))
 
 
-def test_fold_thresholds_keeps_every_layers_masks() -> None:
+def test_fold_thresholds_keeps_or_lowers_every_cut() -> None:
     rng = np.random.default_rng(2)
-    u = rng.standard_normal((50, 16)).astype(np.float32)
-    for taus in ([-0.5, -2.0, -0.1], [0.3, 1.5, 0.2], [-0.4, 0.7, 0.1]):
+    u = rng.standard_normal((200, 16)).astype(np.float32)
+    for taus in ([-0.5, -2.0, -0.1], [0.3, 1.5, 0.2], [-0.4, 0.7, 0.1, -1e-4], [0.0, 0.5], [-3.0, 0.0]):
         preds = [Predictor(rng.standard_normal((8, 16)).astype(np.float32),
                            rng.standard_normal((24, 8)).astype(np.float32)) for _ in taus]
-        out, common, folded = fold_thresholds(preds, taus)
-        assert folded == (len({np.sign(t) for t in taus}) == 1)
-        for p, q, tau in zip(preds, out, taus):
-            before = np.maximum(u @ p.fc1.T, 0) @ p.fc2.T > tau
-            after = np.maximum(u @ q.fc1.T, 0) @ q.fc2.T > common
-            if folded:
-                assert (before != after).mean() < 1e-3  # equal up to float rounding at the cut
-            else:
-                assert common == min(taus) and np.all(after[before])  # never fewer neurons
+        out, common, cuts = fold_thresholds(preds, taus)
+        for p, q, tau, cut in zip(preds, out, taus, cuts):
+            assert cut <= tau  # never less recall than asked for
+            if all(t < 0 for t in taus) or all(t > 0 for t in taus):
+                assert cut == tau
+            own = np.maximum(u @ p.fc1.T, 0) @ p.fc2.T
+            written = np.maximum(u @ q.fc1.T, 0) @ q.fc2.T > common
+            assert ((own > cut) != written).mean() < 1e-3  # the file's test is the layer's cut
+        if any(t > 0 for t in taus) and any(t < 0 for t in taus):
+            assert common < 0 and max(cuts) < 0
 
 
 def heldout_recall(gguf: Path, text_path: Path, tmp_path: Path) -> tuple[float, float, float]:
@@ -196,6 +197,7 @@ def test_cli_gguf_in_gguf_out_runs_predicted(tiny, tmp_path) -> None:
     assert [layer["rank"] for layer in rep["layers"]] == [32, 48]
     for layer in rep["layers"]:
         assert layer["recall"] >= RECALL and layer["predicted_density"] < 0.9
+        assert layer["cut"] <= layer["own_cut"]
 
     # the new file: the source's tensors byte for byte, plus predictors and their keys
     base, new = GGUFModel(tiny["gguf"]), GGUFModel(out)
@@ -333,3 +335,18 @@ def test_moe_cli_from_hf(tiny_moe, tmp_path) -> None:
     assert np.isfinite(Context(Model(out), n_ctx=32, mode="predicted").decode([1, 40, 7, 211])).all()
     r = run_cli(tiny_moe["hf"], "--corpus", tiny_moe["dir"] / "train.txt", "--out-predictors", tmp_path / "p")
     assert r.returncode == 1 and "experts" in r.stderr
+
+
+def test_windows_spread_over_the_corpus_and_held_out_windows_too(tiny, tmp_path) -> None:
+    from turbosparse.train.corpus import hold_out_last, token_sequences
+
+    src = HFModel(tiny["hf"])
+    everything = token_sequences(src, [tiny["dir"] / "train.txt"], 64)
+    some = token_sequences(src, [tiny["dir"] / "train.txt"], 64, max_tokens=640)
+    assert sum(map(len, some)) <= 640 and len(some) >= 9
+    firsts = [next(i for i, q in enumerate(everything) if np.array_equal(q[:len(s)], s)) for s in some]
+    assert firsts == sorted(firsts) and firsts[-1] >= len(everything) - 2  # from start to end
+    assert all(q[0] == src.bos_id for q in some)
+    moved = hold_out_last(everything, 0.1)
+    assert sorted(map(bytes, moved)) == sorted(map(bytes, everything))
+    assert [bytes(q) for q in moved[-(len(everything) // 10):]] == [bytes(q) for q in everything[9::10]]

@@ -50,17 +50,37 @@ def chunk(tokens: list[int], bos: int, n_ctx: int) -> list[np.ndarray]:
 
 def token_sequences(src: ModelSource, paths: Iterable[Path], n_ctx: int,
                     max_tokens: Optional[int] = None) -> list[np.ndarray]:
-    """Sequences of the corpus files, stopping once max_tokens tokens (BOS included) are taken."""
+    """Windows of the corpus files, at most max_tokens tokens (BOS included) in all. When the
+    corpus is larger, the windows are taken evenly across all of it (a corpus is often sorted
+    by topic, so its first tokens are no fair sample); files beyond 20 x max_tokens are not read."""
     out: list[np.ndarray] = []
     total = 0
     for path in corpus_files(paths):
         for seq in chunk(src.tokenize(read_text(path)), src.bos_id, n_ctx):
-            if max_tokens is not None and total + len(seq) > max_tokens:
-                if max_tokens - total >= 2:
-                    out.append(seq[:max_tokens - total])
-                return out
             out.append(seq)
             total += len(seq)
+        if max_tokens is not None and total >= 20 * max_tokens:
+            break
     if not out:
         raise TrainError("the corpus holds no text")
-    return out
+    if max_tokens is None or total <= max_tokens:
+        return out
+    n_keep = max(1, min(len(out), int(len(out) * max_tokens / total)))
+    picked = [out[i] for i in np.linspace(0, len(out) - 1, n_keep).round().astype(int)]
+    kept, budget = [], max_tokens
+    for seq in picked:
+        if budget < 2:
+            break
+        kept.append(seq[:budget])
+        budget -= len(kept[-1])
+    return kept
+
+
+def hold_out_last(sequences: list[np.ndarray], fraction: float) -> list[np.ndarray]:
+    """The same windows with every round(1/fraction)-th one moved to the end, so that the last
+    `fraction` of the rows (the held-out rows of fit.py) is spread over the whole corpus."""
+    if not 0 < fraction < 1 or len(sequences) < 2:
+        return list(sequences)
+    step = max(2, int(round(1 / fraction)))
+    held = [q for i, q in enumerate(sequences) if i % step == step - 1]
+    return [q for i, q in enumerate(sequences) if i % step != step - 1] + held

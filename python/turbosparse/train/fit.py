@@ -5,8 +5,9 @@ recording, then picks the logit cut that reaches a requested recall on held-out 
   layer's share of active neurons), so that rare positives are not drowned out.
 - Inputs are divided per dimension by their RMS while training (Adam then sees well-scaled
   features); the division is folded into W_fc1 afterwards, so the predictor reads raw u.
-- Held-out rows: the last val_fraction of the recording (whole sequences, roughly), never
-  trained on; early stopping keeps the weights of the best held-out loss.
+- Held-out rows: the last val_fraction of the recording, never trained on (the command line
+  puts every 1/val_fraction-th window of the corpus there: corpus.hold_out_last); early
+  stopping keeps the weights of the best held-out loss.
 - Backends: "numpy" (hand-written backward pass and Adam) or "torch" (same model, loss,
   optimiser and initial weights), "auto" = torch when installed.
 """
@@ -52,6 +53,7 @@ class LayerFit:
     epochs: int                   # epochs run
     best_val_loss: float
     backend: str
+    val_rows: range = range(0)    # the held-out rows the figures are measured on
 
 
 def torch_available() -> bool:
@@ -255,7 +257,7 @@ def fit_layer(rec: Recording, layer: int, cfg: FitConfig, log=None, expert: int 
         pos.append(logits[masks(rows)])
     tau = recall_cut(np.concatenate(pos), cfg.recall)
     stats = evaluate(rec, layer, fc1, fc2, tau, val_rows, expert)
-    return LayerFit(fc1, fc2, tau, stats[0], stats[1], stats[2], epochs, best_loss, backend)
+    return LayerFit(fc1, fc2, tau, stats[0], stats[1], stats[2], epochs, best_loss, backend, val_rows)
 
 
 def evaluate(rec: Recording, layer: int, fc1: np.ndarray, fc2: np.ndarray, tau: float,

@@ -3,10 +3,10 @@ rename) or as a Hugging Face predictor folder (model_{i}.safetensors with fc1.we
 fc2.weight, config.json with sparse_threshold: the ReLU-LLaMA/ProSparse layout that
 `convert-turbosparse --predictors DIR` reads).
 
-Per-layer cuts: the file format has one threshold for all layers. When every layer's cut
-tau_l has the same sign, layer l's fc2 is multiplied by T / tau_l (> 0), which scales its
-logits and turns "logit > tau_l" into "logit' > T" exactly; T is the median cut. Otherwise
-(mixed signs) the file gets the lowest cut, which gives every layer at least its recall.
+Per-layer cuts: the file format has one threshold T for all layers. Layer l's fc2 is multiplied
+by T / cut_l (> 0), which scales its logits and turns "logit > cut_l" into "logit' > T"
+exactly; cut_l is the layer's own cut wherever the signs allow, else a lower one (more recall,
+a little more density): see fold_thresholds.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..convert.errors import ConvertError
 from .errors import TrainError
 from .weights import GGUFModel, HFModel
 
-_MAX_SCALE_SPREAD = 1e3  # beyond this ratio of per-layer scales, fall back to one common cut
+_MAX_SCALE = 100.0  # cuts nearer zero than T / _MAX_SCALE are lowered rather than scaled further
 
 
 @dataclass
@@ -61,17 +61,28 @@ def _predictor_tensors(plan, preds: Sequence[Predictor], pred_q) -> list:  # typ
     return types
 
 
-def fold_thresholds(preds: Sequence[Predictor], taus: Sequence[float]) -> tuple[list[Predictor], float, bool]:
-    """(predictors to write, the file's threshold, whether per-layer cuts were folded in)."""
+def fold_thresholds(preds: Sequence[Predictor], taus: Sequence[float]) -> tuple[list[Predictor], float, list[float]]:
+    """(predictors to write, the file's threshold T, each predictor's effective cut).
+
+    Predictor l keeps "logit > cut_l" exactly in the file: its fc2 is multiplied by
+    T / cut_l > 0. cut_l is tau_l wherever that works, else it is lowered (recall can only rise):
+    - every tau_l > 0: T = their median, all exact;
+    - otherwise T = the median of the negative cuts, and a cut above T / _MAX_SCALE (near
+      zero, or positive) becomes T / _MAX_SCALE, so no fc2 is scaled by more than _MAX_SCALE;
+    - no negative cut at all (zeros and positives): T = 0 and every cut is 0.
+    """
     t = np.asarray(taus, dtype=np.float64)
-    same_sign = bool(np.all(t < 0) or np.all(t > 0))
-    if same_sign:
+    if np.all(t > 0):
         common = float(np.median(t))
-        scales = common / t
-        if scales.max() / scales.min() <= _MAX_SCALE_SPREAD:
-            return ([Predictor(p.fc1, (p.fc2 * np.float32(s)).astype(np.float32)) for p, s in zip(preds, scales)],
-                    common, True)
-    return list(preds), float(t.min()), False
+        cuts = t
+    elif np.any(t < 0):
+        common = float(np.median(t[t < 0]))
+        cuts = np.minimum(t, common / _MAX_SCALE)
+    else:
+        return list(preds), 0.0, [0.0] * len(t)
+    scales = common / cuts
+    return ([Predictor(p.fc1, (p.fc2 * np.float32(sc)).astype(np.float32)) for p, sc in zip(preds, scales)],
+            common, [float(c) for c in cuts])
 
 
 def _check_target(path: Path, force: bool) -> None:
