@@ -5,7 +5,8 @@
 n_embd 4096, n_ff 14336, predictor rank 1024, batch 1. For each weight type (Q4_0, F16; the
 predictor in the same type) and each row below, the sparse graph and ggml's dense FFN (three
 ggml_mul_mat + ggml's activation ops, standard-layout down) on the same weights are timed
-in the same process, interleaved call by call, and the medians are compared:
+in the same process, interleaved call by call (round robin over the rows, each sparse call
+followed by a dense one), and the medians are compared:
   - predicted mode at a predicted density of 100/50/25/10/5%, predictor included; the
     density is hit by setting the threshold at the matching quantile of the real predictor
     logits for this input;
@@ -80,20 +81,24 @@ def cold_cache(buf: np.ndarray) -> None:
     buf.sum()
 
 
-def time_pair(sparse: Callable[[], None], dense: Callable[[], None], repeats: int,
-              flush: np.ndarray) -> tuple[float, float]:
-    """Medians (ms) of the two, called alternately."""
-    t_s, t_d = [], []
-    for _ in range(2):  # warm-up
-        sparse()
+def time_rows(graphs: list[Callable[[], None]], dense: Callable[[], None], repeats: int,
+              flush: np.ndarray) -> list[tuple[float, float]]:
+    """Per graph, the medians (ms) of it and of dense. Calls go round robin over the graphs,
+    each followed by a dense call, so that a burst of load elsewhere on the machine touches
+    every row alike instead of spoiling one."""
+    t_s: list[list[float]] = [[] for _ in graphs]
+    t_d: list[list[float]] = [[] for _ in graphs]
+    for fn in graphs:  # warm-up
+        fn()
         dense()
     for _ in range(repeats):
-        for fn, out in ((sparse, t_s), (dense, t_d)):
-            cold_cache(flush)
-            t0 = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(t_s), statistics.median(t_d)
+        for k, fn in enumerate(graphs):
+            for f, out in ((fn, t_s[k]), (dense, t_d[k])):
+                cold_cache(flush)
+                t0 = time.perf_counter()
+                f()
+                out.append((time.perf_counter() - t0) * 1e3)
+    return [(statistics.median(s), statistics.median(d)) for s, d in zip(t_s, t_d)]
 
 
 def bench_type(type_: str, n_threads: int, repeats: int, pool: G.ThreadPool, flush: np.ndarray,
@@ -117,19 +122,14 @@ def bench_type(type_: str, n_threads: int, repeats: int, pool: G.ThreadPool, flu
     G.Graph([logits_t]).compute(n_threads, pool)
     logits = logits_t.numpy()[0]
 
-    rows: list[Row] = []
+    cases: list[tuple[str, bool, G.Graph, float]] = []  # mode, predictor, graph, measured density
 
     def add(mode: str, y: G.Tensor, stats, predictor: bool) -> None:
         graph = G.Graph([y])
         graph.compute(n_threads, pool)
         stats.neurons_computed = stats.neurons_total = stats.tokens = 0
         graph.compute(n_threads, pool)
-        density = stats.neurons_computed / max(stats.neurons_total, 1)
-        ms, ms_dense = time_pair(run(graph), dense, repeats, flush)
-        rows.append(Row(type_, mode, round(density, 4), round(ms, 3), round(ms_dense, 3),
-                        round(ms_dense / ms, 3), predictor))
-        log(f"{type_:5s} {mode:10s} density {density:6.1%}  {ms:8.2f} ms  dense {ms_dense:8.2f} ms  "
-            f"x{ms_dense / ms:5.2f}")
+        cases.append((mode, predictor, graph, stats.neurons_computed / max(stats.neurons_total, 1)))
 
     for d in DENSITIES:
         tau = float(np.min(logits)) - 1.0 if d >= 1.0 else float(np.quantile(logits, 1.0 - d))
@@ -147,6 +147,14 @@ def bench_type(type_: str, n_threads: int, repeats: int, pool: G.ThreadPool, flu
     stats = ctx.stats()
     a = ctx.sparse_gate_up(layer.gate, layer.up, x, ones, kind="drelu", threshold=0.0, stats=stats)
     add("all_active", ctx.sparse_down(layer.down_t, a), stats, False)
+
+    rows: list[Row] = []
+    times = time_rows([run(graph) for _, _, graph, _ in cases], dense, repeats, flush)
+    for (mode, predictor, _, density), (ms, ms_dense) in zip(cases, times):
+        rows.append(Row(type_, mode, round(density, 4), round(ms, 3), round(ms_dense, 3),
+                        round(ms_dense / ms, 3), predictor))
+        log(f"{type_:5s} {mode:10s} density {density:6.1%}  {ms:8.2f} ms  dense {ms_dense:8.2f} ms  "
+            f"x{ms_dense / ms:5.2f}")
     ctx.close()
     return rows
 
@@ -157,18 +165,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--types", default="q4_0,f16")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=25)
+    ap.add_argument("--no-pin", action="store_true",
+                    help="let the OS place the threads (default: thread i pinned to CPU i, as llama-bench --cpu-strict 1)")
     args = ap.parse_args(argv)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     log(f"kernels {G.isa()}, {args.threads} threads, batch 1, n_embd {N_EMBD}, n_ff {N_FF}, rank {RANK}, "
-        f"median of {args.repeats}, load average {os.getloadavg()[0]:.2f}")
+        f"median of {args.repeats}, {'not pinned' if args.no_pin else 'pinned'}, load average {os.getloadavg()[0]:.2f}")
     flush = np.ones(FLUSH_BYTES // 4, dtype=np.float32)
     rows: list[Row] = []
-    with G.ThreadPool(args.threads) as pool:
+    cpus = None if args.no_pin else sorted(os.sched_getaffinity(0))[:args.threads]
+    with G.ThreadPool(args.threads, cpus) as pool:
         for type_ in args.types.split(","):
             rows += bench_type(type_, args.threads, args.repeats, pool, flush, log)
+    log(f"load average at the end {os.getloadavg()[0]:.2f}")
 
     print(f"{'type':6s}{'mode':12s}{'predictor':>10s}{'density':>9s}{'ms':>9s}{'dense ms':>10s}{'speed-up':>10s}")
     for r in rows:

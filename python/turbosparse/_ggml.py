@@ -243,14 +243,26 @@ class Context:
 
 
 class ThreadPool:
-    """A ggml threadpool kept across computes (threads are started once)."""
+    """A ggml threadpool kept across computes (threads are started once).
 
-    def __init__(self, n_threads: int) -> None:
+    cpus: pin thread i to cpus[i] (ggml's cpumask with strict placement; the calling thread
+    is thread 0 and is pinned too). Without it the OS places the threads, and on a machine
+    with other busy processes two of them may end up sharing one core, where every barrier
+    of ggml's spin-waiting threads costs a scheduler time slice.
+    """
+
+    def __init__(self, n_threads: int, cpus: Optional[Sequence[int]] = None) -> None:
         ffi, lib = _native()
         self._lib = lib
         self.n_threads = n_threads
         params = ffi.new("struct ggml_threadpool_params *")
         lib.ggml_threadpool_params_init(params, n_threads)
+        if cpus is not None:
+            if len(cpus) < n_threads:
+                raise GgmlSparseError(f"ThreadPool: {n_threads} threads but only {len(cpus)} cpus to pin them to")
+            for c in cpus:
+                params.cpumask[c] = True
+            params.strict_cpu = True
         self.ptr = lib.ggml_threadpool_new(params)
         if self.ptr == ffi.NULL:
             raise RuntimeError(f"ggml_threadpool_new({n_threads}) failed")
