@@ -53,6 +53,12 @@ from roofline import FileBytes, file_bytes, measure_bandwidth  # noqa: E402
 from synth_model import SynthShape, write_checkpoints  # noqa: E402
 from ts_runtime import BenchError, Context, Model, Runtime, default_lib  # noqa: E402
 
+# The llama.cpp baseline: llama-bench built from the llama.cpp sources vendored in the
+# llama-cpp-python sdist, in a scratch folder outside this repository (never commit llama.cpp):
+#   pip download --no-deps --no-binary :all: --no-build-isolation llama-cpp-python
+#   cmake -S llama_cpp_python-*/vendor/llama.cpp -B build -DLLAMA_CURL=OFF -DGGML_NATIVE=ON
+#   cmake --build build --target llama-bench
+# (the full recipe is HOW_TO_BUILD in llama_bench.py, printed by --help).
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(n_layer=2, n_embd=256, n_ff=1024, n_head=4, n_head_kv=2, n_vocab=1024, rank=64)
 
@@ -86,8 +92,7 @@ class Samples:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench_decode.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=HOW_TO_BUILD + "\n\nRun it on a quiet machine (uptime: load average well below the thread count"
-        " plus one); it prints the exact command to put next to the table.")
+        epilog=HOW_TO_BUILD + "\n\nThe report starts with the exact command; put it next to the table.")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/turbosparse-bench"),
                    help="where generated checkpoints and GGUF files live (reused; default %(default)s)")
     p.add_argument("--layers", type=int, default=8, help="number of layers (default %(default)s)")
