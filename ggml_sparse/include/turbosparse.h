@@ -48,6 +48,10 @@ enum ts_status {
 
 struct ts_model_params {
     int32_t use_mmap; // 1: weights stay in the memory-mapped file (default); 0: read into RAM
+    int32_t repack;   // 1 (default): weights only ever read by ggml's dense mul_mat (attention,
+                      // output, router, predictors, SwiGLU FFNs) are copied into ggml's CPU
+                      // repack buffer (interleaved layouts with faster GEMV/GEMM) where ggml has
+                      // one for their type; they then live in RAM, not the page cache
 };
 
 // What a loaded file says about the model. Strings are NUL-terminated (truncated if longer).
@@ -80,6 +84,8 @@ struct ts_model_meta {
     int64_t n_params;              // elements of all tensors
     int64_t n_bytes;               // bytes of all tensors
     double  load_ms;
+    int32_t n_repacked;            // tensors held in ggml's CPU repack buffer (ts_model_params.repack)
+    int64_t n_bytes_repacked;      // RAM that buffer takes (the file bytes of those tensors are not read again)
 };
 
 struct ts_context_params {

@@ -201,8 +201,9 @@ void ts_context_get_stats(const struct ts_context * c, struct ts_stats * s) {
     *s = c->stats;
     s->ffn_neurons_computed = c->sparse_stats.neurons_computed;
     s->ffn_neurons_total = c->sparse_stats.neurons_total;
-    // MoE: every expert's sparse node runs on the whole batch (tokens not routed to it zeroed,
-    // so they compute nothing); the share is of the routed experts' neurons
+    // MoE: every expert's sparse node runs on the whole batch and counts n_ff per token, but
+    // computes nothing for the tokens not routed to it (zero input; -inf predictor logits,
+    // moe.c): the share is of the routed experts' neurons
     const struct ts_model_meta * h = &c->model->meta;
     if (h->n_expert > 0) s->ffn_neurons_total = s->ffn_neurons_total / h->n_expert * h->n_expert_used;
     s->ffn_density = s->ffn_neurons_total > 0 ? (double) s->ffn_neurons_computed / (double) s->ffn_neurons_total : 1.0;

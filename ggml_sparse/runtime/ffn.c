@@ -9,7 +9,7 @@ struct ggml_tensor * ts_build_ffn_one(struct ts_context * c, struct ggml_context
                                       struct ggml_tensor * x, struct ggml_tensor * u,
                                       struct ggml_tensor * fc1, struct ggml_tensor * fc2,
                                       struct ggml_tensor * w_gate, struct ggml_tensor * w_up,
-                                      struct ggml_tensor * w_down) {
+                                      struct ggml_tensor * w_down, struct ggml_tensor * logit_bias) {
     const struct ts_model_meta * h = &c->model->meta;
     struct ggml_sparse_ffn_params p = {
         .kind        = (enum ggml_sparse_ffn_kind) h->ffn_kind,
@@ -22,7 +22,21 @@ struct ggml_tensor * ts_build_ffn_one(struct ts_context * c, struct ggml_context
         u = fc1 = fc2 = NULL;
     }
     char err[256];
-    struct ggml_tensor * y = ggml_sparse_ffn(g, x, u, fc1, fc2, w_gate, w_up, w_down, &p, err, sizeof(err));
+    struct ggml_tensor * y;
+    if (logit_bias && c->ffn_mode == TS_FFN_MODE_PREDICTED) {
+        // ggml_sparse_ffn's predicted path, with the bias between the predictor and gate/up
+        y = NULL;
+        if (ggml_sparse_check_ffn(x, u, fc1, fc2, w_gate, w_up, w_down, &p, err, sizeof(err))) {
+            struct ggml_tensor * logits = ggml_sparse_predictor(g, fc1, fc2, u, err, sizeof(err));
+            struct ggml_tensor * a = logits ? ggml_sparse_gate_up(g, w_gate, w_up, x, ggml_add(g, logits, logit_bias),
+                                                                  p.kind, p.threshold, p.stats, err, sizeof(err)) : NULL;
+            if (a) {
+                y = h->down_neuron_major ? ggml_sparse_down(g, w_down, a, err, sizeof(err)) : ggml_mul_mat(g, w_down, a);
+            }
+        }
+    } else {
+        y = ggml_sparse_ffn(g, x, u, fc1, fc2, w_gate, w_up, w_down, &p, err, sizeof(err));
+    }
     if (!y) snprintf(c->err, sizeof(c->err), "sparse FFN: %s", err);
     return y;
 }
@@ -33,5 +47,5 @@ struct ggml_tensor * ts_build_ffn(struct ts_context * c, struct ggml_context * g
         return ts_build_moe(c, g, l, x, residual);
     }
     struct ggml_tensor * u = c->model->meta.predictor_input == TS_PRED_INPUT_RESIDUAL ? residual : x;
-    return ts_build_ffn_one(c, g, x, u, l->pred_fc1, l->pred_fc2, l->ffn_gate, l->ffn_up, l->ffn_down);
+    return ts_build_ffn_one(c, g, x, u, l->pred_fc1, l->pred_fc2, l->ffn_gate, l->ffn_up, l->ffn_down, NULL);
 }

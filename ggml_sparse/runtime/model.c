@@ -4,6 +4,7 @@
 // first mismatch is reported by name: a bad file gives an error, never a crash later.
 #define _GNU_SOURCE // pread, MAP_POPULATE
 #include "model.h"
+#include "repack.h"
 
 #include "ggml-cpu.h"
 
@@ -396,6 +397,7 @@ static bool map_file(struct loader * L, bool use_mmap) {
 
 void ts_model_params_init(struct ts_model_params * params) {
     params->use_mmap = 1;
+    params->repack = 1;
 }
 
 struct ts_model * ts_model_load(const char * path, const struct ts_model_params * params, char * err, size_t err_size) {
@@ -439,6 +441,7 @@ struct ts_model * ts_model_load(const char * path, const struct ts_model_params 
         }
     }
     if (!load_tensors(&L)) goto bad;
+    if (params->repack && !ts_model_repack(m, L.err, L.err_size)) goto bad;
 
     for (int64_t i = 0; i < gguf_get_n_tensors(m->gguf); i++) {
         struct ggml_tensor * t = ggml_get_tensor(m->ctx_w, gguf_get_tensor_name(m->gguf, i));
@@ -454,6 +457,7 @@ bad:
 
 void ts_model_free(struct ts_model * m) {
     if (!m) return;
+    ts_model_repack_free(m);
     free(m->layers);
     if (m->gguf) gguf_free(m->gguf);
     if (m->ctx_w) ggml_free(m->ctx_w);

@@ -5,6 +5,7 @@
 #include "turbosparse.h"
 #include "ggml.h"
 #include "gguf.h"
+#include "ggml-backend.h"
 
 #include <stdbool.h>
 
@@ -32,4 +33,8 @@ struct ts_model {
     struct ggml_tensor * output_norm;
     struct ggml_tensor * output;   // == tok_embd when tied
     struct ts_layer    * layers;
+
+    // ggml's CPU extra buffers holding the repacked weights (repack.c), one per buffer type
+    ggml_backend_buffer_t repack_bufs[4];
+    int                   n_repack_bufs;
 };

@@ -5,14 +5,18 @@
 // llama.cpp. Every other case (sparse modes, neuron-major down) runs each expert's FFN through
 // ts_build_ffn_one on its own 2-D weight slices with its own predictor, on the batch with the
 // tokens not routed to it zeroed: a zero input makes no neuron active (no biases), so the
-// sparse op reads (almost) nothing for them, and their output is weighted by 0 anyway.
+// sparse op reads (almost) nothing for them, and their output is weighted by 0 anyway. In
+// predicted mode a zero input still gives predictor logits of 0, which pass a negative
+// threshold: those tokens' logits get -INFINITY added, so that no neuron is computed (or
+// counted in the density) for a token the expert does not serve.
 #include "ffn.h"
 
 #include <math.h>
 #include <stdint.h>
 
-// dst [n, n_expert] (one row of weights per expert) from router logits src[0] [n_expert, n];
-// k in userdata. Ties go to the lower expert index.
+// dst [n, 2 n_expert] from router logits src[0] [n_expert, n]: row e holds expert e's weight of
+// each token (0 when not routed), row n_expert + e the predictor logit bias (0 when routed,
+// else -INFINITY). k in userdata. Ties go to the lower expert index.
 static void route_op(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
     const struct ggml_tensor * logits = dst->src[0];
     const int k = (int) (intptr_t) userdata;
@@ -35,7 +39,9 @@ static void route_op(struct ggml_tensor * dst, int ith, int nth, void * userdata
         }
         for (int64_t e = 0; e < X; e++) {
             float * w = (float *) ((char *) dst->data + e * dst->nb[1]) + t;
+            float * b = (float *) ((char *) dst->data + (X + e) * dst->nb[1]) + t;
             *w = chosen[e] ? p[e] / sum : 0.0f;
+            *b = chosen[e] ? 0.0f : -INFINITY;
         }
     }
 }
@@ -50,17 +56,18 @@ static struct ggml_tensor * moe_per_expert(struct ts_context * c, struct ggml_co
     const int64_t n = x->ne[1];
     struct ggml_tensor * router = ggml_mul_mat(g, l->ffn_gate_inp, x); // [n_expert, n]
     struct ggml_tensor * args[1] = { router };
-    struct ggml_tensor * route = ggml_custom_4d(g, GGML_TYPE_F32, n, h->n_expert, 1, 1, args, 1, route_op,
+    struct ggml_tensor * route = ggml_custom_4d(g, GGML_TYPE_F32, n, 2 * h->n_expert, 1, 1, args, 1, route_op,
                                                 GGML_N_TASKS_MAX, (void *) (intptr_t) h->n_expert_used);
     struct ggml_tensor * u_all = h->predictor_input == TS_PRED_INPUT_RESIDUAL ? residual : x;
     struct ggml_tensor * out = NULL;
     for (int64_t e = 0; e < h->n_expert; e++) {
         struct ggml_tensor * w = ggml_view_2d(g, route, 1, n, sizeof(float), route->nb[1] * e); // [1, n]
+        struct ggml_tensor * bias = ggml_view_2d(g, route, 1, n, sizeof(float), route->nb[1] * (h->n_expert + e));
         struct ggml_tensor * on = ggml_step(g, w);
         struct ggml_tensor * xe = ggml_mul(g, x, on);
         struct ggml_tensor * ue = u_all == x ? xe : ggml_mul(g, u_all, on);
         struct ggml_tensor * y = ts_build_ffn_one(c, g, xe, ue, slice(g, l->pred_fc1, e), slice(g, l->pred_fc2, e),
-                                                  slice(g, l->ffn_gate, e), slice(g, l->ffn_up, e), slice(g, l->ffn_down, e));
+                                                  slice(g, l->ffn_gate, e), slice(g, l->ffn_up, e), slice(g, l->ffn_down, e), bias);
         if (!y) return NULL;
         y = ggml_mul(g, y, w);
         out = out ? ggml_add(g, out, y) : y;

@@ -27,6 +27,7 @@ struct options {
     float        threshold;
     bool         chat;
     bool         interactive;
+    bool         no_repack;
 };
 
 static void usage(FILE * f) {
@@ -50,6 +51,8 @@ static void usage(FILE * f) {
         "      --threshold F        predictor logit threshold (default: the file's)\n"
         "      --chat               wrap the prompt in the model's chat format (ChatML or [INST])\n"
         "  -i, --interactive        chat on stdin, turn by turn (Ctrl-C stops a reply, Ctrl-D quits)\n"
+        "      --no-repack          keep every weight in the mapped file (default: weights only read\n"
+        "                           densely go into ggml's faster repacked layout, in RAM)\n"
         "  -h, --help               this help\n");
 }
 
@@ -81,6 +84,7 @@ static int parse_args(int argc, char ** argv, struct options * o) {
         const char * a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 2; }
         if (!strcmp(a, "--chat")) { o->chat = true; continue; }
+        if (!strcmp(a, "--no-repack")) { o->no_repack = true; continue; }
         if (!strcmp(a, "-i") || !strcmp(a, "--interactive")) { o->interactive = true; continue; }
         if (i + 1 >= argc) { fprintf(stderr, "error: unknown option or missing value: %s\n", a); return 1; }
         const char * v = argv[++i];
@@ -301,6 +305,7 @@ int main(int argc, char ** argv) {
 
     struct ts_model_params mp;
     ts_model_params_init(&mp);
+    mp.repack = !s.o.no_repack;
     s.model = ts_model_load(s.o.model, &mp, err, sizeof(err));
     if (!s.model) { fprintf(stderr, "error: cannot load the model: %s\n", err); return 1; }
     s.tok = ts_tokenizer_from_gguf(ts_model_gguf(s.model), err, sizeof(err));

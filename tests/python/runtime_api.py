@@ -33,11 +33,12 @@ class RuntimeError_(Exception):
 
 
 class Model:
-    def __init__(self, path: str | Path, use_mmap: bool = True):
+    def __init__(self, path: str | Path, use_mmap: bool = True, repack: bool = True):
         err = ffi.new("char[1024]")
         params = ffi.new("struct ts_model_params *")
         lib.ts_model_params_init(params)
         params.use_mmap = int(use_mmap)
+        params.repack = int(repack)
         self.ptr = lib.ts_model_load(str(path).encode(), params, err, 1024)
         if self.ptr == ffi.NULL:
             raise RuntimeError_(ffi.string(err).decode())

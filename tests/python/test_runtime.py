@@ -272,6 +272,46 @@ def test_density_counts_the_neurons_computed(tmp_path):
     assert dense.stats().ffn_density == 1.0
 
 
+def test_moe_density_counts_routed_tokens_only(tmp_path):
+    """MoE: the share is of the routed experts' neurons. A token an expert does not serve has a
+    zero input there, whose predictor logits (0) pass a negative threshold: it must compute and
+    count nothing, so the density is the reference's share over routed tokens, at most 1."""
+    cfg, held, path = make(tmp_path, "turbosparsemixtral")
+    model = Model(path)
+    for tau in (-0.5, -1e9):
+        trace = RefTrace()
+        ref = forward(cfg, held, TOKENS, mode="predicted", tau=tau, trace=trace)
+        assert trace.min_margin > 1e-4
+        ctx = Context(model, mode="predicted", threshold=tau)
+        assert rel_err(ctx.decode(TOKENS), ref) < TOL["f32"], tau
+        density = ctx.stats().ffn_density
+        assert density == pytest.approx(np.mean(np.concatenate(trace.masks)), abs=1e-12), tau
+        assert density <= 1.0
+    assert density == 1.0  # every routed neuron computed, nothing for the others
+
+
+@pytest.mark.parametrize("outtype", ["q4_0", "q8_0"])
+@pytest.mark.parametrize("arch", ["dense_llama_swiglu", "bamboo_drelu_pred"])
+def test_repacked_weights(tmp_path, arch, outtype):
+    """Weights only read by ggml's mul_mat go into ggml's repack buffer (where it has a layout
+    for the type): same logits within the quantised tolerance as the mapped weights, in every
+    mode, and sparse FFN weights stay mapped (the sparse ops read the file's layout)."""
+    cfg, held, path = make(tmp_path, arch, outtype)
+    packed, plain = Model(path), Model(path, repack=False)
+    assert plain.meta.n_repacked == 0 and plain.meta.n_bytes_repacked == 0
+    if outtype == "q4_0":  # ggml's AVX2 repack has Q4_0 layouts for these shapes
+        assert packed.meta.n_repacked > 0 and packed.meta.n_bytes_repacked > 0
+    per_layer = 7 if arch == "dense_llama_swiglu" else 6  # attention 4 + FFN 3, or + predictor 2
+    assert packed.meta.n_repacked <= cfg.n_layer * per_layer + 1
+    ref = forward(cfg, held, TOKENS)
+    for mode in [m for m in modes_of(arch) if m != "predicted"]:
+        a = Context(packed, mode=mode).decode(TOKENS)
+        b = Context(plain, mode=mode).decode(TOKENS)
+        assert rel_err(a, ref) < TOL[outtype] and rel_err(b, ref) < TOL[outtype], mode
+        assert greedy(Context(packed, mode=mode, n_threads=1), TOKENS[:4], 6) == \
+            greedy(Context(packed, mode=mode, n_threads=2), TOKENS[:4], 6)
+
+
 def test_abort(tmp_path):
     """An abort request stops the next (or running) decode, leaves the cache as it was, and is
     consumed: the decode after it runs normally."""

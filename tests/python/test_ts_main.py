@@ -99,6 +99,20 @@ def test_plain_llamacpp_file_runs_dense(dense_model):
     assert r.returncode != 0 and "predictor" in r.stderr
 
 
+def test_no_repack(tmp_path):
+    """Q4_0 weights are repacked by default (quietly: ggml's per-tensor debug lines are not
+    printed); --no-repack keeps them mapped; both generate."""
+    cfg = tiny_config("swiglu")
+    path = tmp_path / "tiny-q4_0.gguf"
+    write_gguf(path, cfg, random_weights(cfg, 5), "q4_0", plain_llamacpp=True)
+    assert "--no-repack" in run("--help").stdout
+    for extra in ([], ["--no-repack"]):
+        r = run("-m", str(path), "-p", "abc", "-n", "8", "--temp", "0", *extra)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("abc") and STATS.search(r.stderr), r.stderr
+        assert "repack" not in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["-p", "x"], "no model"),
     (["-m", "/nonexistent.gguf", "-p", "x"], "cannot open"),

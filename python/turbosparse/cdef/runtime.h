@@ -24,6 +24,7 @@ enum ts_status {
 };
 struct ts_model_params {
     int32_t use_mmap;
+    int32_t repack;
 };
 struct ts_model_meta {
     char    name[128];
@@ -54,6 +55,8 @@ struct ts_model_meta {
     int64_t n_params;
     int64_t n_bytes;
     double  load_ms;
+    int32_t n_repacked;
+    int64_t n_bytes_repacked;
 };
 struct ts_context_params {
     int32_t n_ctx;

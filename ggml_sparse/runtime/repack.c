@@ -1,0 +1,197 @@
+// repack.c: copies the weights that only ggml's dense mul_mat / mul_mat_id read into ggml's CPU
+// "extra" buffer types. Setting a tensor in such a buffer rearranges its blocks (e.g. Q4_0 as
+// 8x8 interleaved rows) and ggml's CPU compute then runs its faster GEMV/GEMM on them: the
+// tensor's `buffer` names the buffer type and `extra` its kernels, which ggml_graph_plan /
+// ggml_graph_compute pick up for MUL_MAT nodes.
+//
+// Only tensors that no other op reads are eligible: the sparse kernels and get_rows need the
+// file's own layout, and a 2-D view of a repacked 3-D tensor would be read with the wrong
+// layout. So: attention, a separate output matrix, the MoE router, dense-model predictors, and
+// the FFN of SwiGLU models (never sparse; down only in the standard layout, experts only where
+// they all go through mul_mat_id).
+#define _GNU_SOURCE // madvise
+#include "repack.h"
+
+#include "ggml-cpu.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define MAX_BUFTS 4
+
+struct candidates {
+    struct ggml_tensor ** t;
+    int                   n;
+};
+
+static void add(struct candidates * c, struct ggml_tensor * t) {
+    if (t) c->t[c->n++] = t;
+}
+
+// Appends the eligible tensors; c->t has room for 10 per layer + 1.
+static void collect(const struct ts_model * m, struct candidates * c) {
+    const struct ts_model_meta * h = &m->meta;
+    const bool dense_ffn = h->ffn_kind == TS_FFN_SWIGLU;
+    const bool moe = h->n_expert > 0;
+    // MoE experts go through mul_mat_id only when nothing slices them (moe.c)
+    const bool ffn_ok = dense_ffn && (!moe || !h->down_neuron_major);
+    if (!h->tied_output) add(c, m->output);
+    for (int il = 0; il < h->n_layer; il++) {
+        const struct ts_layer * l = &m->layers[il];
+        add(c, l->wq); add(c, l->wk); add(c, l->wv); add(c, l->wo);
+        add(c, l->ffn_gate_inp);
+        if (!moe) { add(c, l->pred_fc1); add(c, l->pred_fc2); }
+        if (ffn_ok) {
+            add(c, l->ffn_gate); add(c, l->ffn_up);
+            if (!h->down_neuron_major) add(c, l->ffn_down);
+        }
+    }
+}
+
+// The first extra buffer type whose kernels take a mul_mat (2-D) or mul_mat_id (3-D) with this
+// weight, or -1. ggml answers through supports_op on a node whose weight sits in a (zero-size)
+// buffer of that type, as llama.cpp asks it.
+static int pick_buft(ggml_backend_dev_t dev, ggml_backend_buffer_t * dummies, int n_bufts,
+                     const struct ggml_tensor * w) {
+    char mem[16 * 1024];
+    struct ggml_init_params ip = { .mem_size = sizeof(mem), .mem_buffer = mem, .no_alloc = true };
+    struct ggml_context * g = ggml_init(ip);
+    if (!g) return -1;
+    struct ggml_tensor * wc = ggml_new_tensor(g, w->type, 4, w->ne);
+    struct ggml_tensor * op;
+    if (w->ne[2] == 1) {
+        op = ggml_mul_mat(g, wc, ggml_new_tensor_2d(g, GGML_TYPE_F32, w->ne[0], 1));
+    } else {
+        struct ggml_tensor * x = ggml_new_tensor_3d(g, GGML_TYPE_F32, w->ne[0], 1, 1);
+        op = ggml_mul_mat_id(g, wc, x, ggml_new_tensor_2d(g, GGML_TYPE_I32, 1, 1));
+    }
+    int found = -1;
+    for (int i = 0; i < n_bufts && found < 0; i++) {
+        wc->buffer = dummies[i];
+        if (ggml_backend_dev_supports_op(dev, op)) found = i;
+    }
+    ggml_free(g);
+    return found;
+}
+
+// Drops the file pages of a tensor now held elsewhere from this process (they stay in the page
+// cache, reclaimable): the resident size then counts each weight once.
+static void release_pages(const struct ts_model * m, const void * data, size_t size) {
+    if (!m->mapped) return;
+    const uintptr_t page = (uintptr_t) sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t) data + page - 1) / page * page;
+    uintptr_t hi = ((uintptr_t) data + size) / page * page;
+    if (hi > lo) madvise((void *) lo, hi - lo, MADV_DONTNEED);
+}
+
+// ggml logs every repacked tensor at debug level, which its default logger prints: while
+// repacking, debug lines are dropped and the rest goes to the logger in place before.
+struct log_target {
+    ggml_log_callback cb;
+    void            * data;
+};
+
+static void log_filter(enum ggml_log_level level, const char * text, void * user_data) {
+    const struct log_target * prev = user_data;
+    if (level == GGML_LOG_LEVEL_DEBUG || level == GGML_LOG_LEVEL_CONT) return;
+    if (prev->cb) prev->cb(level, text, prev->data);
+}
+
+static bool repack_tensors(struct ts_model * m, char * err, size_t err_size);
+
+bool ts_model_repack(struct ts_model * m, char * err, size_t err_size) {
+    struct log_target prev;
+    ggml_log_get(&prev.cb, &prev.data);
+    ggml_log_set(log_filter, &prev);
+    const bool ok = repack_tensors(m, err, err_size);
+    ggml_log_set(prev.cb, prev.data);
+    return ok;
+}
+
+static bool repack_tensors(struct ts_model * m, char * err, size_t err_size) {
+    m->meta.n_repacked = 0;
+    m->meta.n_bytes_repacked = 0;
+    ggml_backend_reg_t reg = ggml_backend_cpu_reg();
+    ggml_backend_dev_t dev = reg ? ggml_backend_reg_dev_get(reg, 0) : NULL;
+    typedef ggml_backend_buffer_type_t * (*get_extra_t)(ggml_backend_dev_t);
+    get_extra_t get_extra = reg ? (get_extra_t) ggml_backend_reg_get_proc_address(reg, "ggml_backend_dev_get_extra_bufts") : NULL;
+    ggml_backend_buffer_type_t * list = get_extra && dev ? get_extra(dev) : NULL;
+    if (!list || !list[0]) return true; // this ggml has none: everything stays mapped
+
+    ggml_backend_buffer_type_t bufts[MAX_BUFTS];
+    ggml_backend_buffer_t dummies[MAX_BUFTS];
+    int n_bufts = 0;
+    for (; list[n_bufts] && n_bufts < MAX_BUFTS; n_bufts++) {
+        bufts[n_bufts] = list[n_bufts];
+        dummies[n_bufts] = ggml_backend_buft_alloc_buffer(bufts[n_bufts], 0);
+    }
+
+    const size_t n_max = 10 * (size_t) m->meta.n_layer + 1;
+    struct candidates c = { .t = malloc(n_max * sizeof(*c.t)), .n = 0 };
+    int * chosen = malloc(n_max * sizeof(int));
+    if (!c.t || !chosen) {
+        free(c.t);
+        free(chosen);
+        snprintf(err, err_size, "out of memory");
+        return false;
+    }
+    collect(m, &c);
+    size_t sizes[MAX_BUFTS] = { 0 };
+    for (int i = 0; i < c.n; i++) {
+        chosen[i] = pick_buft(dev, dummies, n_bufts, c.t[i]);
+        if (chosen[i] >= 0) {
+            const size_t align = ggml_backend_buft_get_alignment(bufts[chosen[i]]);
+            sizes[chosen[i]] += GGML_PAD(ggml_backend_buft_get_alloc_size(bufts[chosen[i]], c.t[i]), align);
+        }
+    }
+    for (int b = 0; b < n_bufts; b++) {
+        if (dummies[b]) ggml_backend_buffer_free(dummies[b]);
+    }
+
+    bool ok = true;
+    for (int b = 0; b < n_bufts && ok; b++) {
+        if (sizes[b] == 0) continue;
+        ggml_backend_buffer_t buf = ggml_backend_buft_alloc_buffer(bufts[b], sizes[b]);
+        if (!buf) {
+            snprintf(err, err_size, "cannot allocate %zu MiB for the repacked weights (%s); load with repack off",
+                     sizes[b] >> 20, ggml_backend_buft_name(bufts[b]));
+            ok = false;
+            break;
+        }
+        ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+        m->repack_bufs[m->n_repack_bufs++] = buf;
+        m->meta.n_bytes_repacked += (int64_t) ggml_backend_buffer_get_size(buf);
+        char * base = ggml_backend_buffer_get_base(buf);
+        const size_t align = ggml_backend_buft_get_alignment(bufts[b]);
+        size_t off = 0;
+        for (int i = 0; i < c.n; i++) {
+            if (chosen[i] != b) continue;
+            struct ggml_tensor * t = c.t[i];
+            void * src = t->data;
+            const size_t size = ggml_backend_buft_get_alloc_size(bufts[b], t);
+            t->data = NULL;
+            if (ggml_backend_tensor_alloc(buf, t, base + off) != GGML_STATUS_SUCCESS) {
+                t->data = src; // stays mapped
+                continue;
+            }
+            ggml_backend_tensor_set(t, src, 0, ggml_nbytes(t)); // repacks
+            release_pages(m, src, ggml_nbytes(t));
+            off += GGML_PAD(size, align);
+            m->meta.n_repacked++;
+        }
+    }
+    free(c.t);
+    free(chosen);
+    return ok;
+}
+
+void ts_model_repack_free(struct ts_model * m) {
+    for (int b = 0; b < m->n_repack_bufs; b++) {
+        ggml_backend_buffer_free(m->repack_bufs[b]);
+    }
+    m->n_repack_bufs = 0;
+}
