@@ -42,6 +42,19 @@ if [ "${TS_TEST_QUICK:-0}" != 1 ]; then
 
     step "NEON kernels (aarch64 cross build under qemu)"
     bash tests/neon/run.sh
+
+    # No GPU here: compile the CUDA kernels (sm_80, sm_90) so a broken kernel fails CI, and
+    # run the test's argument checks (they need no device). tests/cuda/run.sh runs the rest.
+    if command -v nvcc >/dev/null; then
+        step "CUDA kernels: compile only (sm_80, sm_90)"
+        cmake -S . -B build/cuda -DTS_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE="$(command -v $PY)" >/dev/null
+        cmake --build build/cuda -j"$JOBS" --target ts_cuda_kernels test_cuda_kernels bench_cuda_kernels
+        build/cuda/test_cuda_kernels --args-only
+    elif [ "${CI:-}" = true ]; then
+        echo "nvcc not found: CI must compile the CUDA kernels" >&2; exit 1
+    else
+        step "CUDA kernels: skipped (no nvcc on this machine)"
+    fi
 fi
 
 step "pytest"
