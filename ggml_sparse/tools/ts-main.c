@@ -34,7 +34,8 @@ static void usage(FILE * f) {
     fprintf(f,
         "usage: ts-main -m MODEL [options]\n"
         "\n"
-        "  -m, --model PATH         GGUF model file (turbosparse or plain llama.cpp dense Llama/Mistral)\n"
+        "  -m, --model PATH         GGUF model file (turbosparse or plain llama.cpp dense Llama/Mistral;\n"
+        "                           default: the bundled model, when the package ships one)\n"
         "  -p, --prompt TEXT        prompt\n"
         "  -f, --file PATH          read the prompt from a file\n"
         "  -n, --n-predict N        tokens to generate (default 128; -1: until end of text or context)\n"
@@ -54,6 +55,28 @@ static void usage(FILE * f) {
         "      --no-repack          keep every weight in the mapped file (default: weights only read\n"
         "                           densely go into ggml's faster repacked layout, in RAM)\n"
         "  -h, --help               this help\n");
+}
+
+// The bundled default model: in an installed package ts-main is turbosparse/bin/ts-main and
+// the model turbosparse/models/default.gguf. NULL when there is none.
+static const char * bundled_model_path(void) {
+    static char path[4096];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+    if (n <= 0) {
+        return NULL;
+    }
+    path[n] = '\0';
+    char * slash = strrchr(path, '/');
+    if (!slash) {
+        return NULL;
+    }
+    *slash = '\0';
+    const char * rel = "/../models/default.gguf";
+    if (strlen(path) + strlen(rel) + 1 > sizeof(path)) {
+        return NULL;
+    }
+    strcat(path, rel);
+    return access(path, R_OK) == 0 ? path : NULL;
 }
 
 static bool parse_int(const char * s, int * out) {
@@ -118,7 +141,14 @@ static int parse_args(int argc, char ** argv, struct options * o) {
         else { fprintf(stderr, "error: unknown option: %s (see --help)\n", a); return 1; }
         if (!ok) { fprintf(stderr, "error: bad value for %s: '%s'\n", a, v); return 1; }
     }
-    if (!o->model) { fprintf(stderr, "error: no model given (-m PATH; see --help)\n"); return 1; }
+    if (!o->model) {
+        o->model = bundled_model_path();
+        if (!o->model) {
+            fprintf(stderr, "error: no model given (-m PATH; see --help) and no bundled default model "
+                            "(models/default.gguf beside this program's folder)\n");
+            return 1;
+        }
+    }
     if (o->prompt && o->prompt_file) { fprintf(stderr, "error: give -p or -f, not both\n"); return 1; }
     if (!o->prompt && !o->prompt_file && !o->interactive) {
         fprintf(stderr, "error: no prompt (-p TEXT, -f FILE or -i)\n");

@@ -134,3 +134,43 @@ def test_generation_stops_at_context_size(model):
     assert "context full" in r.stderr
     m = STATS.search(r.stderr)
     assert int(m.group(1)) + int(m.group(3)) <= 16
+
+
+def _package_copy(tmp_path: Path, model: Path | None) -> Path:
+    """A copy of the installed package's native layout (bin/, lib/, models/) in tmp_path."""
+    import shutil
+
+    src = Path(ts_main_path()).parent.parent
+    root = tmp_path / "turbosparse"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy2(src / "bin" / "ts-main", root / "bin" / "ts-main")
+    shutil.copytree(src / "lib", root / "lib")
+    if model is not None:
+        (root / "models").mkdir()
+        shutil.copy2(model, root / "models" / "default.gguf")
+    return root / "bin" / "ts-main"
+
+
+def _run_copy(exe: Path, *args: str) -> subprocess.CompletedProcess:
+    import libggml
+
+    env = dict(os.environ, LD_LIBRARY_PATH=str(Path(libggml.__file__).parent / "lib64"))
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120, env=env, errors="replace")
+
+
+@pytest.mark.skipif(bool(os.environ.get("TS_MAIN")), reason="needs the installed package layout, not TS_MAIN")
+def test_bundled_model_is_the_default(tmp_path, model):
+    exe = _package_copy(tmp_path, model)
+    with_m = _run_copy(exe, "-m", str(model), "-p", "abc", "-n", "8", "--temp", "0", "-t", "1")
+    without_m = _run_copy(exe, "-p", "abc", "-n", "8", "--temp", "0", "-t", "1")
+    assert with_m.returncode == 0, with_m.stderr
+    assert without_m.returncode == 0, without_m.stderr
+    assert without_m.stdout == with_m.stdout
+
+
+@pytest.mark.skipif(bool(os.environ.get("TS_MAIN")), reason="needs the installed package layout, not TS_MAIN")
+def test_no_model_and_no_bundled_model_is_an_error(tmp_path):
+    exe = _package_copy(tmp_path, None)
+    r = _run_copy(exe, "-p", "abc")
+    assert r.returncode != 0
+    assert "no bundled default model" in r.stderr
