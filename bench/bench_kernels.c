@@ -5,6 +5,10 @@
 //
 //   cmake --build <build dir> --target bench_kernels && <build dir>/tests/c/bench_kernels
 //
+// gate_up_exact: every gate row in order, then the up rows of the positive gates (about half
+// here), all neurons of the layer. Its "cold" and "hot" differ only in the cache state left by
+// the previous call: the whole 66 MB of gate+up does not fit in the last-level cache.
+//
 // "cold": a new random active set every call, so most gathered rows come from DRAM (the
 // matrices are larger than the caches); "hot": the same set each call (rows mostly cached).
 #define _POSIX_C_SOURCE 199309L
@@ -67,6 +71,7 @@ int main(void) {
     for (int j = 0; j < N_ACTIVE; j++) a[j] = rng_sym();
     float * out = malloc(N_ACTIVE * sizeof(float));
     float * y = malloc(N_EMBD * sizeof(float));
+    float * y_ff = malloc(N_FF * sizeof(float));
 
     printf("%-5s %-8s %-16s %-5s %10s %8s\n", "type", "isa", "kernel", "set", "us/call", "GB/s");
     for (int ti = 0; ti < 2; ti++) {
@@ -79,15 +84,18 @@ int main(void) {
         for (int isa = 0; isa < TS_ISA_COUNT; isa++) {
             const struct ts_kernels * K = ts_kernels_for((enum ts_isa) isa);
             if (!K) continue;
-            for (int kernel = 0; kernel < 2; kernel++) {
+            for (int kernel = 0; kernel < 3; kernel++) {
                 for (int cold = 1; cold >= 0; cold--) {
                     const int reps = isa == TS_ISA_SCALAR ? 8 : 64;
                     double best = 1e30, total = 0;
+                    int64_t n_up = 0; // exact mode: up rows read (ReGLU: one per positive gate)
                     for (int r = 0; r < reps; r++) {
                         const int32_t * idx = sets[cold ? r % N_SETS : 0];
                         const double t0 = now_s();
                         if (kernel == 0) {
                             K->gate_up(type, TS_ACT_DRELU, N_EMBD, w_gate, w_up, row_bytes, x, idx, N_ACTIVE, out);
+                        } else if (kernel == 2) {
+                            n_up = K->gate_up_exact(type, TS_ACT_REGLU, N_EMBD, w_gate, w_up, row_bytes, x, 0, N_FF, y_ff);
                         } else {
                             K->axpy_rows(type, N_EMBD, w_down, row_bytes, idx, a, N_ACTIVE, 0, N_EMBD, y);
                         }
@@ -96,15 +104,17 @@ int main(void) {
                         best = dt < best ? dt : best;
                     }
                     const double t = cold ? total / reps : best; // cold: mean over changing sets
-                    const double bytes = (double) row_bytes * N_ACTIVE * (kernel == 0 ? 2 : 1);
+                    const double rows_read = kernel == 0 ? 2.0 * N_ACTIVE : kernel == 1 ? N_ACTIVE : (double) (N_FF + n_up);
+                    const double bytes = (double) row_bytes * rows_read;
                     printf("%-5s %-8s %-16s %-5s %10.1f %8.2f\n", ts_type_name(type), K->name,
-                           kernel == 0 ? "gate_up (2 rows)" : "axpy (down)", cold ? "cold" : "hot",
+                           kernel == 0 ? "gate_up (2 rows)" : kernel == 1 ? "axpy (down)" : "gate_up_exact",
+                           cold ? "cold" : "hot",
                            t * 1e6, bytes / t * 1e-9);
                 }
             }
         }
         free(w_gate); free(w_up); free(w_down);
     }
-    free(sets); free(xf); free(xq); free(a); free(out); free(y);
+    free(sets); free(xf); free(xq); free(a); free(out); free(y); free(y_ff);
     return 0;
 }
