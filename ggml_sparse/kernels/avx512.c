@@ -124,21 +124,24 @@ static ALWAYS_INLINE void dot_float(enum ts_type type, int R, const char * const
 //  - the eight scales of a row come from two 64-byte loads and one word permute (block k's
 //    scale is 16-bit word 9k of the 144 bytes), are converted and multiplied by the eight
 //    activation scales at once, and each pair is spread over its lanes by one vpermps;
-//  - a vector holds [lo nibbles b, lo nibbles b+1, hi nibbles b, hi nibbles b+1], split by
-//    one 64-bit variable shift, and the activations are rearranged once per group (shared by
-//    its rows) to match: [y_b 0..15, y_b+1 0..15, y_b 16..31, y_b+1 16..31];
-//  - the -8 * sum(y) term of each lane is the dpbusd's starting value, not a separate sub.
+//  - a vector holds the quants of blocks b, b+1, b, b+1 in its four 128-bit lanes (two
+//    broadcast loads, one of them masked), and one AND keeps the low nibbles in lanes 0-1
+//    and 16 * the high nibbles in lanes 2-3. The activations are rearranged once per group
+//    (shared by its rows) to match: [y_b 0..15, y_b+1 0..15, y_b 16..31, y_b+1 16..31];
+//  - the bias, 8 * sum(y) in lanes 0-1 and 16 * 8 * sum(y) in lanes 2-3, is subtracted by
+//    starting the dpbusd from its negation; lanes 2-3 are then 16 * (q - 8) . y, exactly
+//    (|sum| < 2^24), and their scale is divided by 16 (exact: a power of two, far from the
+//    float range's ends), so the product is the same float as unscaled value * scale.
 // Every block's integer dot product and f32 scale are the same as in the per-block loop;
 // only the order of the float additions differs. Returns the number of blocks done.
 static ALWAYS_INLINE int64_t dot_q4_0_x8(int R, const char * const * rows, const char * const * next,
                                          int64_t nb, const ts_block_q8_0 * x, __m256 * acc) {
-    const __m512i zero  = _mm512_setzero_si512();
-    const __m512i low4  = _mm512_set1_epi8(0x0F);
-    const __m512i eight = _mm512_set1_epi8(8);
-    const __m512i nib_shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
-    const __m512i y_order   = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
-    const __m512i d_words   = _mm512_zextsi128_si512(_mm_setr_epi16(0, 9, 18, 27, 36, 45, 54, 63));
-    const __m512i pair_lanes = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+    const __m512i zero   = _mm512_setzero_si512();
+    const __m512i nibble = _mm512_inserti64x4(_mm512_set1_epi8(0x0F), _mm256_set1_epi8((char) 0xF0), 1);
+    const __m512i bias   = _mm512_inserti64x4(_mm512_set1_epi8(8), _mm256_set1_epi8((char) 0x80), 1);
+    const __m512i y_order  = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+    const __m512i d_words  = _mm512_zextsi128_si512(_mm_setr_epi16(0, 9, 18, 27, 36, 45, 54, 63));
+    const __m512i pair_lanes = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 8, 8, 8, 8, 9, 9, 9, 9);
     __m512 acc2[TS_GROUP];
     for (int r = 0; r < R; r++) {
         acc2[r] = _mm512_setzero_ps();
@@ -155,26 +158,27 @@ static ALWAYS_INLINE int64_t dot_q4_0_x8(int R, const char * const * rows, const
         const __m256 dy = _mm256_cvtph_ps(_mm_setr_epi16(
             (short) xb[0].d, (short) xb[1].d, (short) xb[2].d, (short) xb[3].d,
             (short) xb[4].d, (short) xb[5].d, (short) xb[6].d, (short) xb[7].d));
-        __m512i y[4], ybias[4];
+        __m512i y[4], nbias[4];
         for (int k = 0; k < 4; k++) {
             y[k] = _mm512_permutex2var_epi64(
                 _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) xb[2 * k].qs)), y_order,
                 _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) xb[2 * k + 1].qs)));
-            ybias[k] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, eight, y[k]));
+            nbias[k] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, y[k]));
         }
         for (int r = 0; r < R; r++) {
             const char * blk = rows[r] + off;
             const __m512i h16 = _mm512_permutex2var_epi16(_mm512_loadu_si512(blk), d_words,
                                                           _mm512_loadu_si512(blk + 64));
-            const __m512 scale = _mm512_castps256_ps512(
-                _mm256_mul_ps(_mm256_cvtph_ps(_mm512_castsi512_si128(h16)), dy));
+            const __m256 s8 = _mm256_mul_ps(_mm256_cvtph_ps(_mm512_castsi512_si128(h16)), dy);
+            // lanes 0-7: scales of the low nibbles, 8-15: of the 16x high nibbles
+            const __m512 scale = _mm512_insertf32x8(_mm512_castps256_ps512(s8),
+                                                    _mm256_mul_ps(s8, _mm256_set1_ps(1.0f / 16)), 1);
             for (int k = 0; k < 4; k++) {
                 const char * q = blk + 2 * k * sizeof(ts_block_q4_0) + 2;
-                const __m256i q2 = _mm256_set_m128i(_mm_loadu_si128((const __m128i *) (q + sizeof(ts_block_q4_0))),
-                                                    _mm_loadu_si128((const __m128i *) q));
-                const __m512i w = _mm512_and_si512(
-                    _mm512_srlv_epi64(_mm512_inserti64x4(_mm512_castsi256_si512(q2), q2, 1), nib_shift), low4);
-                const __m512i p32 = _mm512_dpbusd_epi32(ybias[k], w, y[k]);
+                const __m512i q2 = _mm512_mask_broadcast_i32x4(
+                    _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *) q)), 0xF0F0,
+                    _mm_loadu_si128((const __m128i *) (q + sizeof(ts_block_q4_0))));
+                const __m512i p32 = _mm512_dpbusd_epi32(nbias[k], _mm512_and_si512(q2, nibble), y[k]);
                 const __m512  s   = _mm512_permutexvar_ps(_mm512_add_epi32(pair_lanes, _mm512_set1_epi32(2 * k)), scale);
                 acc2[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p32), s, acc2[r]);
             }

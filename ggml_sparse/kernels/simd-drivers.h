@@ -7,8 +7,9 @@
 //                                                 r = 0..R-1 in order, c in [c0, c1)
 //
 // R is 1..TS_GROUP. Rows are walked TS_GROUP at a time so that they share the loads of x
-// (dot) or of y (axpy); `next` holds the rows of the following group, which the primitive
-// prefetches at the offset it is reading, so gathered rows arrive before they are needed.
+// (dot) or of y (axpy); `next` holds the rows of a later group (drv_ahead), which the
+// primitive prefetches at the offset it is reading, so gathered rows arrive before they are
+// needed.
 // Not a public header: it holds static functions and is compiled once per ISA.
 #pragma once
 
@@ -18,18 +19,26 @@
 
 #define TS_GROUP 4
 
-// How many groups ahead `next` points. With one group ahead, gathered rows were still
-// arriving late (bench_kernels, Q4_0 AVX-512 gate_up: cold 225 us vs hot 188 us); two
-// groups ahead measured 213 us cold, three or four no better. Overridable for measuring:
-// -DTS_PREFETCH_GROUPS=n.
-#ifndef TS_PREFETCH_GROUPS
-#define TS_PREFETCH_GROUPS 2
+// How far ahead `next` points, in bytes of weights to be read before it. The prefetches
+// land in L1 (48 KB per core on the machine measured), so this must stay well below it.
+// bench_kernels (cold, AVX-512, one thread): Q4_0 rows at n_embd 4096 (9 KB groups) were
+// a few % faster two groups ahead than one, F16 rows (32 KB groups) a few % slower; both
+// effects are near the run-to-run noise. Overridable for measuring: -DTS_PREFETCH_BYTES=n.
+#ifndef TS_PREFETCH_BYTES
+#define TS_PREFETCH_BYTES (20 * 1024)
 #endif
-#define TS_AHEAD (TS_PREFETCH_GROUPS * TS_GROUP)
+
+// Rows ahead of the current group's first row that `next` points at: whole groups, at
+// least one, at most 16 (short rows: far enough, and the list runs out anyway).
+static inline int64_t drv_ahead(size_t row_bytes) {
+    int64_t groups = row_bytes ? (int64_t) (TS_PREFETCH_BYTES / (TS_GROUP * row_bytes)) : 1;
+    groups = groups < 1 ? 1 : groups > 16 ? 16 : groups;
+    return groups * TS_GROUP;
+}
 
 // Exact mode computes the gates of this many rows, then the up rows of the positive ones
 // as a gathered list, so those up rows get prefetched like any gathered rows (all but the
-// first TS_AHEAD of each chunk; the chunk is long so that share is small).
+// first drv_ahead() of each chunk; the chunk is long so that share is small).
 #define TS_EXACT_CHUNK 256
 
 static inline const char * drv_row(const void * w, size_t row_bytes, const int32_t * idx, int64_t j) {
@@ -41,13 +50,14 @@ static inline int64_t drv_min(int64_t a, int64_t b) { return a < b ? a : b; }
 
 static void drv_dot_rows(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                          const void * x, const int32_t * idx, int64_t n_idx, float * out) {
+    const int64_t ahead = drv_ahead(row_bytes);
     for (int64_t j = 0; j < n_idx; j += TS_GROUP) {
         const int R = (int) drv_min(TS_GROUP, n_idx - j);
         const char * rows[TS_GROUP];
         const char * next[TS_GROUP];
         for (int r = 0; r < TS_GROUP; r++) {
             rows[r] = drv_row(w, row_bytes, idx, j + (r < R ? r : R - 1));
-            next[r] = drv_row(w, row_bytes, idx, drv_min(j + TS_AHEAD + r, n_idx - 1));
+            next[r] = drv_row(w, row_bytes, idx, drv_min(j + ahead + r, n_idx - 1));
         }
         dot_group(type, R, rows, next, n, x, out + j);
     }
@@ -57,13 +67,14 @@ static void drv_dot_rows(enum ts_type type, int64_t n, const void * w, size_t ro
 static void drv_gate_up(enum ts_type type, enum ts_act act, int64_t n,
                         const void * w_gate, const void * w_up, size_t row_bytes,
                         const void * x, const int32_t * idx, int64_t n_idx, float * a) {
+    const int64_t ahead = drv_ahead(row_bytes) / 2; // neurons: a group holds two of them
     for (int64_t j = 0; j < n_idx; j += 2) {
         const int pairs = (int) drv_min(2, n_idx - j);
         const char * rows[TS_GROUP];
         const char * next[TS_GROUP];
         for (int p = 0; p < 2; p++) {
             const int64_t jr = j + (p < pairs ? p : pairs - 1);
-            const int64_t jn = drv_min(j + TS_AHEAD / 2 + p, n_idx - 1);
+            const int64_t jn = drv_min(j + ahead + p, n_idx - 1);
             rows[2 * p]     = drv_row(w_gate, row_bytes, idx, jr);
             rows[2 * p + 1] = drv_row(w_up,   row_bytes, idx, jr);
             next[2 * p]     = drv_row(w_gate, row_bytes, idx, jn);
@@ -83,6 +94,7 @@ static void drv_gate_up(enum ts_type type, enum ts_act act, int64_t n,
 static int64_t drv_gate_up_exact(enum ts_type type, enum ts_act act, int64_t n,
                                  const void * w_gate, const void * w_up, size_t row_bytes,
                                  const void * x, int64_t i0, int64_t i1, float * a) {
+    const int64_t ahead = drv_ahead(row_bytes);
     int64_t n_active = 0;
     for (int64_t c = i0; c < i1; c += TS_EXACT_CHUNK) {
         const int64_t c_end = drv_min(c + TS_EXACT_CHUNK, i1);
@@ -93,7 +105,7 @@ static int64_t drv_gate_up_exact(enum ts_type type, enum ts_act act, int64_t n,
             const char * next[TS_GROUP];
             for (int r = 0; r < TS_GROUP; r++) {
                 rows[r] = drv_row(w_gate, row_bytes, NULL, i + (r < R ? r : R - 1));
-                next[r] = drv_row(w_gate, row_bytes, NULL, drv_min(i + TS_AHEAD + r, i1 - 1));
+                next[r] = drv_row(w_gate, row_bytes, NULL, drv_min(i + ahead + r, i1 - 1));
             }
             dot_group(type, R, rows, next, n, x, g + (i - c));
         }
@@ -129,13 +141,14 @@ static void drv_axpy_rows(enum ts_type type, int64_t n, const void * w_t, size_t
         return;
     }
     memset(y + c0, 0, (size_t) (c1 - c0) * sizeof(float));
+    const int64_t ahead = drv_ahead(row_bytes);
     for (int64_t j = 0; j < n_idx; j += TS_GROUP) {
         const int R = (int) drv_min(TS_GROUP, n_idx - j);
         const char * rows[TS_GROUP];
         const char * next[TS_GROUP];
         for (int r = 0; r < TS_GROUP; r++) {
             rows[r] = drv_row(w_t, row_bytes, idx, j + (r < R ? r : R - 1));
-            next[r] = drv_row(w_t, row_bytes, idx, drv_min(j + TS_AHEAD + r, n_idx - 1));
+            next[r] = drv_row(w_t, row_bytes, idx, drv_min(j + ahead + r, n_idx - 1));
         }
         axpy_group(type, R, rows, next, a + j, c0, c1, y);
     }
