@@ -43,6 +43,17 @@ static ALWAYS_INLINE size_t block_bytes(enum ts_type type) {
 
 // Sixteen elements of a float row as f32, exactly; lanes outside `m` read nothing and are 0.
 static ALWAYS_INLINE __m512 load16(enum ts_type type, const char * row, int64_t k, __mmask16 m) {
+    if (m == 0xFFFF) {
+        // Plain loads for full vectors: gcc keeps an all-ones mask as a masked load, and
+        // those read F16 rows ~20% slower from DRAM here (bench_kernels, cold gate_up and
+        // gate_up_exact; hot unchanged). F32 takes the same path, not measured separately.
+        if (type == TS_TYPE_F32) {
+            return _mm512_loadu_ps((const float *) row + k);
+        }
+        const __m256i h = _mm256_loadu_si256((const __m256i *) (row + 2 * k));
+        return type == TS_TYPE_F16 ? _mm512_cvtph_ps(h)
+                                   : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
     switch (type) {
         case TS_TYPE_F16:
             return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, row + 2 * k));
