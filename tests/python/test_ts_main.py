@@ -114,7 +114,6 @@ def test_no_repack(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["-p", "x"], "no model"),
     (["-m", "/nonexistent.gguf", "-p", "x"], "cannot open"),
     (["-m", "MODEL"], "no prompt"),
     (["-m", "MODEL", "-p", "x", "--ffn-mode", "fast"], "bad value for --ffn-mode"),
