@@ -247,21 +247,6 @@ static ALWAYS_INLINE void dot_quant(enum ts_type type, int R, const char * const
     }
 }
 
-#define DOT_FLOAT(T, R_, rows, next, n, x, out) dot_float(T, R_, rows, next, n, (const float *) (x), out)
-#define DOT_QUANT(T, R_, rows, next, n, x, out) dot_quant(T, R_, rows, next, n, (const ts_block_q8_0 *) (x), out)
-
-static void dot_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
-                      int64_t n, const void * x, float * out) {
-    switch (type) {
-        case TS_TYPE_F32:  TS_FOR_R(R, DOT_FLOAT, TS_TYPE_F32,  rows, next, n, x, out); break;
-        case TS_TYPE_F16:  TS_FOR_R(R, DOT_FLOAT, TS_TYPE_F16,  rows, next, n, x, out); break;
-        case TS_TYPE_BF16: TS_FOR_R(R, DOT_FLOAT, TS_TYPE_BF16, rows, next, n, x, out); break;
-        case TS_TYPE_Q8_0: TS_FOR_R(R, DOT_QUANT, TS_TYPE_Q8_0, rows, next, n, x, out); break;
-        case TS_TYPE_Q4_0: TS_FOR_R(R, DOT_QUANT, TS_TYPE_Q4_0, rows, next, n, x, out); break;
-        default: break;
-    }
-}
-
 // ---- down projection (axpy) ------------------------------------------------------------------
 // Every y element gets the FMAs of the group's rows in row order, as the scalar reference.
 
@@ -380,17 +365,7 @@ static ALWAYS_INLINE void axpy_quant(enum ts_type type, int R, const char * cons
     }
 }
 
-static void axpy_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
-                       const float * a, int64_t c0, int64_t c1, float * y) {
-    switch (type) {
-        case TS_TYPE_F32:  TS_FOR_R(R, axpy_float, TS_TYPE_F32,  rows, next, a, c0, c1, y); break;
-        case TS_TYPE_F16:  TS_FOR_R(R, axpy_float, TS_TYPE_F16,  rows, next, a, c0, c1, y); break;
-        case TS_TYPE_BF16: TS_FOR_R(R, axpy_float, TS_TYPE_BF16, rows, next, a, c0, c1, y); break;
-        case TS_TYPE_Q8_0: TS_FOR_R(R, axpy_quant, TS_TYPE_Q8_0, rows, next, a, c0, c1, y); break;
-        case TS_TYPE_Q4_0: TS_FOR_R(R, axpy_quant, TS_TYPE_Q4_0, rows, next, a, c0, c1, y); break;
-        default: break;
-    }
-}
+TS_DEFINE_GROUP_DISPATCH()
 
 const struct ts_kernels ts_kernels_avx512 = {
     .isa           = TS_ISA_AVX512,

@@ -163,3 +163,33 @@ static void drv_axpy_rows(enum ts_type type, int64_t n, const void * w_t, size_t
         case 2:  FN(TYPE, 2, __VA_ARGS__); break;                      \
         default: FN(TYPE, 1, __VA_ARGS__); break;                      \
     }
+
+// The per-type dispatch every ISA file shares: dot_group and axpy_group call the file's
+// dot_float / dot_quant / axpy_float / axpy_quant with the type and group size as
+// compile-time constants (TS_FOR_R), so each combination is its own inlined loop.
+#define TS_DOT_FLOAT(T, R_, rows, next, n, x, out) dot_float(T, R_, rows, next, n, (const float *) (x), out)
+#define TS_DOT_QUANT(T, R_, rows, next, n, x, out) dot_quant(T, R_, rows, next, n, (const ts_block_q8_0 *) (x), out)
+
+#define TS_DEFINE_GROUP_DISPATCH()                                                                    \
+static void dot_group(enum ts_type type, int R, const char * const * rows, const char * const * next, \
+                      int64_t n, const void * x, float * out) {                                       \
+    switch (type) {                                                                                   \
+        case TS_TYPE_F32:  TS_FOR_R(R, TS_DOT_FLOAT, TS_TYPE_F32,  rows, next, n, x, out); break;      \
+        case TS_TYPE_F16:  TS_FOR_R(R, TS_DOT_FLOAT, TS_TYPE_F16,  rows, next, n, x, out); break;      \
+        case TS_TYPE_BF16: TS_FOR_R(R, TS_DOT_FLOAT, TS_TYPE_BF16, rows, next, n, x, out); break;      \
+        case TS_TYPE_Q8_0: TS_FOR_R(R, TS_DOT_QUANT, TS_TYPE_Q8_0, rows, next, n, x, out); break;      \
+        case TS_TYPE_Q4_0: TS_FOR_R(R, TS_DOT_QUANT, TS_TYPE_Q4_0, rows, next, n, x, out); break;      \
+        default: break;                                                                               \
+    }                                                                                                 \
+}                                                                                                     \
+static void axpy_group(enum ts_type type, int R, const char * const * rows, const char * const * next, \
+                       const float * a, int64_t c0, int64_t c1, float * y) {                          \
+    switch (type) {                                                                                   \
+        case TS_TYPE_F32:  TS_FOR_R(R, axpy_float, TS_TYPE_F32,  rows, next, a, c0, c1, y); break;     \
+        case TS_TYPE_F16:  TS_FOR_R(R, axpy_float, TS_TYPE_F16,  rows, next, a, c0, c1, y); break;     \
+        case TS_TYPE_BF16: TS_FOR_R(R, axpy_float, TS_TYPE_BF16, rows, next, a, c0, c1, y); break;     \
+        case TS_TYPE_Q8_0: TS_FOR_R(R, axpy_quant, TS_TYPE_Q8_0, rows, next, a, c0, c1, y); break;     \
+        case TS_TYPE_Q4_0: TS_FOR_R(R, axpy_quant, TS_TYPE_Q4_0, rows, next, a, c0, c1, y); break;     \
+        default: break;                                                                               \
+    }                                                                                                 \
+}
