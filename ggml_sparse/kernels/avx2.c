@@ -7,38 +7,8 @@
 #include <math.h>
 #include <string.h>
 
-#define ALWAYS_INLINE inline __attribute__((always_inline))
-
-static void dot_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
-                      int64_t n, const void * x, float * out);
-static void axpy_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
-                       const float * a, int64_t c0, int64_t c1, float * y);
 #include "simd-drivers.h"
-
-static ALWAYS_INLINE float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-static ALWAYS_INLINE float half_at(const char * p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-}
-
-static ALWAYS_INLINE void prefetch_rows(int R, const char * const * next, size_t off) {
-    for (int r = 0; r < R; r++) {
-        _mm_prefetch(next[r] + off, _MM_HINT_T0);
-    }
-}
-
-static ALWAYS_INLINE size_t elem_size(enum ts_type type) { return type == TS_TYPE_F32 ? 4 : 2; }
-
-static ALWAYS_INLINE size_t block_bytes(enum ts_type type) {
-    return type == TS_TYPE_Q4_0 ? sizeof(ts_block_q4_0) : sizeof(ts_block_q8_0);
-}
+#include "x86-helpers.h"
 
 // Eight elements of a float row (F32/F16/BF16) as f32, exactly.
 static ALWAYS_INLINE __m256 load8(enum ts_type type, const char * row, int64_t k) {
@@ -132,7 +102,7 @@ static ALWAYS_INLINE void dot_float(enum ts_type type, int R, const char * const
         k += 8;
     }
     for (int r = 0; r < R; r++) {
-        float s = hsum(_mm256_add_ps(acc0[r], acc1[r]));
+        float s = hsum256(_mm256_add_ps(acc0[r], acc1[r]));
         for (int64_t t = k; t < n; t++) {
             s += load1(type, rows[r], t) * x[t];
         }
@@ -178,7 +148,7 @@ static ALWAYS_INLINE void dot_quant(enum ts_type type, int R, const char * const
         }
     }
     for (int r = 0; r < R; r++) {
-        out[r] = hsum(acc[r]);
+        out[r] = hsum256(acc[r]);
     }
 }
 

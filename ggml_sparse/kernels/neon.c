@@ -7,12 +7,6 @@
 #include <math.h>
 #include <string.h>
 
-#define ALWAYS_INLINE inline __attribute__((always_inline))
-
-static void dot_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
-                      int64_t n, const void * x, float * out);
-static void axpy_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
-                       const float * a, int64_t c0, int64_t c1, float * y);
 #include "simd-drivers.h"
 
 static ALWAYS_INLINE float half_at(const char * p) {
@@ -25,12 +19,6 @@ static ALWAYS_INLINE void prefetch_rows(int R, const char * const * next, size_t
     for (int r = 0; r < R; r++) {
         __builtin_prefetch(next[r] + off);
     }
-}
-
-static ALWAYS_INLINE size_t elem_size(enum ts_type type) { return type == TS_TYPE_F32 ? 4 : 2; }
-
-static ALWAYS_INLINE size_t block_bytes(enum ts_type type) {
-    return type == TS_TYPE_Q4_0 ? sizeof(ts_block_q4_0) : sizeof(ts_block_q8_0);
 }
 
 // Four elements of a float row as f32, exactly.

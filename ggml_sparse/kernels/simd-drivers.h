@@ -17,7 +17,22 @@
 
 #include <string.h>
 
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
 #define TS_GROUP 4
+
+// The two primitives each ISA file defines (above).
+static void dot_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
+                      int64_t n, const void * x, float * out);
+static void axpy_group(enum ts_type type, int R, const char * const * rows, const char * const * next,
+                       const float * a, int64_t c0, int64_t c1, float * y);
+
+static ALWAYS_INLINE size_t elem_size(enum ts_type type) { return type == TS_TYPE_F32 ? 4 : 2; }
+
+static ALWAYS_INLINE size_t block_bytes(enum ts_type type) {
+    return type == TS_TYPE_Q4_0 ? sizeof(ts_block_q4_0) : sizeof(ts_block_q8_0);
+}
+
 
 // How far ahead `next` points, in bytes of weights to be read before it. The prefetches
 // land in L1 (48 KB per core on the machine measured), so this must stay well below it.
