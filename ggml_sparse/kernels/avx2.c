@@ -236,7 +236,9 @@ const struct ts_kernels ts_kernels_avx2 = {
     .name          = "avx2",
     .quantize_q8_0 = quantize_q8_0,
     .dot_rows      = drv_dot_rows,
+    .dot_rows_batch = drv_dot_rows_batch,
     .gate_up       = drv_gate_up,
     .gate_up_exact = drv_gate_up_exact,
     .axpy_rows     = drv_axpy_rows,
+    .axpy_rows_batch = drv_axpy_rows_batch,
 };

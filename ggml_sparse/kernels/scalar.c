@@ -133,12 +133,30 @@ static void axpy_rows(enum ts_type type, int64_t n, const void * w_t, size_t row
     }
 }
 
+static void dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                           const void * x, size_t x_stride, int64_t n_tok,
+                           const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
+    for (int64_t t = 0; t < n_tok; t++) {
+        dot_rows(type, n, w, row_bytes, (const char *) x + t * x_stride, idx, n_idx, out + t * out_stride);
+    }
+}
+
+static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
+                            const int32_t * idx, const float * a, int64_t a_stride, int64_t n_idx,
+                            int64_t n_tok, int64_t c0, int64_t c1, float * y, int64_t y_stride) {
+    for (int64_t t = 0; t < n_tok; t++) {
+        axpy_rows(type, n, w_t, row_bytes, idx, a + t * a_stride, n_idx, c0, c1, y + t * y_stride);
+    }
+}
+
 const struct ts_kernels ts_kernels_scalar = {
     .isa           = TS_ISA_SCALAR,
     .name          = "scalar",
     .quantize_q8_0 = ts_quantize_row_q8_0_ref,
     .dot_rows      = dot_rows,
+    .dot_rows_batch = dot_rows_batch,
     .gate_up       = gate_up,
     .gate_up_exact = gate_up_exact,
     .axpy_rows     = axpy_rows,
+    .axpy_rows_batch = axpy_rows_batch,
 };

@@ -94,6 +94,16 @@ struct ts_kernels {
     void (*dot_rows)(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                      const void * x, const int32_t * idx, int64_t n_idx, float * out);
 
+    // The same rows against a batch of activation vectors (prompt processing): for tokens
+    // t < n_tok and j < n_idx, out[t * out_stride + j] = dot(W[i], x_t) with i = idx[j] (or j
+    // when idx == NULL) and x_t = (const char *) x + t * x_stride, in ts_dot_type(type).
+    // Every result is bit-identical to dot_rows' for the same row and token, so batch size,
+    // row split and thread count never change a bit; the fast tables read each weight row
+    // once per batch (register tiles of rows x tokens) instead of once per token.
+    void (*dot_rows_batch)(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                           const void * x, size_t x_stride, int64_t n_tok,
+                           const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride);
+
     // Sparse gate/up fused with the activation: for j < n_idx, i = idx[j] (or j when
     // idx == NULL): a[j] = act(dot(W_gate[i], x), dot(W_up[i], x)).
     void (*gate_up)(enum ts_type type, enum ts_act act, int64_t n,
@@ -120,6 +130,15 @@ struct ts_kernels {
     void (*axpy_rows)(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
                       const int32_t * idx, const float * a, int64_t n_idx,
                       int64_t c0, int64_t c1, float * y);
+
+    // The down projection of a batch of tokens over the column slice [c0, c1): for t < n_tok,
+    // y_t = y + t * y_stride gets the axpy_rows sum of the rows idx[0..n_idx) with the
+    // token's values a_t = a + t * a_stride (zeros allowed: a token that does not use a
+    // row of the batch's union gives it 0). Every y_t[c] is the FMA chain axpy_rows gives
+    // for a_t, bit for bit; the fast tables read each weight row once per batch.
+    void (*axpy_rows_batch)(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
+                            const int32_t * idx, const float * a, int64_t a_stride, int64_t n_idx,
+                            int64_t n_tok, int64_t c0, int64_t c1, float * y, int64_t y_stride);
 };
 
 // The table for an instruction set, or NULL when it was not compiled in or this CPU

@@ -3,6 +3,7 @@
 // reused buffer, and computes on the context's persistent thread pool.
 #include "context.h"
 #include "graph.h"
+#include "profile.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -98,12 +99,14 @@ struct ts_context * ts_context_new(struct ts_model * model, const struct ts_cont
         ts_context_free(c);
         return NULL;
     }
+    c->profile = ts_profile_new_from_env();
     ts_context_reset(c);
     return c;
 }
 
 void ts_context_free(struct ts_context * c) {
     if (!c) return;
+    ts_profile_free(c->profile);
     if (c->threadpool) ggml_threadpool_free(c->threadpool);
     if (c->galloc) ggml_gallocr_free(c->galloc);
     ts_kv_cache_free(&c->kv);
@@ -175,7 +178,8 @@ int32_t ts_decode(struct ts_context * c, const int32_t * tokens, int32_t n, floa
     plan.work_data = c->work;
     plan.abort_callback = abort_requested;
     plan.abort_callback_data = c;
-    enum ggml_status st = ggml_graph_compute(gf, &plan);
+    enum ggml_status st = c->profile ? ts_profile_compute(c->profile, gf, c->n_threads, c->threadpool)
+                                     : ggml_graph_compute(gf, &plan);
     if (st != GGML_STATUS_SUCCESS) {
         ggml_free(g);
         if (st == GGML_STATUS_ABORTED || atomic_exchange(&c->abort, 0)) {

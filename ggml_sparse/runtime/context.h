@@ -28,6 +28,7 @@ struct ts_context {
     uint8_t                * work;       // ggml_graph_compute scratch
     size_t                   work_size;
 
+    struct ts_profile      * profile;    // TURBOSPARSE_PROFILE=1: per-node timing (profile.c)
     atomic_int               abort;
     struct ggml_sparse_stats sparse_stats; // updated by the sparse ops while computing
     struct ts_stats          stats;
