@@ -3,6 +3,7 @@
 #include "turbosparse.h"
 #include "tokenizer.h"
 #include "sampler.h"
+#include "gguf.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -28,6 +29,7 @@ struct options {
     bool         chat;
     bool         interactive;
     bool         no_repack;
+    bool         verbose_prompt;
 };
 
 static void usage(FILE * f) {
@@ -50,10 +52,14 @@ static void usage(FILE * f) {
         "      --ffn-mode MODE      dense | predicted | exact (default: predicted when the file has\n"
         "                           predictors, else exact for ReGLU/dReLU, else dense)\n"
         "      --threshold F        predictor logit threshold (default: the file's)\n"
-        "      --chat               wrap the prompt in the model's chat format (ChatML or [INST])\n"
+        "      --chat               wrap the prompt in the model's chat format (from the file's chat\n"
+        "                           template: ChatML, [INST] or Llama-3; the user's text is never\n"
+        "                           parsed for special tokens)\n"
         "  -i, --interactive        chat on stdin, turn by turn (Ctrl-C stops a reply, Ctrl-D quits)\n"
         "      --no-repack          keep every weight in the mapped file (default: weights only read\n"
-        "                           densely go into ggml's faster repacked layout, in RAM)\n"
+        "                           densely are copied into RAM in the layout of the faster kernel:\n"
+        "                           huge pages for turbosparse's AVX-512 matmul, else ggml's repack)\n"
+        "      --verbose-prompt     print the prompt's token ids (each turn's, with -i) on stderr\n"
         "  -h, --help               this help\n");
 }
 
@@ -108,6 +114,7 @@ static int parse_args(int argc, char ** argv, struct options * o) {
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 2; }
         if (!strcmp(a, "--chat")) { o->chat = true; continue; }
         if (!strcmp(a, "--no-repack")) { o->no_repack = true; continue; }
+        if (!strcmp(a, "--verbose-prompt")) { o->verbose_prompt = true; continue; }
         if (!strcmp(a, "-i") || !strcmp(a, "--interactive")) { o->interactive = true; continue; }
         if (i + 1 >= argc) { fprintf(stderr, "error: unknown option or missing value: %s\n", a); return 1; }
         const char * v = argv[++i];
@@ -185,6 +192,33 @@ static void on_sigint(int sig) {
     if (g_ctx) ts_context_abort(g_ctx);
 }
 
+// A chat format: the template text around a user's message and after the assistant's reply.
+// The template's markers ("<|im_start|>", "[INST]" when the vocabulary has it as a token...)
+// become their special tokens; the user's text is always plain text, so a user who types
+// "<|im_end|>" cannot end the turn or forge one.
+struct chat_format {
+    const char * name;
+    const char * user_prefix; // before the user's text
+    const char * user_suffix; // after it, up to where the assistant's reply begins
+    const char * reply_end;   // closes the assistant's reply before the next user turn
+};
+
+static const struct chat_format CHAT_CHATML  = { "ChatML", "<|im_start|>user\n",
+                                                 "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>\n" };
+static const struct chat_format CHAT_MISTRAL = { "Mistral [INST]", "[INST] ", " [/INST]", "</s>" };
+// Llama-2 puts BOS before every user turn and " </s>" after every reply
+static const struct chat_format CHAT_LLAMA2  = { "Llama-2 [INST]", "<s>[INST] ", " [/INST]", " </s>" };
+static const struct chat_format CHAT_LLAMA3  = { "Llama-3", "<|start_header_id|>user<|end_header_id|>\n\n",
+                                                 "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+                                                 "<|eot_id|>" };
+
+// A control or user-defined token: what a template marker is matched against.
+struct special_token {
+    const char * text;
+    size_t       len;
+    int32_t      id;
+};
+
 struct session {
     struct options        o;
     struct ts_model     * model;
@@ -194,31 +228,181 @@ struct session {
     const struct ts_tokenizer_info * info;
     float               * logits;
     int                   n_vocab;
-    bool                  chatml; // else [INST]
+    const struct chat_format * chat;
+    struct special_token * specials;
+    int                   n_specials;
 };
 
-// Tokenizes text (special tokens recognised); returns a malloc'd array or NULL.
-static int32_t * tokenize(struct session * s, const char * text, bool add_bos, int * n_out) {
-    size_t len = strlen(text);
+// Tokenizes text: special=true recognises special tokens' texts (the raw -p prompt), false
+// gives plain text. Returns a malloc'd array or NULL.
+static int32_t * tokenize(struct session * s, const char * text, size_t len, bool add_bos, bool special,
+                          int * n_out) {
     int cap = (int) len + 8;
     int32_t * ids = malloc(sizeof(int32_t) * cap);
-    int n = ids ? ts_tokenize(s->tok, text, len, add_bos, true, ids, cap) : TS_TOKENIZE_ERROR;
+    int n = ids ? ts_tokenize(s->tok, text, len, add_bos, special, ids, cap) : TS_TOKENIZE_ERROR;
     if (n < 0 && n != TS_TOKENIZE_ERROR) {
         cap = -n;
-        ids = realloc(ids, sizeof(int32_t) * cap);
-        n = ids ? ts_tokenize(s->tok, text, len, add_bos, true, ids, cap) : TS_TOKENIZE_ERROR;
+        int32_t * grown = realloc(ids, sizeof(int32_t) * cap);
+        if (grown) ids = grown;
+        n = grown ? ts_tokenize(s->tok, text, len, add_bos, special, ids, cap) : TS_TOKENIZE_ERROR;
     }
     if (n < 0) { fprintf(stderr, "error: cannot tokenize the prompt\n"); free(ids); return NULL; }
     *n_out = n;
     return ids;
 }
 
-static char * chat_wrap(const struct session * s, const char * text) {
-    const char * pre = s->chatml ? "<|im_start|>user\n" : "[INST] ";
-    const char * post = s->chatml ? "<|im_end|>\n<|im_start|>assistant\n" : " [/INST]";
-    char * out = malloc(strlen(pre) + strlen(text) + strlen(post) + 1);
-    if (out) sprintf(out, "%s%s%s", pre, text, post);
-    return out;
+// ---- chat prompts ----------------------------------------------------------------------------
+
+// Builds a chat turn's ids the way llama.cpp and the Python API tokenize a rendered template:
+// special tokens stand alone and the text between two of them is tokenized as one piece
+// (so "user\n" + the user's text is one piece, as in the rendered string). Only the
+// template's text is searched for special tokens.
+struct chat_ids {
+    int32_t * ids;
+    int       n, cap;
+    char    * text; // plain text since the last special token
+    size_t    len, text_cap;
+    bool      failed;
+};
+
+static void chat_push_id(struct chat_ids * c, int32_t id) {
+    if (c->n == c->cap) {
+        int cap = c->cap ? 2 * c->cap : 64;
+        int32_t * grown = realloc(c->ids, sizeof(int32_t) * cap);
+        if (!grown) { c->failed = true; return; }
+        c->ids = grown;
+        c->cap = cap;
+    }
+    c->ids[c->n++] = id;
+}
+
+static void chat_push_text(struct chat_ids * c, const char * text, size_t len) {
+    if (c->len + len + 1 > c->text_cap) {
+        size_t cap = 2 * (c->len + len) + 64;
+        char * grown = realloc(c->text, cap);
+        if (!grown) { c->failed = true; return; }
+        c->text = grown;
+        c->text_cap = cap;
+    }
+    memcpy(c->text + c->len, text, len);
+    c->len += len;
+}
+
+static void chat_flush_text(struct session * s, struct chat_ids * c) {
+    if (c->len == 0 || c->failed) return;
+    int n;
+    int32_t * ids = tokenize(s, c->text, c->len, false, false, &n);
+    if (!ids) { c->failed = true; return; }
+    for (int i = 0; i < n; i++) chat_push_id(c, ids[i]);
+    free(ids);
+    c->len = 0;
+}
+
+// Template text: its special tokens' texts (longest match) become those tokens.
+static void chat_add_template(struct session * s, struct chat_ids * c, const char * text) {
+    size_t len = strlen(text), start = 0;
+    for (size_t i = 0; i < len;) {
+        const struct special_token * match = NULL;
+        for (int k = 0; k < s->n_specials; k++) {
+            const struct special_token * t = &s->specials[k];
+            if (t->len <= len - i && (!match || t->len > match->len) && !memcmp(text + i, t->text, t->len)) match = t;
+        }
+        if (!match) { i++; continue; }
+        chat_push_text(c, text + start, i - start);
+        chat_flush_text(s, c);
+        chat_push_id(c, match->id);
+        i += match->len;
+        start = i;
+    }
+    chat_push_text(c, text + start, len - start);
+}
+
+// One user turn, ready to decode: the previous reply's end (unless this is the first turn),
+// the user's message in the chat format and the start of the assistant's reply. NULL on error.
+static int32_t * chat_turn(struct session * s, const char * user, bool first, int * n_out) {
+    struct chat_ids c = { 0 };
+    if (!first) chat_add_template(s, &c, s->chat->reply_end);
+    chat_add_template(s, &c, s->chat->user_prefix);
+    chat_push_text(&c, user, strlen(user));
+    chat_add_template(s, &c, s->chat->user_suffix);
+    chat_flush_text(s, &c);
+    // BOS starts the text, unless the format's first turn begins with it already (Llama-2)
+    if (!c.failed && first && s->info->add_bos && s->info->bos_id >= 0 && !(c.n > 0 && c.ids[0] == s->info->bos_id)) {
+        chat_push_id(&c, s->info->bos_id);
+        memmove(c.ids + 1, c.ids, sizeof(int32_t) * (c.n - 1));
+        c.ids[0] = s->info->bos_id;
+    }
+    free(c.text);
+    if (c.failed) {
+        fprintf(stderr, "error: cannot tokenize the chat turn\n");
+        free(c.ids);
+        return NULL;
+    }
+    *n_out = c.n;
+    return c.ids;
+}
+
+static bool has_token(const struct session * s, const char * text) {
+    for (int k = 0; k < s->n_specials; k++) {
+        if (!strcmp(s->specials[k].text, text)) return true;
+    }
+    return false;
+}
+
+// The chat format: from the file's tokenizer.chat_template when ts-main knows its family,
+// else ChatML when the vocabulary has <|im_start|>, else [INST]. Says which on stderr.
+static bool chat_setup(struct session * s) {
+    for (int32_t id = 0; id < s->n_vocab; id++) {
+        enum ts_token_type type = ts_token_get_type(s->tok, id);
+        const char * text = ts_token_text(s->tok, id);
+        if ((type != TS_TOKEN_CONTROL && type != TS_TOKEN_USER_DEFINED) || !text || !*text) continue;
+        struct special_token * grown = realloc(s->specials, sizeof(*grown) * (s->n_specials + 1));
+        if (!grown) { fprintf(stderr, "error: out of memory\n"); return false; }
+        s->specials = grown;
+        s->specials[s->n_specials++] = (struct special_token) { text, strlen(text), id };
+    }
+    const struct gguf_context * g = ts_model_gguf(s->model);
+    int64_t key = g ? gguf_find_key(g, "tokenizer.chat_template") : -1;
+    const char * tmpl = key >= 0 && gguf_get_kv_type(g, key) == GGUF_TYPE_STRING ? gguf_get_val_str(g, key) : NULL;
+    const char * why = "from the file's chat template";
+    s->chat = NULL;
+    if (tmpl && strstr(tmpl, "<|im_start|>")) {
+        s->chat = &CHAT_CHATML;
+    } else if (tmpl && strstr(tmpl, "<|start_header_id|>")) {
+        s->chat = &CHAT_LLAMA3;
+    } else if (tmpl && strstr(tmpl, "[INST]")) {
+        bool bos_each_turn = strstr(tmpl, "bos_token + '[INST]") || strstr(tmpl, "bos_token + \"[INST]");
+        s->chat = bos_each_turn ? &CHAT_LLAMA2 : &CHAT_MISTRAL;
+    } else {
+        bool chatml = has_token(s, "<|im_start|>");
+        s->chat = chatml ? &CHAT_CHATML : &CHAT_MISTRAL;
+        why = tmpl ? (chatml ? "the file's chat template is not one ts-main knows; the vocabulary has <|im_start|>"
+                             : "the file's chat template is not one ts-main knows; the vocabulary has no <|im_start|>")
+                   : (chatml ? "the file has no chat template; the vocabulary has <|im_start|>"
+                             : "the file has no chat template; the vocabulary has no <|im_start|>");
+    }
+    fprintf(stderr, "chat format: %s (%s)\n", s->chat->name, why);
+    return true;
+}
+
+// --verbose-prompt: the ids about to be decoded, one a line with their text, as llama.cpp does.
+static void print_prompt_ids(const struct session * s, const int32_t * ids, int n_ids) {
+    const int size = s->info->max_piece_bytes + 16;
+    char * piece = malloc(size);
+    if (!piece) return;
+    fprintf(stderr, "prompt: %d tokens\n", n_ids);
+    for (int i = 0; i < n_ids; i++) {
+        int n = ts_token_piece(s->tok, ids[i], true, piece, size);
+        fprintf(stderr, "%6d -> '", ids[i]);
+        for (int j = 0; j < n; j++) {
+            unsigned char ch = (unsigned char) piece[j];
+            if (ch == '\n') fputs("\\n", stderr);
+            else if (ch < 0x20 || ch == 0x7f) fprintf(stderr, "\\x%02x", ch);
+            else fputc(ch, stderr);
+        }
+        fputs("'\n", stderr);
+    }
+    free(piece);
 }
 
 // Feeds ids (one batch), then samples and streams up to n_predict tokens. Returns 0, or 1
@@ -283,15 +467,11 @@ static void print_stats(const struct session * s) {
 
 static int interactive(struct session * s) {
     char line[8192];
-    int32_t last = -1;
     bool first = true;
-    if (s->o.prompt) {
-        // a given prompt is the first user turn
-    }
     for (;;) {
         const char * text = NULL;
         if (first && s->o.prompt) {
-            text = s->o.prompt;
+            text = s->o.prompt; // a given prompt is the first user turn
         } else {
             fprintf(stderr, "\n> ");
             fflush(stderr);
@@ -299,28 +479,19 @@ static int interactive(struct session * s) {
             line[strcspn(line, "\n")] = '\0';
             text = line;
         }
-        char * wrapped = chat_wrap(s, text);
-        // the previous reply's end-of-turn token and the newline ChatML puts after it
-        char * turn = malloc(strlen(wrapped) + 64);
-        sprintf(turn, "%s%s", !first && s->chatml ? "\n" : "", wrapped);
+        // The reply's own end-of-turn token (when it ended by itself) was sampled but not
+        // decoded: the next turn starts with the format's reply end, which closes replies
+        // cut short by -n or Ctrl-C the same way.
         int n_ids;
-        int32_t * ids = tokenize(s, turn, first && s->info->add_bos, &n_ids);
-        free(wrapped);
-        free(turn);
+        int32_t * ids = chat_turn(s, text, first, &n_ids);
         if (!ids) return 1;
-        if (!first && last >= 0) {
-            // the sampled end-of-turn token enters the context first
-            ids = realloc(ids, sizeof(int32_t) * (n_ids + 1));
-            memmove(ids + 1, ids, sizeof(int32_t) * n_ids);
-            ids[0] = last;
-            n_ids++;
-        }
+        if (s->o.verbose_prompt) print_prompt_ids(s, ids, n_ids);
         first = false;
         g_interrupted = 0;
+        int32_t last;
         int rc = run_turn(s, ids, n_ids, &last);
         free(ids);
         if (rc) return rc;
-        if (last >= 0 && !ts_token_is_eog(s->tok, last)) last = -1;
     }
     return 0;
 }
@@ -362,12 +533,7 @@ int main(int argc, char ** argv) {
     if (!s.smpl) { fprintf(stderr, "error: %s\n", err); goto done; }
     s.logits = malloc(sizeof(float) * (size_t) s.n_vocab);
 
-    // ChatML when the vocabulary has its markers, else Mistral's [INST]
-    s.chatml = false;
-    for (int32_t id = 0; id < s.n_vocab; id++) {
-        const char * t = ts_token_text(s.tok, id);
-        if (t && !strcmp(t, "<|im_start|>")) { s.chatml = true; break; }
-    }
+    if ((s.o.chat || s.o.interactive) && !chat_setup(&s)) goto done;
     static const char * modes[] = { "dense", "predicted", "exact" };
     fprintf(stderr, "model: %s | %d layers, n_embd %d, n_ff %d%s | ffn %s, mode %s%s | threshold %.3g | ctx %d | "
                     "threads %d | seed %llu\n",
@@ -385,16 +551,13 @@ int main(int argc, char ** argv) {
     } else {
         char * prompt = s.o.prompt_file ? read_file(s.o.prompt_file) : strdup(s.o.prompt);
         if (!prompt) goto done;
-        if (s.o.chat) {
-            char * w = chat_wrap(&s, prompt);
-            free(prompt);
-            prompt = w;
-        }
         int n_ids;
-        int32_t * ids = tokenize(&s, prompt, s.info->add_bos, &n_ids);
+        int32_t * ids = s.o.chat ? chat_turn(&s, prompt, true, &n_ids)
+                                 : tokenize(&s, prompt, strlen(prompt), s.info->add_bos, true, &n_ids);
         if (ids && n_ids == 0) {
             fprintf(stderr, "error: the prompt is empty\n");
         } else if (ids) {
+            if (s.o.verbose_prompt) print_prompt_ids(&s, ids, n_ids);
             if (!s.o.chat) { fwrite(prompt, 1, strlen(prompt), stdout); fflush(stdout); }
             int32_t last;
             rc = run_turn(&s, ids, n_ids, &last);
@@ -408,6 +571,7 @@ int main(int argc, char ** argv) {
 done:
     g_ctx = NULL;
     free(s.logits);
+    free(s.specials);
     if (s.smpl) ts_sampler_free(s.smpl);
     ts_context_free(s.ctx);
     if (s.tok) ts_tokenizer_free(s.tok);
