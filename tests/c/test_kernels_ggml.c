@@ -7,6 +7,7 @@
 // row type), only the float summation order differs, so |ours - ggml| <= 1e-5 * sum |terms|.
 // With arbitrary f32 activations (our float rows take x in f32; ggml first rounds x to the
 // row type) the difference also includes that rounding: 2^-8 (bf16) or 2^-11 (f16) of sum |terms|.
+#include "check.h"
 #include "ts-kernels.h"
 
 #include "ggml.h"
@@ -17,28 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static long n_checks = 0, n_failed = 0;
-
-#define CHECK(cond, ...)                                                    \
-    do {                                                                    \
-        n_checks++;                                                         \
-        if (!(cond)) {                                                      \
-            if (n_failed++ < 30) {                                          \
-                fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);        \
-                fprintf(stderr, __VA_ARGS__);                               \
-                fprintf(stderr, "\n");                                      \
-            }                                                               \
-        }                                                                   \
-    } while (0)
-
-static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
-static uint64_t rng_u64(void) {
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-static float rng_sym(void) { return 2.0f * (float) (rng_u64() >> 40) / (float) (1 << 24) - 1.0f; }
 static float rng_wide(void) {
     float m = ldexpf(1.0f + 0.5f * (rng_sym() + 1.0f), (int) (rng_u64() % 29) - 20);
     return rng_u64() & 1 ? m : -m;
@@ -178,10 +157,10 @@ static void test_dots(void) {
 }
 
 int main(void) {
+    rng_state = 0x2545F4914F6CDD1Dull;
     ggml_cpu_init();
     test_conversions();
     test_quantisers();
     test_dots();
-    printf("%ld checks, %ld failed\n", n_checks, n_failed);
-    return n_failed ? 1 : 0;
+    return check_summary("test_kernels_ggml");
 }

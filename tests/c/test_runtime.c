@@ -2,6 +2,7 @@
 // written with ggml's GGUF writer loads and decodes; every broken variant of it (missing
 // file, bad magic, each truncation, corrupted bytes, missing tensor, wrong shape) is refused
 // with a message and never crashes.
+#include "check.h"
 #include "turbosparse.h"
 #include "ggml.h"
 #include "gguf.h"
@@ -13,10 +14,6 @@
 #include <unistd.h>
 
 enum { E = 32, HEADS = 2, HEADS_KV = 1, FF = 64, VOCAB = 16, LAYERS = 1 };
-
-static int failures = 0;
-#define CHECK(cond, ...) do { if (!(cond)) { failures++; fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-    fprintf(stderr, __VA_ARGS__); fprintf(stderr, "\n"); } } while (0)
 
 struct variant {
     const char * skip;      // tensor left out
@@ -186,7 +183,5 @@ int main(void) {
 
     remove(good);
     remove(bad);
-    if (failures) { fprintf(stderr, "%d failures\n", failures); return 1; }
-    printf("runtime: ok\n");
-    return 0;
+    return check_summary("test_runtime");
 }

@@ -1,5 +1,6 @@
 // Sampler tests: greedy is argmax, top-k=1 is greedy, top-p/min-p bound the support, seeds
 // repeat, the repetition penalty follows llama.cpp's rule, non-finite logits are refused.
+#include "check.h"
 #include "sampler.h"
 
 #include <math.h>
@@ -7,24 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int n_fail = 0;
-
-#define CHECK(cond, ...)                                             \
-    do {                                                             \
-        if (!(cond)) {                                               \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);     \
-            fprintf(stderr, __VA_ARGS__);                            \
-            fprintf(stderr, "\n");                                   \
-            n_fail++;                                                \
-        }                                                            \
-    } while (0)
-
-static uint64_t rng_state = 12345;
-
-static float randf(void) {  // [-4, 4), test data only
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (float) ((rng_state >> 40) * (1.0 / 16777216.0)) * 8.0f - 4.0f;
-}
+static float randf(void) { return 8.0f * rng_unit() - 4.0f; } // [-4, 4)
 
 static struct ts_sampler * make(struct ts_sampler_params p) {
     char err[256];
@@ -257,10 +241,5 @@ int main(void) {
     test_seed();
     test_repeat_penalty();
     test_errors();
-    if (n_fail) {
-        fprintf(stderr, "%d check(s) failed\n", n_fail);
-        return 1;
-    }
-    printf("test_sampler: all checks passed\n");
-    return 0;
+    return check_summary("test_sampler");
 }

@@ -4,6 +4,7 @@
 // leftmost on ties), text round trips, the streaming decoder equals ts_detokenize and prints
 // only whole characters, -(needed) on small buffers. Exact agreement with the sentencepiece
 // library is tested in tests/python/test_tokenizer.py.
+#include "check.h"
 #include "tokenizer.h"
 
 #include "gguf.h"
@@ -12,26 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int n_fail = 0;
-
-#define CHECK(cond, ...)                                             \
-    do {                                                             \
-        if (!(cond)) {                                               \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);     \
-            fprintf(stderr, __VA_ARGS__);                            \
-            fprintf(stderr, "\n");                                   \
-            if (++n_fail > 20) exit(1);                              \
-        }                                                            \
-    } while (0)
-
-static uint64_t rng = 88172645463325252ull;
-
-static uint32_t rnd(uint32_t n) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t) (rng % n);
-}
+static uint32_t rnd(uint32_t n) { return (uint32_t) (rng_u64() % n); }
 
 #define SP "\xe2\x96\x81"
 
@@ -282,10 +264,5 @@ int main(void) {
     test_random(tok);
     ts_tokenizer_free(tok);
     for (int i = 0; i < N_VOCAB; i++) free(texts[i]);
-    if (n_fail) {
-        fprintf(stderr, "%d check(s) failed\n", n_fail);
-        return 1;
-    }
-    printf("test_tokenizer: all checks passed\n");
-    return 0;
+    return check_summary("test_tokenizer");
 }
