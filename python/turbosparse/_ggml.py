@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ._closeable import Closeable
 from ._lib import load
 
 FFN_KINDS = {"swiglu": 0, "reglu": 1, "drelu": 2}
@@ -116,7 +117,7 @@ class Tensor:
         return np.frombuffer(buf, dtype=np.float32).reshape(ne3 * ne2 * ne1, ne0).copy()
 
 
-class Context:
+class Context(Closeable):
     """Two ggml contexts freed together: one holding only the metadata of numpy views, one
     holding graph nodes and their data."""
 
@@ -138,18 +139,6 @@ class Context:
             self._lib.ggml_free(self.ptr)
             self._lib.ggml_free(self._meta)
             self.ptr = None
-
-    def __enter__(self) -> "Context":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     # ---- tensors ---------------------------------------------------------------------------
 
@@ -242,7 +231,7 @@ class Context:
         return self._checked(t, err, "ggml_sparse_down")
 
 
-class ThreadPool:
+class ThreadPool(Closeable):
     """A ggml threadpool kept across computes (threads are started once).
 
     cpus: pin thread i to cpus[i] (ggml's cpumask with strict placement; the calling thread
@@ -272,20 +261,8 @@ class ThreadPool:
             self._lib.ggml_threadpool_free(self.ptr)
             self.ptr = None
 
-    def __enter__(self) -> "ThreadPool":
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
-
-class Graph:
+class Graph(Closeable):
     """The forward graph of some outputs; computed any number of times."""
 
     def __init__(self, outputs: Sequence[Tensor], size: int = 2048) -> None:
@@ -321,12 +298,6 @@ class Graph:
         if self._ctx is not None:
             self._lib.ggml_free(self._ctx)
             self._ctx = None
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def isa() -> str:

@@ -33,6 +33,7 @@ from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Set, 
 import numpy as np
 
 from . import chat as chat_mod
+from ._closeable import Closeable
 from ._gguf_meta import MetaValue, read_metadata
 from ._lib import load
 from ._sampling import Sampler, SamplingParams, StopFilter, check_seed, stop_list
@@ -134,7 +135,7 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
-class Model:
+class Model(Closeable):
     """A GGUF model with its inference context (KV cache) and tokenizer.
 
     Args:
@@ -242,15 +243,6 @@ class Model:
     def __enter__(self) -> "Model":
         self._check_open()
         return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"n_ctx={self.n_ctx}, ffn_mode={self.ffn_mode!r}"
