@@ -146,6 +146,29 @@ struct ggml_tensor * ggml_sparse_down(
         struct ggml_tensor  * a,
         char * err, size_t err_size);
 
+// ---- dense products on the turbosparse kernels (src/matmul.c) -----------------------------
+
+// y [rows, T] f32 = W x, as ggml_mul_mat(W, x), for a contiguous 2-D W [n, rows] of type
+// F32/F16/BF16/Q8_0/Q4_0 in its plain layout (not in ggml's repack buffer) and x f32 [n, T]
+// with contiguous rows. x is quantised to the row's dot type as ggml does (Q8_0 for Q8_0/Q4_0).
+// Bit-identical for any thread count. NULL with err filled (naming the tensor) otherwise.
+struct ggml_tensor * ggml_sparse_matmul(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * w,
+        struct ggml_tensor  * x,
+        char * err, size_t err_size);
+
+// Whether ggml_sparse_matmul is the faster choice for W on this CPU (the policy in matmul.c:
+// the AVX-512 table yes, AVX2/NEON/scalar no; TURBOSPARSE_MATMUL=ours|ggml overrides) and
+// W's type and layout allow it. A loader asks this before choosing a weight's memory layout.
+bool ggml_sparse_matmul_preferred(const struct ggml_tensor * w);
+
+// ggml_sparse_matmul where preferred (and x fits it), else ggml_mul_mat.
+struct ggml_tensor * ggml_sparse_mul_mat(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * w,
+        struct ggml_tensor  * x);
+
 // Name of the kernel table in use ("scalar", "avx2", "avx512", "neon").
 const char * ggml_sparse_isa(void);
 

@@ -1,7 +1,10 @@
 // graph.c: the Llama/Mistral/Mixtral forward pass of one batch as a ggml graph: RMSNorm,
 // RoPE (normal mode: Q/K rows are stored permuted as llama.cpp's converter does), grouped-query
 // attention over the KV cache with a causal (and optionally sliding-window) mask, the FFN of
-// ffn.c / moe.c, and the output projection.
+// ffn.c / moe.c, and the output projection. The weight products go through
+// ggml_sparse_mul_mat: the turbosparse kernels where they beat ggml's on this CPU (the policy
+// in src/matmul.c), else ggml's mul_mat on its repacked layout (repack.c places each weight
+// for the kernel that will read it).
 #include "graph.h"
 #include "ffn.h"
 
@@ -28,9 +31,9 @@ static struct ggml_tensor * attention(struct ts_context * c, struct ggml_context
     const int64_t E_kv = c->kv.n_embd_kv;
     struct ggml_tensor * kc = c->kv.k[il], * vc = c->kv.v[il];
 
-    struct ggml_tensor * q = ggml_reshape_3d(g, ggml_mul_mat(g, l->wq, x), hd, h->n_head, n);
-    struct ggml_tensor * k = ggml_reshape_3d(g, ggml_mul_mat(g, l->wk, x), hd, h->n_head_kv, n);
-    struct ggml_tensor * v = ggml_mul_mat(g, l->wv, x);
+    struct ggml_tensor * q = ggml_reshape_3d(g, ggml_sparse_mul_mat(g, l->wq, x), hd, h->n_head, n);
+    struct ggml_tensor * k = ggml_reshape_3d(g, ggml_sparse_mul_mat(g, l->wk, x), hd, h->n_head_kv, n);
+    struct ggml_tensor * v = ggml_sparse_mul_mat(g, l->wv, x);
     q = rope(g, h, q, io->pos);
     k = rope(g, h, k, io->pos);
 
@@ -47,7 +50,7 @@ static struct ggml_tensor * attention(struct ts_context * c, struct ggml_context
     kq = ggml_soft_max_ext(g, kq, io->mask, 1.0f / sqrtf((float) hd), 0.0f);
     struct ggml_tensor * kqv = ggml_mul_mat(g, V, kq);                            // [hd, n, n_head]
     struct ggml_tensor * o = ggml_cont_2d(g, ggml_permute(g, kqv, 0, 2, 1, 3), hd * h->n_head, n);
-    return ggml_mul_mat(g, l->wo, o);
+    return ggml_sparse_mul_mat(g, l->wo, o);
 }
 
 struct ggml_cgraph * ts_graph_build(struct ts_context * c, struct ggml_context * g, int32_t n,
@@ -76,7 +79,7 @@ struct ggml_cgraph * ts_graph_build(struct ts_context * c, struct ggml_context *
         x = ggml_view_2d(g, x, h->n_embd, 1, x->nb[1], x->nb[1] * (n - 1));
     }
     x = rms_norm(g, x, m->output_norm, h->rms_eps);
-    io->logits = ggml_mul_mat(g, m->output, x);
+    io->logits = ggml_sparse_mul_mat(g, m->output, x);
     ggml_set_output(io->logits);
     ggml_build_forward_expand(gf, io->logits);
     return gf;

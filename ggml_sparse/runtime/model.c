@@ -381,7 +381,9 @@ static bool map_file(struct loader * L, bool use_mmap) {
         m->mapping = p;
         m->mapped = true;
     } else {
-        m->mapping = malloc(L->file_size);
+        // huge pages: the dense and sparse kernels stream the weights faster through 2 MiB
+        // pages than through the 4 KiB pages of a file mapping (repack.c)
+        m->mapping = ts_alloc_huge(L->file_size);
         if (!m->mapping) { close(fd); return fail(L, "out of memory reading %zu bytes", L->file_size); }
         size_t done = 0;
         while (done < L->file_size) {

@@ -25,7 +25,7 @@ struct ts_model {
 
     struct gguf_context * gguf;
     struct ggml_context * ctx_w;   // tensor metadata, data in `mapping`
-    void   * mapping;              // mmap of the whole file, or a malloc'd copy
+    void   * mapping;              // mmap of the whole file, or a copy in huge-page memory
     size_t   mapping_size;
     bool     mapped;
 
@@ -37,4 +37,7 @@ struct ts_model {
     // ggml's CPU extra buffers holding the repacked weights (repack.c), one per buffer type
     ggml_backend_buffer_t repack_bufs[4];
     int                   n_repack_bufs;
+    // the huge-page copies of the weights turbosparse's matmul reads (repack.c)
+    void                * hp_buf;
+    size_t                hp_size;
 };

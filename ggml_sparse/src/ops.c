@@ -457,8 +457,8 @@ struct ggml_tensor * ggml_sparse_predictor(
     if (!check_predictor(fc1, fc2, u, u ? u->ne[0] : 0, fc2 ? fc2->ne[1] : 0, -1, err, err_size)) {
         return NULL;
     }
-    struct ggml_tensor * h = ggml_relu(ctx, ggml_mul_mat(ctx, fc1, u));
-    return ggml_mul_mat(ctx, fc2, h);
+    struct ggml_tensor * h = ggml_relu(ctx, ggml_sparse_mul_mat(ctx, fc1, u));
+    return ggml_sparse_mul_mat(ctx, fc2, h);
 }
 
 struct ggml_tensor * ggml_sparse_gate_up(
@@ -542,7 +542,7 @@ struct ggml_tensor * ggml_sparse_ffn(
     const bool neuron_major = params->down_layout == GGML_SPARSE_DOWN_NEURON_MAJOR;
     struct ggml_tensor * a;
     if (params->mode == GGML_SPARSE_MODE_DENSE) {
-        a = dense_act(ctx, params->kind, ggml_mul_mat(ctx, w_gate, x), ggml_mul_mat(ctx, w_up, x));
+        a = dense_act(ctx, params->kind, ggml_sparse_mul_mat(ctx, w_gate, x), ggml_sparse_mul_mat(ctx, w_up, x));
     } else {
         struct ggml_tensor * logits = NULL;
         if (params->mode == GGML_SPARSE_MODE_PREDICTED) {
@@ -557,7 +557,7 @@ struct ggml_tensor * ggml_sparse_ffn(
             return NULL;
         }
     }
-    return neuron_major ? ggml_sparse_down(ctx, w_down, a, err, err_size) : ggml_mul_mat(ctx, w_down, a);
+    return neuron_major ? ggml_sparse_down(ctx, w_down, a, err, err_size) : ggml_sparse_mul_mat(ctx, w_down, a);
 }
 
 size_t ggml_sparse_ffn_ctx_size(void) {

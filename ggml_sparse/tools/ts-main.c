@@ -29,6 +29,7 @@ struct options {
     bool         chat;
     bool         interactive;
     bool         no_repack;
+    bool         no_mmap;
     bool         verbose_prompt;
 };
 
@@ -59,6 +60,7 @@ static void usage(FILE * f) {
         "      --no-repack          keep every weight in the mapped file (default: weights only read\n"
         "                           densely are copied into RAM in the layout of the faster kernel:\n"
         "                           huge pages for turbosparse's AVX-512 matmul, else ggml's repack)\n"
+        "      --no-mmap            read the whole file into RAM (huge pages) instead of mapping it\n"
         "      --verbose-prompt     print the prompt's token ids (each turn's, with -i) on stderr\n"
         "  -h, --help               this help\n");
 }
@@ -114,6 +116,7 @@ static int parse_args(int argc, char ** argv, struct options * o) {
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 2; }
         if (!strcmp(a, "--chat")) { o->chat = true; continue; }
         if (!strcmp(a, "--no-repack")) { o->no_repack = true; continue; }
+        if (!strcmp(a, "--no-mmap")) { o->no_mmap = true; continue; }
         if (!strcmp(a, "--verbose-prompt")) { o->verbose_prompt = true; continue; }
         if (!strcmp(a, "-i") || !strcmp(a, "--interactive")) { o->interactive = true; continue; }
         if (i + 1 >= argc) { fprintf(stderr, "error: unknown option or missing value: %s\n", a); return 1; }
@@ -507,6 +510,7 @@ int main(int argc, char ** argv) {
     struct ts_model_params mp;
     ts_model_params_init(&mp);
     mp.repack = !s.o.no_repack;
+    mp.use_mmap = !s.o.no_mmap;
     s.model = ts_model_load(s.o.model, &mp, err, sizeof(err));
     if (!s.model) { fprintf(stderr, "error: cannot load the model: %s\n", err); return 1; }
     s.tok = ts_tokenizer_from_gguf(ts_model_gguf(s.model), err, sizeof(err));

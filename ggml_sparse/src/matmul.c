@@ -1,0 +1,206 @@
+// matmul.c: the dense product y = W x on the turbosparse kernels (ggml-sparse.h), and the
+// policy that says when it replaces ggml's own mul_mat.
+//
+// One ggml_custom_4d node. Every thread quantises the whole x into its own scratch (x is
+// small next to W: a token is n floats, W is rows x n weights), so no thread reads what
+// another writes and the node needs no barrier; then each thread takes a fixed slice of the
+// rows and runs k->dot_rows (one token) or k->dot_rows_batch (several). Every output is
+// one dot_rows result whichever thread computes it, so the thread count never changes a bit.
+#include "ggml-sparse.h"
+#include "ts-kernels.h"
+#include "scratch.h"
+
+#include "ggml.h"
+#include "ggml-backend.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// Rows are handed to threads in multiples of this, so that the batch kernel's row tiles are
+// never cut by a thread boundary.
+#define ROW_CHUNK 16
+
+// Rows of one dot_rows_batch call in prompt processing: they (16 x 14336 Q4_0 weights are
+// 129 KB) stay in L2 while every token of x passes by.
+#define BATCH_ROWS 16
+
+static bool fail(char * err, size_t err_size, const char * fmt, ...) {
+    if (err && err_size > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, err_size, fmt, ap);
+        va_end(ap);
+    }
+    return false;
+}
+
+static bool matmul_type(enum ggml_type type, enum ts_type * out) {
+    switch (type) {
+        case GGML_TYPE_F32:  *out = TS_TYPE_F32;  return true;
+        case GGML_TYPE_F16:  *out = TS_TYPE_F16;  return true;
+        case GGML_TYPE_BF16: *out = TS_TYPE_BF16; return true;
+        case GGML_TYPE_Q8_0: *out = TS_TYPE_Q8_0; return true;
+        case GGML_TYPE_Q4_0: *out = TS_TYPE_Q4_0; return true;
+        default:             return false;
+    }
+}
+
+static const char * name_of(const struct ggml_tensor * t, const char * role) {
+    return t->name[0] ? t->name : role;
+}
+
+// A weight in ggml's repack buffer (or any non-host buffer) holds its blocks in another
+// layout; only ggml's own kernels can read it.
+static bool plain_layout(const struct ggml_tensor * w) {
+    return w->extra == NULL && (w->buffer == NULL || ggml_backend_buffer_is_host(w->buffer));
+}
+
+static bool check_matmul(const struct ggml_tensor * w, const struct ggml_tensor * x, char * err, size_t err_size) {
+    if (!w || !x) {
+        return fail(err, err_size, "%s: missing", !w ? "W" : "x");
+    }
+    enum ts_type tt;
+    if (!matmul_type(w->type, &tt)) {
+        return fail(err, err_size, "W (%s): type %s has no turbosparse kernel (f32, f16, bf16, q8_0, q4_0)",
+                    name_of(w, "W"), ggml_type_name(w->type));
+    }
+    if (w->ne[2] != 1 || w->ne[3] != 1 || !ggml_is_contiguous(w)) {
+        return fail(err, err_size, "W (%s): shape [%lld, %lld, %lld, %lld]: must be a contiguous 2-D matrix",
+                    name_of(w, "W"), (long long) w->ne[0], (long long) w->ne[1], (long long) w->ne[2],
+                    (long long) w->ne[3]);
+    }
+    if (!ts_row_ok(tt, w->ne[0])) {
+        return fail(err, err_size, "W (%s): row length %lld is not a whole number of %s blocks",
+                    name_of(w, "W"), (long long) w->ne[0], ggml_type_name(w->type));
+    }
+    if (!plain_layout(w)) {
+        return fail(err, err_size, "W (%s): held in a repacked ggml buffer; only ggml_mul_mat reads that layout",
+                    name_of(w, "W"));
+    }
+    if (x->type != GGML_TYPE_F32) {
+        return fail(err, err_size, "x (%s): type %s, expected f32", name_of(x, "x"), ggml_type_name(x->type));
+    }
+    if (x->ne[0] != w->ne[0] || x->ne[2] != 1 || x->ne[3] != 1) {
+        return fail(err, err_size, "x (%s): shape [%lld, %lld, %lld, %lld], expected [%lld, T] to meet W (%s) [%lld, %lld]",
+                    name_of(x, "x"), (long long) x->ne[0], (long long) x->ne[1], (long long) x->ne[2],
+                    (long long) x->ne[3], (long long) w->ne[0], name_of(w, "W"), (long long) w->ne[0],
+                    (long long) w->ne[1]);
+    }
+    if (x->nb[0] != sizeof(float)) {
+        return fail(err, err_size, "x (%s): rows are not contiguous", name_of(x, "x"));
+    }
+    return true;
+}
+
+// dst y [rows, T] f32; src: W [n, rows], x [n, T].
+static void matmul_compute(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
+    (void) userdata;
+    const struct ggml_tensor * w = dst->src[0];
+    const struct ggml_tensor * x = dst->src[1];
+    const int64_t n    = w->ne[0];
+    const int64_t rows = w->ne[1];
+    const int64_t T    = x->ne[1];
+
+    const int64_t n_chunks = (rows + ROW_CHUNK - 1) / ROW_CHUNK;
+    const int64_t r0 = n_chunks * ith / nth * ROW_CHUNK;
+    const int64_t r1 = n_chunks * (ith + 1) / nth * ROW_CHUNK < rows ? n_chunks * (ith + 1) / nth * ROW_CHUNK : rows;
+    if (r1 <= r0) {
+        return;
+    }
+    enum ts_type tt = TS_TYPE_F32;
+    matmul_type(w->type, &tt); // checked by the builder
+    const struct ts_kernels * k = ts_kernels_best();
+
+    const void * xd = x->data;
+    size_t x_stride = x->nb[1];
+    if (ts_dot_type(tt) == TS_TYPE_Q8_0) {
+        x_stride = ts_row_size(TS_TYPE_Q8_0, n);
+        char * q = ts_scratch(x_stride * (size_t) T);
+        for (int64_t t = 0; t < T; t++) {
+            k->quantize_q8_0((const float *) ((const char *) x->data + t * x->nb[1]),
+                             (ts_block_q8_0 *) (q + t * x_stride), n);
+        }
+        xd = q;
+    }
+    const size_t row_bytes = w->nb[1];
+    float * y = dst->data;
+    if (T == 1) {
+        k->dot_rows(tt, n, (const char *) w->data + r0 * row_bytes, row_bytes, xd, NULL, r1 - r0, y + r0);
+        return;
+    }
+    const int64_t y_stride = (int64_t) (dst->nb[1] / sizeof(float));
+    for (int64_t r = r0; r < r1; r += BATCH_ROWS) {
+        const int64_t nr = r1 - r < BATCH_ROWS ? r1 - r : BATCH_ROWS;
+        k->dot_rows_batch(tt, n, (const char *) w->data + r * row_bytes, row_bytes, xd, x_stride, T,
+                          NULL, nr, y + r, y_stride);
+    }
+}
+
+struct ggml_tensor * ggml_sparse_matmul(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * w,
+        struct ggml_tensor  * x,
+        char * err, size_t err_size) {
+    if (!check_matmul(w, x, err, err_size)) {
+        return NULL;
+    }
+    struct ggml_tensor * args[2] = { w, x };
+    struct ggml_tensor * y = ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], 1, 1, args, 2,
+                                            matmul_compute, GGML_N_TASKS_MAX, NULL);
+    // named after the weight without its layer (the profile's table groups by node name)
+    const char * wn = w->name;
+    if (strncmp(wn, "blk.", 4) == 0 && strchr(wn + 4, '.')) {
+        wn = strchr(wn + 4, '.') + 1;
+    }
+    ggml_format_name(y, "ts_matmul %s", wn);
+    return y;
+}
+
+// ---- policy ------------------------------------------------------------------------------------
+//
+// Measured on the 2-core AVX-512 (VNNI) development machine, 2 threads, decode of the
+// Mistral-shaped 8-layer Q4_0 bench model (see README "ts-main flags" and the report of the
+// commit that added this file):
+//   - AVX-512 table: our Q4_0/Q8_0 rows stream at ~70 GB/s against ~32 GB/s for ggml's AVX2
+//     q4_0_8x8 repacked GEMV, so attention, output head, predictor and dense FFN run on ours.
+//   - AVX2 table (TURBOSPARSE_ISA=avx2, i.e. an AVX2-only CPU): ggml's repacked kernels are
+//     the better choice (ours has no interleaved layout), so those weights stay with ggml.
+//   - NEON and scalar: ggml's kernels (repacked where ggml has a layout) are the reference
+//     choice; ours are not measured to be faster there.
+// TURBOSPARSE_MATMUL=ours|ggml overrides the choice (for measuring); read once.
+static int matmul_choice(void) {
+    static int choice = -1; // 1: ours, 0: ggml; the choice is pure, so a race stores the same value
+    if (choice >= 0) {
+        return choice;
+    }
+    int c = ts_kernels_best()->isa == TS_ISA_AVX512;
+    const char * want = getenv("TURBOSPARSE_MATMUL");
+    if (want && strcmp(want, "ours") == 0) {
+        c = 1;
+    } else if (want && strcmp(want, "ggml") == 0) {
+        c = 0;
+    } else if (want && *want && strcmp(want, "auto") != 0) {
+        fprintf(stderr, "turbosparse: TURBOSPARSE_MATMUL=%s is not one of ours, ggml, auto; using %s\n",
+                want, c ? "ours" : "ggml");
+    }
+    choice = c;
+    return choice;
+}
+
+bool ggml_sparse_matmul_preferred(const struct ggml_tensor * w) {
+    enum ts_type tt;
+    return w && matmul_choice() && matmul_type(w->type, &tt) && w->ne[2] == 1 && w->ne[3] == 1 &&
+           ggml_is_contiguous(w) && ts_row_ok(tt, w->ne[0]) && plain_layout(w);
+}
+
+struct ggml_tensor * ggml_sparse_mul_mat(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * w,
+        struct ggml_tensor  * x) {
+    if (ggml_sparse_matmul_preferred(w) && check_matmul(w, x, NULL, 0)) {
+        return ggml_sparse_matmul(ctx, w, x, NULL, 0);
+    }
+    return ggml_mul_mat(ctx, w, x);
+}
