@@ -9,6 +9,9 @@
 // here), all neurons of the layer. Its "cold" and "hot" differ only in the cache state left by
 // the previous call: the whole 66 MB of gate+up does not fit in the last-level cache.
 //
+// `bench_kernels batch` runs only the prompt-processing table (bench_batch below); BENCH_ISA=avx512
+// limits it to one kernel table.
+//
 // "cold": a new random active set every call, so most gathered rows come from DRAM (the
 // matrices are larger than the caches); "hot": the same set each call (rows mostly cached).
 #define _POSIX_C_SOURCE 199309L
@@ -16,6 +19,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 #include <time.h>
 
@@ -59,7 +63,99 @@ static void random_subset(int32_t * idx) {
     }
 }
 
-int main(void) {
+// ---- prompt processing: dense rows against a batch of tokens ----------------------------------
+// dot_rows_batch over a whole matrix (n_embd 4096 columns; 4096 or 14336 rows), called as
+// src/matmul.c does (16 rows a call, every token), against the per-token loop (dot_rows once
+// per token, which re-reads every row per token) in the same run. GOP/s = 2 rows n n_tok / t.
+
+enum { BATCH_CALL_ROWS = 16 };
+
+static double time_best(double min_s, int min_reps, void (*fn)(void *), void * arg) {
+    double best = 1e30, total = 0;
+    for (int r = 0; r < min_reps || total < min_s; r++) {
+        const double t0 = now_s();
+        fn(arg);
+        const double dt = now_s() - t0;
+        total += dt;
+        best = dt < best ? dt : best;
+    }
+    return best;
+}
+
+struct batch_args {
+    const struct ts_kernels * K;
+    enum ts_type type;
+    int64_t n, n_rows, n_tok;
+    const void * w;
+    const void * x;
+    size_t x_stride;
+    float * out;
+};
+
+static void run_batch(void * p) {
+    const struct batch_args * b = p;
+    const size_t row_bytes = ts_row_size(b->type, b->n);
+    for (int64_t r = 0; r < b->n_rows; r += BATCH_CALL_ROWS) {
+        const int64_t nr = b->n_rows - r < BATCH_CALL_ROWS ? b->n_rows - r : BATCH_CALL_ROWS;
+        b->K->dot_rows_batch(b->type, b->n, (const char *) b->w + (size_t) r * row_bytes, row_bytes,
+                             b->x, b->x_stride, b->n_tok, NULL, nr, b->out + r, b->n_rows);
+    }
+}
+
+static void run_per_token(void * p) {
+    const struct batch_args * b = p;
+    const size_t row_bytes = ts_row_size(b->type, b->n);
+    for (int64_t t = 0; t < b->n_tok; t++) {
+        b->K->dot_rows(b->type, b->n, b->w, row_bytes, (const char *) b->x + (size_t) t * b->x_stride,
+                       NULL, b->n_rows, b->out + t * b->n_rows);
+    }
+}
+
+static void bench_batch(void) {
+    const enum ts_type types[] = { TS_TYPE_Q4_0, TS_TYPE_Q8_0, TS_TYPE_F16 };
+    const int64_t row_counts[] = { 4096, 14336 };
+    const int64_t toks[] = { 1, 4, 16, 64, 128 };
+    const int64_t n = N_EMBD, max_tok = 128;
+    float * xf = malloc((size_t) (n * max_tok) * sizeof(float));
+    for (int64_t k = 0; k < n * max_tok; k++) xf[k] = rng_sym();
+    const size_t q_stride = ts_row_size(TS_TYPE_Q8_0, n);
+    char * xq = malloc(q_stride * (size_t) max_tok);
+    for (int64_t t = 0; t < max_tok; t++) ts_quantize_row_q8_0_ref(xf + t * n, (ts_block_q8_0 *) (xq + t * q_stride), n);
+    float * out = malloc((size_t) (14336 * max_tok) * sizeof(float));
+    const char * only = getenv("BENCH_ISA"); // e.g. avx512: one table only
+
+    printf("\n%-5s %-8s %6s %5s %12s %9s %12s %9s %8s\n", "type", "isa", "rows", "n_tok",
+           "batch us", "GOP/s", "per-tok us", "GOP/s", "speedup");
+    for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+        for (size_t ri = 0; ri < 2; ri++) {
+            const int64_t n_rows = row_counts[ri];
+            void * w = random_matrix(types[ti], n_rows, n);
+            for (int isa = 1; isa < TS_ISA_COUNT; isa++) { // the scalar table is far too slow here
+                const struct ts_kernels * K = ts_kernels_for((enum ts_isa) isa);
+                if (!K || (only && strcmp(only, K->name) != 0)) continue;
+                for (size_t k = 0; k < sizeof(toks) / sizeof(toks[0]); k++) {
+                    const bool quant = ts_dot_type(types[ti]) == TS_TYPE_Q8_0;
+                    struct batch_args b = { K, types[ti], n, n_rows, toks[k], w, quant ? (const void *) xq : (const void *) xf,
+                                            quant ? q_stride : (size_t) n * sizeof(float), out };
+                    const double tb = time_best(0.3, 3, run_batch, &b);
+                    const double tp = time_best(0.3, 3, run_per_token, &b);
+                    const double ops = 2.0 * (double) n_rows * (double) n * (double) toks[k];
+                    printf("%-5s %-8s %6lld %5lld %12.1f %9.1f %12.1f %9.1f %8.2f\n", ts_type_name(types[ti]), K->name,
+                           (long long) n_rows, (long long) toks[k], tb * 1e6, ops / tb * 1e-9, tp * 1e6, ops / tp * 1e-9, tp / tb);
+                    fflush(stdout);
+                }
+            }
+            free(w);
+        }
+    }
+    free(xf); free(xq); free(out);
+}
+
+int main(int argc, char ** argv) {
+    if (argc > 1 && strcmp(argv[1], "batch") == 0) { // prompt-processing rows only
+        bench_batch();
+        return 0;
+    }
     const enum ts_type types[] = { TS_TYPE_Q4_0, TS_TYPE_F16 };
     int32_t (*sets)[N_ACTIVE] = malloc(sizeof(int32_t) * N_ACTIVE * N_SETS);
     for (int s = 0; s < N_SETS; s++) random_subset(sets[s]);
@@ -116,5 +212,6 @@ int main(void) {
         free(w_gate); free(w_up); free(w_down);
     }
     free(sets); free(xf); free(xq); free(a); free(out); free(y); free(y_ff);
+    bench_batch();
     return 0;
 }

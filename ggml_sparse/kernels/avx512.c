@@ -217,6 +217,343 @@ static ALWAYS_INLINE void dot_quant(enum ts_type type, int R, const char * const
     }
 }
 
+// ---- quantised rows, sixteen at a time, against one or more tokens ---------------------------
+// dot_rows and dot_rows_batch of Q8_0/Q4_0 rows use this (gate_up keeps dot_quant above). Each
+// 32-bit lane holds one row: a block of 16 rows is transposed once into eight vectors of
+// signed weight bytes (vector g, lane r = row r's quants 4g..4g+3), and for every token eight
+// dpbusd against broadcast activation dwords give each row's whole block product in its
+// lane. So the float work (convert, scale, multiply-add) is once per 16 rows and block, not
+// once per 2 blocks of one row, and the unpacked weights serve every token of a tile.
+//
+// dpbusd multiplies unsigned by signed bytes: the activations are stored as y + 128 (u8) and
+// the weights' -128 * sum(w) per row and block starts the integer sum, which is then exactly
+// sum(w * y) (|sum| < 2^24, so its float conversion is exact too).
+//
+// Per row and token the arithmetic is fixed, whatever the tile: for blocks b in order,
+//   acc = fma((float) sumi_b, d_w,b * d_x,b, acc)   from acc = 0,
+// so dot_rows (one token) and dot_rows_batch (any tokens, any grouping of rows) agree bit for
+// bit: a row's lane never meets another row's or token's numbers.
+
+#define Q16_ROWS  16 // rows per group: one per 32-bit lane
+#define Q16_CHUNK 32 // blocks unpacked at a time (20 KB of weights, 18 KB of activations: L1)
+#define Q16_TILE  16 // tokens per register tile (their accumulators stay in registers)
+
+struct q16_block {   // one block of a group of rows, unpacked
+    __m512i w[8];    // w[g] lane r: row r's quants 4g..4g+3 as signed bytes (Q4_0: q - 8)
+    __m512i bias;    // lane r: -128 * sum of row r's quants
+    __m512  d;       // lane r: row r's block scale
+};
+
+struct q16_act {     // the activations of one tile of tokens over one chunk of blocks
+    uint32_t q[Q16_TILE][Q16_CHUNK][8]; // y + 128, four bytes a dword
+    float    d[Q16_TILE][Q16_CHUNK];
+};
+
+// dword g of each 128-bit lane of z[0..3] gathered into v[g]: lane 4L + j of v[g] is dword g
+// of lane L of z[j] (a 4x4 transpose inside each 128-bit lane).
+static ALWAYS_INLINE void transpose_lanes(const __m512i z[4], __m512i v[4]) {
+    const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]);
+    const __m512i t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]);
+    const __m512i t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+    v[0] = _mm512_unpacklo_epi64(t0, t2);
+    v[1] = _mm512_unpackhi_epi64(t0, t2);
+    v[2] = _mm512_unpacklo_epi64(t1, t3);
+    v[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+// 16 bytes at `off` of the sixteen rows, transposed: lane r of v[g] = row r's bytes 4g..4g+3.
+// z[j] holds rows j, 4 + j, 8 + j, 12 + j in its 128-bit lanes, so that the result is in row order.
+static ALWAYS_INLINE void load_16x16(const char * const * rows, size_t off, __m512i v[4]) {
+    __m512i z[4];
+    for (int j = 0; j < 4; j++) {
+        z[j] = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *) (rows[j] + off)));
+        z[j] = _mm512_inserti32x4(z[j], _mm_loadu_si128((const __m128i *) (rows[4 + j] + off)), 1);
+        z[j] = _mm512_inserti32x4(z[j], _mm_loadu_si128((const __m128i *) (rows[8 + j] + off)), 2);
+        z[j] = _mm512_inserti32x4(z[j], _mm_loadu_si128((const __m128i *) (rows[12 + j] + off)), 3);
+    }
+    transpose_lanes(z, v);
+}
+
+// The group's rows are read as one stream per row, each continuing into the next group's
+// row (next, NULL for the last group); every row's stream is prefetched Q16_AHEAD bytes ahead
+// of the block being read (once per cache line): the 16 rows together keep TS_PREFETCH_BYTES
+// in flight, which fits L1, for any row length.
+#define Q16_AHEAD ((size_t) TS_PREFETCH_BYTES / Q16_ROWS)
+
+static ALWAYS_INLINE void q16_prefetch(const char * const * rows, const char * const * next, size_t off,
+                                       size_t bs, size_t row_len) {
+    const size_t pos = off + Q16_AHEAD;
+    if ((pos & 63) >= bs) {
+        return;
+    }
+    if (pos < row_len) {
+        prefetch_rows(Q16_ROWS, rows, pos);
+    } else if (next) {
+        prefetch_rows(Q16_ROWS, next, pos - row_len);
+    }
+}
+
+// The first Q16_AHEAD bytes of the first group's rows, which no earlier group prefetched:
+// requested together, they arrive in parallel instead of one miss at a time.
+static void q16_prefetch_head(const char * const * rows, size_t row_len) {
+    const size_t end = row_len < Q16_AHEAD ? row_len : Q16_AHEAD;
+    for (size_t pos = 0; pos < end; pos += 64) {
+        prefetch_rows(Q16_ROWS, rows, pos);
+    }
+}
+
+static ALWAYS_INLINE void q16_unpack(enum ts_type type, const char * const * rows, const char * const * next,
+                                     size_t off, size_t row_len, struct q16_block * pb) {
+    q16_prefetch(rows, next, off, block_bytes(type), row_len);
+    __m512i v[4];
+    load_16x16(rows, off + 2, v);
+    if (type == TS_TYPE_Q4_0) {
+        const __m512i low4  = _mm512_set1_epi8(0x0F);
+        const __m512i eight = _mm512_set1_epi8(8);
+        for (int g = 0; g < 4; g++) {
+            pb->w[g]     = _mm512_sub_epi8(_mm512_and_si512(v[g], low4), eight);                       // quants 4g..
+            pb->w[4 + g] = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v[g], 4), low4), eight); // 16 + 4g..
+        }
+    } else {
+        for (int g = 0; g < 4; g++) {
+            pb->w[g] = v[g];
+        }
+        load_16x16(rows, off + 18, v);
+        for (int g = 0; g < 4; g++) {
+            pb->w[4 + g] = v[g];
+        }
+    }
+    const __m512i c128 = _mm512_set1_epi8((char) 0x80);
+    __m512i s = _mm512_setzero_si512();
+    for (int g = 0; g < 8; g++) {
+        s = _mm512_dpbusd_epi32(s, c128, pb->w[g]);
+    }
+    pb->bias = _mm512_sub_epi32(_mm512_setzero_si512(), s);
+    uint16_t h[Q16_ROWS];
+    for (int r = 0; r < Q16_ROWS; r++) {
+        memcpy(&h[r], rows[r] + off, 2);
+    }
+    pb->d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) h));
+}
+
+// The activations of tokens [0, TT) over blocks [b0, b0 + nblk).
+static ALWAYS_INLINE void q16_pack_act(int TT, const char * x, size_t x_stride, int64_t b0, int nblk,
+                                       struct q16_act * pa) {
+    const __m256i c128 = _mm256_set1_epi8((char) 0x80);
+    for (int t = 0; t < TT; t++) {
+        const ts_block_q8_0 * xb = (const ts_block_q8_0 *) (x + (size_t) t * x_stride) + b0;
+        for (int b = 0; b < nblk; b++) {
+            _mm256_store_si256((__m256i *) pa->q[t][b],
+                               _mm256_xor_si256(_mm256_loadu_si256((const __m256i *) xb[b].qs), c128));
+            pa->d[t][b] = _cvtsh_ss(xb[b].d);
+        }
+    }
+}
+
+// TT tokens (a compile-time constant) of a tile, starting at token t0 of the tile, over the
+// unpacked blocks: acc[t] lane r += the blocks' terms of row r and token t0 + t, in order.
+static ALWAYS_INLINE void q16_tile(int TT, const struct q16_block * pb, int nblk,
+                                   const struct q16_act * pa, int t0, __m512 * acc) {
+    for (int b = 0; b < nblk; b++) {
+        for (int t = 0; t < TT; t++) {
+            const uint32_t * y = pa->q[t0 + t][b];
+            // two integer chains so that one token's eight dpbusd are not one long dependency
+            __m512i s0 = pb[b].bias, s1 = _mm512_setzero_si512();
+            for (int g = 0; g < 8; g += 2) {
+                s0 = _mm512_dpbusd_epi32(s0, _mm512_set1_epi32((int) y[g]),     pb[b].w[g]);
+                s1 = _mm512_dpbusd_epi32(s1, _mm512_set1_epi32((int) y[g + 1]), pb[b].w[g + 1]);
+            }
+            const __m512 p = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+            acc[t] = _mm512_fmadd_ps(p, _mm512_mul_ps(pb[b].d, _mm512_set1_ps(pa->d[t0 + t][b])), acc[t]);
+        }
+    }
+}
+
+// TT tokens starting at tile token t0: accumulators from out (zero for the first chunk), the
+// chunk's blocks, back to out. Only the lanes in m (the group's real rows) are read or written.
+static ALWAYS_INLINE void q16_run(int TT, const struct q16_block * pb, int nblk, const struct q16_act * pa,
+                                  int t0, bool first, __mmask16 m, float * out, int64_t out_stride) {
+    __m512 acc[Q16_TILE];
+    for (int t = 0; t < TT; t++) {
+        acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, out + (t0 + t) * out_stride);
+    }
+    q16_tile(TT, pb, nblk, pa, t0, acc);
+    for (int t = 0; t < TT; t++) {
+        _mm512_mask_storeu_ps(out + (t0 + t) * out_stride, m, acc[t]);
+    }
+}
+
+// Rows rows[0..nr) (padded to 16 with repeats of a real row) against tokens [0, n_tok):
+// out[t * out_stride + r] for r < nr.
+static void q16_rows(enum ts_type type, int64_t n, const char * const * rows, const char * const * next, int nr,
+                     const void * x, size_t x_stride, int64_t n_tok, float * out, int64_t out_stride) {
+    _Alignas(64) struct q16_block pb[Q16_CHUNK];
+    _Alignas(64) struct q16_act   pa;
+    const __mmask16 m = (__mmask16) ((1u << nr) - 1);
+    const int64_t nb = n / TS_QK;
+    const size_t bs = block_bytes(type);
+    if (nb == 0) {
+        for (int64_t t = 0; t < n_tok; t++) {
+            _mm512_mask_storeu_ps(out + t * out_stride, m, _mm512_setzero_ps());
+        }
+        return;
+    }
+    for (int64_t c = 0; c < nb; c += Q16_CHUNK) {
+        const int nblk = (int) drv_min(Q16_CHUNK, nb - c);
+        for (int b = 0; b < nblk; b++) {
+            if (type == TS_TYPE_Q4_0) {
+                q16_unpack(TS_TYPE_Q4_0, rows, next, (size_t) (c + b) * bs, (size_t) nb * bs, &pb[b]);
+            } else {
+                q16_unpack(TS_TYPE_Q8_0, rows, next, (size_t) (c + b) * bs, (size_t) nb * bs, &pb[b]);
+            }
+        }
+        for (int64_t t0 = 0; t0 < n_tok; t0 += Q16_TILE) {
+            const int tt = (int) drv_min(Q16_TILE, n_tok - t0);
+            q16_pack_act(tt, (const char *) x + (size_t) t0 * x_stride, x_stride, c, nblk, &pa);
+            float * o = out + t0 * out_stride;
+            // the tile's tokens in register tiles of 16, 8, 4, 2, 1 (each a compiled constant)
+            int t = 0;
+            if (tt - t >= 16) { q16_run(16, pb, nblk, &pa, t, c == 0, m, o, out_stride); t += 16; }
+            if (tt - t >= 8)  { q16_run(8,  pb, nblk, &pa, t, c == 0, m, o, out_stride); t += 8; }
+            if (tt - t >= 4)  { q16_run(4,  pb, nblk, &pa, t, c == 0, m, o, out_stride); t += 4; }
+            if (tt - t >= 2)  { q16_run(2,  pb, nblk, &pa, t, c == 0, m, o, out_stride); t += 2; }
+            if (tt - t >= 1)  { q16_run(1,  pb, nblk, &pa, t, c == 0, m, o, out_stride); t += 1; }
+        }
+    }
+}
+
+// One token (dot_rows): the same float steps, but nothing is stored between unpacking and
+// use, and the integer sums are formed the other way round, which needs no copy of the
+// activations: weights as unsigned bytes (Q4_0: q, Q8_0: w + 128) against the signed
+// activation bytes straight from x, minus 8 * sum(y) (Q4_0) or 128 * sum(y) (Q8_0) per block,
+// shared by all groups (xbias). The integer sums are exact both ways, so the results are the
+// batch path's bit for bit.
+#define Q16_MAX_BLOCKS 1024 // rows up to 32768 long take this path (per-call tables on the stack)
+
+static ALWAYS_INLINE void q16_rows1(enum ts_type type, int64_t nb, const char * const * rows, const char * const * next,
+                                    const ts_block_q8_0 * x, const int32_t * xbias, const float * xd,
+                                    __mmask16 m, float * out) {
+    const size_t bs = block_bytes(type);
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    const __m512i c128 = _mm512_set1_epi8((char) 0x80);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const size_t off = (size_t) b * bs;
+        q16_prefetch(rows, next, off, bs, (size_t) nb * bs);
+        __m512i w[8], v[4];
+        load_16x16(rows, off + 2, v);
+        if (type == TS_TYPE_Q4_0) {
+            for (int g = 0; g < 4; g++) {
+                w[g]     = _mm512_and_si512(v[g], low4);
+                w[4 + g] = _mm512_and_si512(_mm512_srli_epi16(v[g], 4), low4);
+            }
+        } else {
+            for (int g = 0; g < 4; g++) {
+                w[g] = _mm512_xor_si512(v[g], c128);
+            }
+            load_16x16(rows, off + 18, v);
+            for (int g = 0; g < 4; g++) {
+                w[4 + g] = _mm512_xor_si512(v[g], c128);
+            }
+        }
+        int32_t y[8];
+        memcpy(y, x[b].qs, sizeof(y));
+        __m512i s0 = _mm512_set1_epi32(xbias[b]), s1 = _mm512_setzero_si512();
+        for (int g = 0; g < 8; g += 2) {
+            s0 = _mm512_dpbusd_epi32(s0, w[g],     _mm512_set1_epi32(y[g]));
+            s1 = _mm512_dpbusd_epi32(s1, w[g + 1], _mm512_set1_epi32(y[g + 1]));
+        }
+        uint16_t h[Q16_ROWS];
+        for (int r = 0; r < Q16_ROWS; r++) {
+            memcpy(&h[r], rows[r] + off, 2);
+        }
+        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) h));
+        const __m512 p = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+        acc = _mm512_fmadd_ps(p, _mm512_mul_ps(d, _mm512_set1_ps(xd[b])), acc);
+    }
+    _mm512_mask_storeu_ps(out, m, acc);
+}
+
+static void q16_dot_rows1(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                          const ts_block_q8_0 * x, const int32_t * idx, int64_t n_idx, float * out) {
+    const int64_t nb = n / TS_QK;
+    int32_t xbias[Q16_MAX_BLOCKS];
+    float   xd[Q16_MAX_BLOCKS];
+    const __m256i ones = _mm256_set1_epi8(1);
+    for (int64_t b = 0; b < nb; b++) {
+        const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, _mm256_loadu_si256((const __m256i *) x[b].qs));
+        const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        const int32_t sum = _mm_cvtsi128_si32(_mm_hadd_epi32(_mm_hadd_epi32(s4, s4), _mm_hadd_epi32(s4, s4)));
+        xbias[b] = -(type == TS_TYPE_Q4_0 ? 8 : 128) * sum;
+        xd[b] = _cvtsh_ss(x[b].d);
+    }
+    for (int64_t j = 0; j < n_idx; j += Q16_ROWS) {
+        const int nr = (int) drv_min(Q16_ROWS, n_idx - j);
+        const char * rows[Q16_ROWS];
+        const char * next[Q16_ROWS];
+        for (int r = 0; r < Q16_ROWS; r++) {
+            rows[r] = drv_row(w, row_bytes, idx, j + (r < nr ? r : nr - 1));
+            next[r] = drv_row(w, row_bytes, idx, drv_min(j + Q16_ROWS + r, n_idx - 1));
+        }
+        const __mmask16 m = (__mmask16) ((1u << nr) - 1);
+        const char * const * nx = j + Q16_ROWS < n_idx ? next : NULL;
+        if (j == 0) {
+            q16_prefetch_head(rows, (size_t) nb * block_bytes(type));
+        }
+        if (type == TS_TYPE_Q4_0) {
+            q16_rows1(TS_TYPE_Q4_0, nb, rows, nx, x, xbias, xd, m, out + j);
+        } else {
+            q16_rows1(TS_TYPE_Q8_0, nb, rows, nx, x, xbias, xd, m, out + j);
+        }
+    }
+}
+
+// Groups of 16 rows (the last one padded), each against every token; the next group's rows
+// are prefetched while a group is unpacked.
+static void q16_dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                               const void * x, size_t x_stride, int64_t n_tok,
+                               const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
+    for (int64_t j = 0; j < n_idx; j += Q16_ROWS) {
+        const int nr = (int) drv_min(Q16_ROWS, n_idx - j);
+        const char * rows[Q16_ROWS];
+        const char * next[Q16_ROWS];
+        for (int r = 0; r < Q16_ROWS; r++) {
+            rows[r] = drv_row(w, row_bytes, idx, j + (r < nr ? r : nr - 1));
+            next[r] = drv_row(w, row_bytes, idx, drv_min(j + Q16_ROWS + r, n_idx - 1));
+        }
+        if (j == 0) {
+            q16_prefetch_head(rows, (size_t) (n / TS_QK) * block_bytes(type));
+        }
+        q16_rows(type, n, rows, j + Q16_ROWS < n_idx ? next : NULL, nr, x, x_stride, n_tok, out + j, out_stride);
+    }
+}
+
+static bool is_quant(enum ts_type type) { return type == TS_TYPE_Q8_0 || type == TS_TYPE_Q4_0; }
+
+static void dot_rows(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                     const void * x, const int32_t * idx, int64_t n_idx, float * out) {
+    if (is_quant(type) && n / TS_QK <= Q16_MAX_BLOCKS) {
+        q16_dot_rows1(type, n, w, row_bytes, x, idx, n_idx, out);
+    } else if (is_quant(type)) {
+        q16_dot_rows_batch(type, n, w, row_bytes, x, 0, 1, idx, n_idx, out, 0);
+    } else {
+        drv_dot_rows(type, n, w, row_bytes, x, idx, n_idx, out);
+    }
+}
+
+static void dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                           const void * x, size_t x_stride, int64_t n_tok,
+                           const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
+    if (is_quant(type) && n_tok == 1) {
+        dot_rows(type, n, w, row_bytes, x, idx, n_idx, out);
+    } else if (is_quant(type)) {
+        q16_dot_rows_batch(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
+    } else {
+        drv_dot_rows_batch(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
+    }
+}
+
 // ---- down projection (axpy) ------------------------------------------------------------------
 // Every y element gets the FMAs of the group's rows in row order, as the scalar reference.
 
@@ -341,8 +678,8 @@ const struct ts_kernels ts_kernels_avx512 = {
     .isa           = TS_ISA_AVX512,
     .name          = "avx512",
     .quantize_q8_0 = quantize_q8_0,
-    .dot_rows      = drv_dot_rows,
-    .dot_rows_batch = drv_dot_rows_batch,
+    .dot_rows      = dot_rows,
+    .dot_rows_batch = dot_rows_batch,
     .gate_up       = drv_gate_up,
     .gate_up_exact = drv_gate_up_exact,
     .axpy_rows     = drv_axpy_rows,

@@ -476,12 +476,135 @@ static void test_axpy(enum ts_type type, enum data_mode mode, int64_t n) {
     free(w); free(a); free(y_ref); free(y); free(wf); free(sum); free(mag);
 }
 
+// ---- batches of tokens ---------------------------------------------------------------------------
+
+static const int64_t BATCH_TOKENS[] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 37 };
+#define N_BATCH_TOKENS ((int) (sizeof(BATCH_TOKENS) / sizeof(BATCH_TOKENS[0])))
+static const float SENTINEL_F = 12345.0f;
+
+// dot_rows_batch: every table's result is bit for bit its own dot_rows per token (so batch
+// size and row grouping never change a bit), and within the dot tolerance of the double
+// reference. Strides are odd on purpose (gaps between tokens' outputs must stay untouched).
+static void test_dot_batch(enum ts_type type, int64_t n) {
+    const int64_t n_rows = 37; // two full groups of 16 and a partial one
+    const int64_t n_tok_max = 37;
+    const size_t row_bytes = ts_row_size(type, n) + 8;
+    void * w = make_rows(type, DATA_NORMAL, n_rows, n, row_bytes);
+    const enum ts_type dt = ts_dot_type(type);
+    const size_t x_stride = ts_row_size(dt, n) + (is_quant(type) ? 2 : 12); // unaligned blocks/floats
+    char * x = calloc((size_t) n_tok_max, x_stride);
+    float * xf = malloc((size_t) n * sizeof(float));
+    for (int64_t t = 0; t < n_tok_max; t++) {
+        for (int64_t k = 0; k < n; k++) xf[k] = rng_value(t % 3 == 1 ? DATA_WIDE : DATA_NORMAL);
+        ts_from_float(dt, xf, x + (size_t) t * x_stride, n);
+    }
+    const int64_t out_stride = n_rows + 3;
+    float * out = malloc((size_t) (n_tok_max * out_stride) * sizeof(float));
+    float * one = malloc((size_t) n_rows * sizeof(float));
+    const char * tn = ts_type_name(type);
+    // the double reference and its tolerance, per token and row
+    double * ref = malloc((size_t) (n_tok_max * n_rows) * sizeof(double));
+    double * tol = malloc((size_t) (n_tok_max * n_rows) * sizeof(double));
+    for (int64_t tk = 0; tk < n_tok_max; tk++) {
+        for (int64_t i = 0; i < n_rows; i++) {
+            double mag;
+            ref[tk * n_rows + i] = ref_dot(type, n, (const char *) w + (size_t) i * row_bytes, x + (size_t) tk * x_stride, &mag);
+            tol[tk * n_rows + i] = dot_tol(mag);
+        }
+    }
+
+    for (int im = 0; im < 2; im++) {
+        int64_t n_idx = n_rows;
+        int32_t * idx = im ? make_subset(n_rows, &n_idx) : NULL;
+        for (int t = 0; t < n_tables; t++) {
+            const struct ts_kernels * K = tables[t];
+            for (int nt = 0; nt < N_BATCH_TOKENS; nt++) {
+                const int64_t n_tok = BATCH_TOKENS[nt];
+                for (int64_t i = 0; i < n_tok_max * out_stride; i++) out[i] = SENTINEL_F;
+                K->dot_rows_batch(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
+                int64_t bad = 0, far = 0;
+                for (int64_t tk = 0; tk < n_tok_max; tk++) {
+                    const char * xt = x + (size_t) tk * x_stride;
+                    const float * o = out + tk * out_stride;
+                    if (tk >= n_tok) {
+                        for (int64_t j = 0; j < out_stride; j++) bad += o[j] != SENTINEL_F;
+                        continue;
+                    }
+                    K->dot_rows(type, n, w, row_bytes, xt, idx, n_idx, one);
+                    for (int64_t j = 0; j < n_idx; j++) {
+                        const int64_t i = idx ? idx[j] : j;
+                        bad += memcmp(&o[j], &one[j], sizeof(float)) != 0;
+                        far += !(fabs(o[j] - ref[tk * n_rows + i]) <= tol[tk * n_rows + i]);
+                    }
+                    for (int64_t j = n_idx; j < out_stride; j++) bad += o[j] != SENTINEL_F;
+                }
+                CHECK(bad == 0, "%s dot_rows_batch %s n=%lld n_tok=%lld idx mode %d: %lld outputs differ from dot_rows or were written outside",
+                      K->name, tn, (long long) n, (long long) n_tok, im, (long long) bad);
+                CHECK(far == 0, "%s dot_rows_batch %s n=%lld n_tok=%lld: %lld outputs outside the reference tolerance",
+                      K->name, tn, (long long) n, (long long) n_tok, (long long) far);
+            }
+        }
+        free(idx);
+    }
+    free(w); free(x); free(xf); free(out); free(one); free(ref); free(tol);
+}
+
+// axpy_rows_batch: every token's columns are bit for bit the table's axpy_rows with that
+// token's values (zeros included), for every column split; axpy_rows itself equals scalar
+// (test_axpy), so this also pins the batch to the scalar reference.
+static void test_axpy_batch(enum ts_type type, int64_t n) {
+    const int64_t n_rows = 23, n_tok_max = 37;
+    const size_t row_bytes = ts_row_size(type, n) + 8;
+    void * w = make_rows(type, DATA_NORMAL, n_rows, n, row_bytes);
+    const int64_t a_stride = n_rows + 5, y_stride = n + 7;
+    float * a = malloc((size_t) (n_tok_max * a_stride) * sizeof(float));
+    for (int64_t i = 0; i < n_tok_max * a_stride; i++) a[i] = rng_unit() < 0.3f ? 0.0f : rng_sym();
+    float * y = malloc((size_t) (n_tok_max * y_stride) * sizeof(float));
+    float * one = malloc((size_t) n * sizeof(float));
+    const char * tn = ts_type_name(type);
+
+    for (int im = 0; im < 2; im++) {
+        int64_t n_idx = n_rows;
+        int32_t * idx = im ? make_subset(n_rows, &n_idx) : NULL;
+        for (int t = 0; t < n_tables; t++) {
+            const struct ts_kernels * K = tables[t];
+            for (int nt = 0; nt < N_BATCH_TOKENS; nt++) {
+                const int64_t n_tok = BATCH_TOKENS[nt];
+                const int nth = 1 + nt % 3;
+                for (int64_t i = 0; i < n_tok_max * y_stride; i++) y[i] = SENTINEL_F;
+                for (int ith = 0; ith < nth; ith++) {
+                    int64_t c0, c1;
+                    ts_split_cols(n, ith, nth, &c0, &c1);
+                    K->axpy_rows_batch(type, n, w, row_bytes, idx, a, a_stride, n_idx, n_tok, c0, c1, y, y_stride);
+                }
+                int64_t bad = 0;
+                for (int64_t tk = 0; tk < n_tok_max; tk++) {
+                    const float * yt = y + tk * y_stride;
+                    if (tk >= n_tok) {
+                        for (int64_t c = 0; c < y_stride; c++) bad += yt[c] != SENTINEL_F;
+                        continue;
+                    }
+                    tables[0]->axpy_rows(type, n, w, row_bytes, idx, a + tk * a_stride, n_idx, 0, n, one);
+                    bad += memcmp(yt, one, (size_t) n * sizeof(float)) != 0;
+                    K->axpy_rows(type, n, w, row_bytes, idx, a + tk * a_stride, n_idx, 0, n, one);
+                    bad += memcmp(yt, one, (size_t) n * sizeof(float)) != 0;
+                    for (int64_t c = n; c < y_stride; c++) bad += yt[c] != SENTINEL_F;
+                }
+                CHECK(bad == 0, "%s axpy_rows_batch %s n=%lld n_tok=%lld idx mode %d, %d threads: %lld mismatches",
+                      K->name, tn, (long long) n, (long long) n_tok, im, nth, (long long) bad);
+            }
+        }
+        free(idx);
+    }
+    free(w); free(a); free(y); free(one);
+}
+
 int main(void) {
     for (int isa = 0; isa < TS_ISA_COUNT; isa++) {
         const struct ts_kernels * K = ts_kernels_for((enum ts_isa) isa);
         if (K) {
             CHECK(K->isa == (enum ts_isa) isa && K->quantize_q8_0 && K->dot_rows && K->gate_up &&
-                  K->gate_up_exact && K->axpy_rows, "table %s is incomplete", ts_isa_name((enum ts_isa) isa));
+                  K->gate_up_exact && K->axpy_rows && K->dot_rows_batch && K->axpy_rows_batch, "table %s is incomplete", ts_isa_name((enum ts_isa) isa));
             tables[n_tables++] = K;
         }
     }
@@ -512,6 +635,8 @@ int main(void) {
                 test_dot_and_gate_up(type, mode, sizes[si]);
                 test_axpy(type, mode, sizes[si]);
             }
+            test_dot_batch(type, sizes[si]);
+            test_axpy_batch(type, sizes[si]);
         }
     }
     printf("%ld checks, %ld failed\n", n_checks, n_failed);
