@@ -9,7 +9,8 @@
 // here), all neurons of the layer. Its "cold" and "hot" differ only in the cache state left by
 // the previous call: the whole 66 MB of gate+up does not fit in the last-level cache.
 //
-// `bench_kernels batch` runs only the prompt-processing table (bench_batch below); BENCH_ISA=avx512
+// `bench_kernels batch` runs only the prompt-processing tables (bench_batch, bench_axpy_batch
+// below), `bench_kernels axpy` only the latter; BENCH_ISA=avx512
 // limits it to one kernel table.
 //
 // "cold": a new random active set every call, so most gathered rows come from DRAM (the
@@ -111,6 +112,63 @@ static void run_per_token(void * p) {
     }
 }
 
+struct axpy_args {
+    const struct ts_kernels * K;
+    enum ts_type type;
+    int64_t n_tok;
+    const void * w;
+    const int32_t * idx;
+    const float * a; // n_tok x N_ACTIVE
+    float * y;       // n_tok x N_EMBD
+};
+
+static void run_axpy_batch(void * p) {
+    const struct axpy_args * b = p;
+    b->K->axpy_rows_batch(b->type, N_EMBD, b->w, ts_row_size(b->type, N_EMBD), b->idx, b->a, N_ACTIVE, N_ACTIVE,
+                          b->n_tok, 0, N_EMBD, b->y, N_EMBD);
+}
+
+static void run_axpy_per_token(void * p) {
+    const struct axpy_args * b = p;
+    for (int64_t t = 0; t < b->n_tok; t++) {
+        b->K->axpy_rows(b->type, N_EMBD, b->w, ts_row_size(b->type, N_EMBD), b->idx, b->a + t * N_ACTIVE, N_ACTIVE,
+                        0, N_EMBD, b->y + t * N_EMBD);
+    }
+}
+
+// The sparse down projection of a batch: N_ACTIVE rows of W_down_T (a batch's union of active
+// neurons), every token with its own values; GOP/s = 2 N_ACTIVE n_embd n_tok / t.
+static void bench_axpy_batch(void) {
+    const enum ts_type types[] = { TS_TYPE_Q4_0, TS_TYPE_Q8_0, TS_TYPE_F16 };
+    const int64_t toks[] = { 4, 16, 64 };
+    int32_t * idx = malloc(N_ACTIVE * sizeof(int32_t));
+    random_subset(idx);
+    float * a = malloc((size_t) (64 * N_ACTIVE) * sizeof(float));
+    for (int64_t i = 0; i < 64 * N_ACTIVE; i++) a[i] = rng_sym();
+    float * y = malloc((size_t) (64 * N_EMBD) * sizeof(float));
+    const char * only = getenv("BENCH_ISA");
+    printf("\naxpy_rows_batch: %d of %d rows, n_embd %d\n", N_ACTIVE, N_FF, N_EMBD);
+    printf("%-5s %-8s %5s %12s %9s %12s %9s %8s\n", "type", "isa", "n_tok", "batch us", "GOP/s", "per-tok us", "GOP/s", "speedup");
+    for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+        void * w = random_matrix(types[ti], N_FF, N_EMBD);
+        for (int isa = 1; isa < TS_ISA_COUNT; isa++) {
+            const struct ts_kernels * K = ts_kernels_for((enum ts_isa) isa);
+            if (!K || (only && strcmp(only, K->name) != 0)) continue;
+            for (size_t k = 0; k < sizeof(toks) / sizeof(toks[0]); k++) {
+                struct axpy_args b = { K, types[ti], toks[k], w, idx, a, y };
+                const double tb = time_best(0.3, 3, run_axpy_batch, &b);
+                const double tp = time_best(0.3, 3, run_axpy_per_token, &b);
+                const double ops = 2.0 * N_ACTIVE * N_EMBD * (double) toks[k];
+                printf("%-5s %-8s %5lld %12.1f %9.1f %12.1f %9.1f %8.2f\n", ts_type_name(types[ti]), K->name, (long long) toks[k],
+                       tb * 1e6, ops / tb * 1e-9, tp * 1e6, ops / tp * 1e-9, tp / tb);
+                fflush(stdout);
+            }
+        }
+        free(w);
+    }
+    free(idx); free(a); free(y);
+}
+
 static void bench_batch(void) {
     const enum ts_type types[] = { TS_TYPE_Q4_0, TS_TYPE_Q8_0, TS_TYPE_F16 };
     const int64_t row_counts[] = { 4096, 14336 };
@@ -154,6 +212,11 @@ static void bench_batch(void) {
 int main(int argc, char ** argv) {
     if (argc > 1 && strcmp(argv[1], "batch") == 0) { // prompt-processing rows only
         bench_batch();
+        bench_axpy_batch();
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "axpy") == 0) {
+        bench_axpy_batch();
         return 0;
     }
     const enum ts_type types[] = { TS_TYPE_Q4_0, TS_TYPE_F16 };
@@ -213,5 +276,6 @@ int main(int argc, char ** argv) {
     }
     free(sets); free(xf); free(xq); free(a); free(out); free(y); free(y_ff);
     bench_batch();
+    bench_axpy_batch();
     return 0;
 }

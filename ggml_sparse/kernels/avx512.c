@@ -672,6 +672,114 @@ static ALWAYS_INLINE void axpy_quant(enum ts_type type, int R, const char * cons
     }
 }
 
+// ---- down projection of a batch of tokens -------------------------------------------------------
+// Tiles of 32 columns x AXPY_TILE tokens: each row's 32 weights are loaded (dequantised) once
+// and applied to every token of the tile, whose sums stay in registers over all the rows.
+// Every element still gets y = fma(s, w, y) over the rows in order from 0, with s = a (float
+// rows) or a * d (quantised rows) as in axpy_rows, so each token's columns are its axpy_rows
+// result bit for bit (an FMA rounds each element on its own: lanes and grouping do not matter).
+
+#define AXPY_TILE 8 // tokens per tile: 16 accumulators
+
+static ALWAYS_INLINE void axpy_batch_tile(enum ts_type type, int TT, const void * w_t, size_t row_bytes,
+                                          const int32_t * idx, const float * a, int64_t a_stride, int64_t j0, int64_t j1,
+                                          int64_t c, int64_t c1, float * y, int64_t y_stride) {
+    const bool quant = type == TS_TYPE_Q8_0 || type == TS_TYPE_Q4_0;
+    const __mmask16 m0 = tail_mask(c1 - c);
+    const __mmask16 m1 = c1 - c > 16 ? tail_mask(c1 - c - 16) : 0;
+    const size_t bs = quant ? block_bytes(type) : 0;
+    const size_t off = quant ? (size_t) (c / TS_QK) * bs : (size_t) c * elem_size(type);
+    __m512 acc0[AXPY_TILE], acc1[AXPY_TILE];
+    for (int t = 0; t < TT; t++) { // rows before j0 were summed by an earlier chunk
+        acc0[t] = j0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, y + t * y_stride + c);
+        acc1[t] = j0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, y + t * y_stride + c + 16);
+    }
+    for (int64_t j = j0; j < j1; j++) {
+        const char * row = drv_row(w_t, row_bytes, idx, j);
+        // the next lines of this row, read by the next column tiles
+        _mm_prefetch(row + off + 128, _MM_HINT_T1);
+        __m512 w0, w1, d = _mm512_setzero_ps();
+        if (type == TS_TYPE_Q4_0) {
+            q4_0_to_ps(_mm_loadu_si128((const __m128i *) (row + off + 2)), &w0, &w1);
+            d = _mm512_set1_ps(half_at(row + off));
+        } else if (type == TS_TYPE_Q8_0) {
+            w0 = i8x16_to_ps(_mm_loadu_si128((const __m128i *) (row + off + 2)));
+            w1 = i8x16_to_ps(_mm_loadu_si128((const __m128i *) (row + off + 18)));
+            d = _mm512_set1_ps(half_at(row + off));
+        } else {
+            w0 = load16(type, row, c, m0);
+            w1 = load16(type, row, c + 16, m1);
+        }
+        for (int t = 0; t < TT; t++) {
+            const __m512 av = _mm512_set1_ps(a[t * a_stride + j]);
+            const __m512 sv = quant ? _mm512_mul_ps(av, d) : av;
+            acc0[t] = _mm512_fmadd_ps(sv, w0, acc0[t]);
+            acc1[t] = _mm512_fmadd_ps(sv, w1, acc1[t]);
+        }
+    }
+    for (int t = 0; t < TT; t++) {
+        _mm512_mask_storeu_ps(y + t * y_stride + c,      m0, acc0[t]);
+        _mm512_mask_storeu_ps(y + t * y_stride + c + 16, m1, acc1[t]);
+    }
+}
+
+// One column tile for every token, in register tiles of 8, 4, 2, 1 tokens (compiled constants).
+static ALWAYS_INLINE void axpy_batch_cols(enum ts_type type, const void * w_t, size_t row_bytes,
+                                          const int32_t * idx, const float * a, int64_t a_stride, int64_t j0, int64_t j1,
+                                          int64_t n_tok, int64_t c, int64_t c1, float * y, int64_t y_stride) {
+    int64_t t = 0;
+    for (; n_tok - t >= 8; t += 8) {
+        axpy_batch_tile(type, 8, w_t, row_bytes, idx, a + t * a_stride, a_stride, j0, j1, c, c1, y + t * y_stride, y_stride);
+    }
+    if (n_tok - t >= 4) {
+        axpy_batch_tile(type, 4, w_t, row_bytes, idx, a + t * a_stride, a_stride, j0, j1, c, c1, y + t * y_stride, y_stride);
+        t += 4;
+    }
+    if (n_tok - t >= 2) {
+        axpy_batch_tile(type, 2, w_t, row_bytes, idx, a + t * a_stride, a_stride, j0, j1, c, c1, y + t * y_stride, y_stride);
+        t += 2;
+    }
+    if (n_tok - t >= 1) {
+        axpy_batch_tile(type, 1, w_t, row_bytes, idx, a + t * a_stride, a_stride, j0, j1, c, c1, y + t * y_stride, y_stride);
+    }
+}
+
+// Rows in chunks of AXPY_ROWS (the sums go through y between chunks, exactly), columns
+// tiles within a chunk, tokens innermost: a column tile reads one 64-byte line or less of
+// each of the chunk's rows, and the next tiles read on in the same lines, so the chunk's
+// lines, its values of a and the tile's y all stay in L1.
+#define AXPY_ROWS 64
+
+static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
+                            const int32_t * idx, const float * a, int64_t a_stride, int64_t n_idx,
+                            int64_t n_tok, int64_t c0, int64_t c1, float * y, int64_t y_stride) {
+    if (n_tok == 1) {
+        drv_axpy_rows(type, n, w_t, row_bytes, idx, a, n_idx, c0, c1, y);
+        return;
+    }
+    if (c1 <= c0) {
+        return;
+    }
+    if (n_idx == 0) {
+        for (int64_t t = 0; t < n_tok; t++) {
+            memset(y + t * y_stride + c0, 0, (size_t) (c1 - c0) * sizeof(float));
+        }
+        return;
+    }
+    for (int64_t j0 = 0; j0 < n_idx; j0 += AXPY_ROWS)
+    for (int64_t c = c0; c < c1; c += 32) {
+        const int64_t j1 = drv_min(j0 + AXPY_ROWS, n_idx);
+        switch (type) {
+            case TS_TYPE_F32:  axpy_batch_cols(TS_TYPE_F32,  w_t, row_bytes, idx, a, a_stride, j0, j1, n_tok, c, c1, y, y_stride); break;
+            case TS_TYPE_F16:  axpy_batch_cols(TS_TYPE_F16,  w_t, row_bytes, idx, a, a_stride, j0, j1, n_tok, c, c1, y, y_stride); break;
+            case TS_TYPE_BF16: axpy_batch_cols(TS_TYPE_BF16, w_t, row_bytes, idx, a, a_stride, j0, j1, n_tok, c, c1, y, y_stride); break;
+            case TS_TYPE_Q8_0: axpy_batch_cols(TS_TYPE_Q8_0, w_t, row_bytes, idx, a, a_stride, j0, j1, n_tok, c, c1, y, y_stride); break;
+            case TS_TYPE_Q4_0: axpy_batch_cols(TS_TYPE_Q4_0, w_t, row_bytes, idx, a, a_stride, j0, j1, n_tok, c, c1, y, y_stride); break;
+            default: break;
+        }
+    }
+}
+
 TS_DEFINE_GROUP_DISPATCH()
 
 const struct ts_kernels ts_kernels_avx512 = {
@@ -683,5 +791,5 @@ const struct ts_kernels ts_kernels_avx512 = {
     .gate_up       = drv_gate_up,
     .gate_up_exact = drv_gate_up_exact,
     .axpy_rows     = drv_axpy_rows,
-    .axpy_rows_batch = drv_axpy_rows_batch,
+    .axpy_rows_batch = axpy_rows_batch,
 };

@@ -79,7 +79,7 @@ static void drv_dot_rows(enum ts_type type, int64_t n, const void * w, size_t ro
 }
 
 // A batch of tokens: dot_rows per token (each weight row is re-read per token).
-static void drv_dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+static inline void drv_dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                                const void * x, size_t x_stride, int64_t n_tok,
                                const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
     for (int64_t t = 0; t < n_tok; t++) {
@@ -179,7 +179,7 @@ static void drv_axpy_rows(enum ts_type type, int64_t n, const void * w_t, size_t
 }
 
 // A batch of tokens: axpy_rows per token (each weight row is re-read per token).
-static void drv_axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
+static inline void drv_axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
                                 const int32_t * idx, const float * a, int64_t a_stride, int64_t n_idx,
                                 int64_t n_tok, int64_t c0, int64_t c1, float * y, int64_t y_stride) {
     for (int64_t t = 0; t < n_tok; t++) {
