@@ -529,6 +529,96 @@ static void q16_dot_rows_batch(enum ts_type type, int64_t n, const void * w, siz
     }
 }
 
+// ---- float rows against a batch of tokens ----------------------------------------------------
+// Register tiles of 4 rows x 3 tokens (24 accumulators): each row's 16 weights are loaded and
+// converted once per step for the three tokens. Per row and token the steps are dot_float's
+// exactly (two accumulators over 32-element steps, a masked 16-element tail into the first,
+// the same final reduction), so the results are dot_rows' bit for bit.
+#define FT_ROWS 4
+#define FT_TOK  3
+
+static ALWAYS_INLINE void dot_float_tile(enum ts_type type, int TT, const char * const * rows,
+                                         const char * const * next, int64_t n, const char * x, size_t x_stride,
+                                         int nr, float * out, int64_t out_stride) {
+    const size_t esz = elem_size(type);
+    __m512 acc0[FT_ROWS][FT_TOK], acc1[FT_ROWS][FT_TOK];
+    for (int r = 0; r < FT_ROWS; r++) {
+        for (int t = 0; t < TT; t++) {
+            acc0[r][t] = _mm512_setzero_ps();
+            acc1[r][t] = _mm512_setzero_ps();
+        }
+    }
+    int64_t k = 0;
+    for (; k + 32 <= n; k += 32) {
+        if (next) {
+            prefetch_rows(FT_ROWS, next, (size_t) k * esz);
+            if (esz == 4) {
+                prefetch_rows(FT_ROWS, next, (size_t) k * esz + 64);
+            }
+        }
+        for (int h = 0; h < 2; h++) {
+            __m512 w[FT_ROWS];
+            for (int r = 0; r < FT_ROWS; r++) {
+                w[r] = load16(type, rows[r], k + 16 * h, 0xFFFF);
+            }
+            for (int t = 0; t < TT; t++) {
+                const __m512 xv = _mm512_loadu_ps((const float *) (x + (size_t) t * x_stride) + k + 16 * h);
+                for (int r = 0; r < FT_ROWS; r++) {
+                    if (h == 0) {
+                        acc0[r][t] = _mm512_fmadd_ps(w[r], xv, acc0[r][t]);
+                    } else {
+                        acc1[r][t] = _mm512_fmadd_ps(w[r], xv, acc1[r][t]);
+                    }
+                }
+            }
+        }
+    }
+    for (; k < n; k += 16) {
+        const __mmask16 m = tail_mask(n - k);
+        __m512 w[FT_ROWS];
+        for (int r = 0; r < FT_ROWS; r++) {
+            w[r] = load16(type, rows[r], k, m);
+        }
+        for (int t = 0; t < TT; t++) {
+            const __m512 xv = _mm512_maskz_loadu_ps(m, (const float *) (x + (size_t) t * x_stride) + k);
+            for (int r = 0; r < FT_ROWS; r++) {
+                acc0[r][t] = _mm512_fmadd_ps(w[r], xv, acc0[r][t]);
+            }
+        }
+    }
+    for (int r = 0; r < nr; r++) {
+        for (int t = 0; t < TT; t++) {
+            out[t * out_stride + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r][t], acc1[r][t]));
+        }
+    }
+}
+
+static ALWAYS_INLINE void dot_float_batch(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                                          const void * x, size_t x_stride, int64_t n_tok,
+                                          const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
+    const int64_t ahead = drv_ahead(row_bytes);
+    for (int64_t j = 0; j < n_idx; j += FT_ROWS) {
+        const int nr = (int) drv_min(FT_ROWS, n_idx - j);
+        const char * rows[FT_ROWS];
+        const char * next[FT_ROWS];
+        for (int r = 0; r < FT_ROWS; r++) {
+            rows[r] = drv_row(w, row_bytes, idx, j + (r < nr ? r : nr - 1));
+            next[r] = drv_row(w, row_bytes, idx, drv_min(j + ahead + r, n_idx - 1));
+        }
+        // the rows stay in L1 for the later token tiles; only the first prefetches
+        for (int64_t t = 0; t < n_tok; t += FT_TOK) {
+            const char * xt = (const char *) x + (size_t) t * x_stride;
+            const char * const * nx = t == 0 ? next : NULL;
+            float * o = out + t * out_stride + j;
+            switch (drv_min(FT_TOK, n_tok - t)) {
+                case 3:  dot_float_tile(type, 3, rows, nx, n, xt, x_stride, nr, o, out_stride); break;
+                case 2:  dot_float_tile(type, 2, rows, nx, n, xt, x_stride, nr, o, out_stride); break;
+                default: dot_float_tile(type, 1, rows, nx, n, xt, x_stride, nr, o, out_stride); break;
+            }
+        }
+    }
+}
+
 static bool is_quant(enum ts_type type) { return type == TS_TYPE_Q8_0 || type == TS_TYPE_Q4_0; }
 
 static void dot_rows(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
@@ -549,8 +639,14 @@ static void dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t 
         dot_rows(type, n, w, row_bytes, x, idx, n_idx, out);
     } else if (is_quant(type)) {
         q16_dot_rows_batch(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
+    } else if (n_tok == 1) {
+        drv_dot_rows(type, n, w, row_bytes, x, idx, n_idx, out);
+    } else if (type == TS_TYPE_F16) {
+        dot_float_batch(TS_TYPE_F16, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
+    } else if (type == TS_TYPE_BF16) {
+        dot_float_batch(TS_TYPE_BF16, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
     } else {
-        drv_dot_rows_batch(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
+        dot_float_batch(TS_TYPE_F32, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
     }
 }
 
