@@ -54,6 +54,8 @@ class Tokenizer:
         self._specials: Optional[List[Tuple[str, int]]] = None
         self._pattern: Optional["re.Pattern[bytes]"] = None
         self._special_ids: dict = {}
+        self._user_pattern: Optional["re.Pattern[bytes]"] = None
+        self._user_ids: dict = {}
 
     def close(self) -> None:
         if self._ptr is not None:
@@ -115,6 +117,49 @@ class Tokenizer:
         if start < len(data):
             ids += self._encode(data[start:], False)
         if bos and ids[:1] == bos:  # the text (a chat template) begins with BOS itself
+            bos = []
+        return bos + ids
+
+    def _user_defined_pattern(self) -> "re.Pattern[bytes]":
+        if self._user_pattern is None:
+            texts = [(t.encode("utf-8"), i) for t, i in self.specials() if not self.is_control(i)]
+            for t, i in texts:
+                self._user_ids.setdefault(t, i)
+            self._user_pattern = re.compile(b"|".join(re.escape(t) for t, _ in texts) if texts else b"(?!)")
+        return self._user_pattern
+
+    def is_control(self, token: int) -> bool:
+        return lib.ts_token_get_type(self._ptr, token) == _CONTROL
+
+    def tokenize_pieces(self, pieces: Iterable[Tuple[str, bool]], add_bos: bool) -> List[int]:
+        """Ids of the pieces' joined text, each piece (text, control): pieces with control=True
+        (a chat template's own text) have the texts of control and user-defined tokens turned
+        into those tokens; the others (a message's content) only those of user-defined tokens,
+        which are ordinary vocabulary (SentencePiece, Hugging Face and llama.cpp's
+        parse_special=false match them too), so "<|im_end|>" in them stays text. The text
+        between two such tokens is tokenized as one fragment wherever the pieces' borders fall,
+        so when no plain piece holds a control token's text the ids equal tokenize(joined text,
+        special=True)."""
+        bos = [self.bos_id] if add_bos and self.bos_id >= 0 else []
+        ids: List[int] = []
+        plain = bytearray()  # text since the last special token
+        self._special_pattern()  # fills _special_ids
+        for text, control in pieces:
+            data = text.encode("utf-8", "surrogatepass")
+            start = 0
+            pattern, found = (self._special_pattern(), self._special_ids) if control else \
+                (self._user_defined_pattern(), self._user_ids)
+            for m in pattern.finditer(data):
+                plain += data[start:m.start()]
+                if plain:
+                    ids += self._encode(bytes(plain), False)
+                    plain.clear()
+                ids.append(found[m.group()])
+                start = m.end()
+            plain += data[start:]
+        if plain:
+            ids += self._encode(bytes(plain), False)
+        if bos and ids[:1] == bos:
             bos = []
         return bos + ids
 

@@ -39,7 +39,7 @@ from ._lib import load
 from ._sampling import Sampler, SamplingParams, StopFilter, check_seed, stop_list
 from ._tokenizer import Tokenizer, token_ids
 from .errors import (ContextError, ContextFullError, DecodeError, ModelClosedError, ModelLoadError,
-                     NoDefaultModelError, TokenizeError)
+                     NoDefaultModelError, TemplateError, TokenizeError)
 
 ffi, lib = load()
 
@@ -588,18 +588,51 @@ class Model(Closeable):
     def render_chat(self, messages: Sequence[chat_mod.Message], add_generation_prompt: bool = True,
                     **variables: Any) -> str:
         """The prompt text chat() would use: the file's chat template (ChatML when it has
-        none) applied to messages."""
+        none) applied to messages. chat() does not tokenize this text as a whole: see
+        tokenize_chat."""
         tok = self._tokenizer()
         bos = tok.token_text(tok.bos_id) if tok.bos_id >= 0 else ""
         eos = tok.token_text(tok.eos_id) if tok.eos_id >= 0 else ""
         return chat_mod.render_chat(self.chat_template, messages, add_generation_prompt, bos, eos, **variables)
 
+    def tokenize_chat(self, messages: Sequence[chat_mod.Message], add_generation_prompt: bool = True,
+                      **variables: Any) -> List[int]:
+        """The prompt ids chat() decodes: render_chat's text, where only the template's own
+        text has its control tokens' texts (e.g. "<|im_start|>", "</s>") turned into those
+        tokens; in each message's content they are plain text, so a message holding
+        "<|im_end|>" cannot end its turn or forge another (as ts-main --chat). User-defined
+        tokens (added vocabulary, not markers) are matched everywhere, as llama.cpp does.
+        Without control tokens' texts in the contents the ids are
+        tokenize(render_chat(...), special=True).
+
+        A template that changes the content beyond stripping it (see chat.render_chat_pieces)
+        cannot be cut into template and content: then the rendered text is tokenized as a whole
+        if that yields exactly the control tokens the template gives without the contents, and
+        TemplateError is raised otherwise (a content would have become control tokens)."""
+        with self._lock:
+            tok = self._tokenizer()
+            bos = tok.token_text(tok.bos_id) if tok.bos_id >= 0 else ""
+            eos = tok.token_text(tok.eos_id) if tok.eos_id >= 0 else ""
+            r = chat_mod.render_chat_pieces(self.chat_template, messages, add_generation_prompt, bos, eos,
+                                            **variables)
+            if r.pieces is not None:
+                return tok.tokenize_pieces(r.pieces, tok.add_bos)
+            ids = tok.tokenize(r.text, tok.add_bos, True)
+            masked = tok.tokenize(r.masked_text, tok.add_bos, True)
+            if [i for i in ids if tok.is_control(i)] != [i for i in masked if tok.is_control(i)]:
+                raise TemplateError(
+                    "the chat template changes the messages' content (beyond strip/trim), so it cannot be "
+                    "tokenized apart from the template's markers, and with it the prompt holds control tokens "
+                    "the template alone does not give (a message contains a control token's text, e.g. "
+                    "'<|im_end|>'): refusing to turn message text into control tokens")
+            return ids
+
     def _chat_run(self, messages: Sequence[chat_mod.Message], max_tokens: Optional[int], temperature: float,
                   top_k: int, top_p: float, min_p: float, repeat_penalty: float, stop: Any, seed: Optional[int],
                   repeat_last_n: int, variables: Dict[str, Any]) -> tuple:
-        text = self.render_chat(messages, True, **variables)
+        ids = self.tokenize_chat(messages, True, **variables)
         prompt_ids, max_tokens, params, seed_v, stops = self._prepare(
-            text, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, stop, seed, None)
+            ids, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, stop, seed, None)
         stop_ids: Set[int] = set()
         if self.chat_template is None:  # ChatML: the turn ends at <|im_end|>, token or text
             stops.append(chat_mod.CHATML_END_OF_TURN)
@@ -617,7 +650,8 @@ class Model(Closeable):
         """The assistant's reply to messages ([{"role": "user", "content": "..."}, ...]).
 
         The prompt is the file's chat template rendered with jinja2 (ChatML when the file has
-        none); the reply ends at the model's end-of-turn token. Other arguments as generate();
+        none), tokenized by tokenize_chat (message text never becomes control tokens); the
+        reply ends at the model's end-of-turn token. Other arguments as generate();
         max_tokens None lets the reply run to its end of turn (or the end of the context).
         """
         it, _ = self._chat_run(messages, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, stop, seed,
