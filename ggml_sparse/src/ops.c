@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 // ---- errors -------------------------------------------------------------------------------
@@ -223,6 +224,7 @@ struct gate_up_op {
     enum ts_act                act;
     float                      threshold;
     bool                       predicted; // else exact
+    int                        sub_batch; // T > 1: tokens per sub-batch, 0 = adaptive
     struct ggml_sparse_stats * stats;
 };
 
@@ -230,131 +232,405 @@ static void stats_add(int64_t * counter, int64_t value) {
     __atomic_fetch_add(counter, value, __ATOMIC_RELAXED);
 }
 
-// ---- the x operand of a dot product --------------------------------------------------------
-
-// x in the dot type of the weights: Q8_0 blocks for Q8_0/Q4_0 rows (as ggml's own mul_mat
-// quantises activations for those types), the f32 row itself otherwise.
-static const void * dot_operand(const struct ts_kernels * k, const struct weight_reader * r,
-                                const float * x, int64_t n, void * q8_buf) {
-    if (r->fast && ts_dot_type(r->type) == TS_TYPE_Q8_0) {
-        k->quantize_q8_0(x, q8_buf, n);
-        return q8_buf;
-    }
-    return x;
-}
-
 static void dequant_row(const struct weight_reader * r, const void * w, size_t row_bytes,
                         int64_t i, float * out, int64_t n) {
     r->to_float((const char *) w + (size_t) i * row_bytes, out, n);
 }
 
-// ---- sparse gate/up ---------------------------------------------------------------------------
+// ---- sparse gate/up over batches of tokens ------------------------------------------------------
+//
+// The gate/up node runs sub-batches of tokens through dot_rows_batch, which reads each weight
+// row once per sub-batch instead of once per token (a single token is a sub-batch of one).
+// A sub-batch computes the gates of every (row, token) pair of the union of its tokens'
+// rows, then the up rows some token still needs (it selected the row and its gate is
+// positive: otherwise a = 0 in both FFN kinds), and keeps only the pairs a token uses. The
+// batch kernels give dot_rows' bits for every pair, so each token's result is bit for bit its
+// result run alone (a T = 1 graph); the down node relies on axpy_rows_batch likewise.
+//
+// Sub-batch sizing: a sub-batch S with union U costs about |U| * (ROW_COST + |S|) in units of
+// one (row, token) product, ROW_COST being the price of fetching a row. Tokens are added in
+// order while that cost per token falls; the union of many tokens approaches every row, and
+// then each extra token mostly adds products it does not need. Tokens that use no row at all
+// (MoE tokens not routed to this expert) join no sub-batch: their output is zero.
+// TURBOSPARSE_SUB_BATCH=N fixes the size at N tokens instead (for measuring).
 
-// Gate/up of the neurons idx[0..n_idx) into a_compact, through dequantised rows when the
-// type has no kernel.
-static void gate_up_list(const struct ts_kernels * k, const struct weight_reader * r, enum ts_act act,
-                         int64_t n, const struct ggml_tensor * wg, const struct ggml_tensor * wu,
-                         const void * xd, const int32_t * idx, int64_t n_idx, float * a_compact,
-                         float * row_g, float * row_u) {
-    const size_t row_bytes = wg->nb[1];
+// The price of reading one weight row, in (row, token) products; from bench_ffn.py --batch.
+#define ROW_COST 8.0
+// Tokens in a sub-batch at most: the down node keeps n_ff values per token of one.
+#define SUB_BATCH_MAX 64
+// Rows per batch-kernel call in the gate/up node: long, so that the kernels' prefetching
+// (which starts a few rows into each call) covers most rows; the gates stay in L2.
+#define ROW_CHUNK 256
+// Rows dequantised at a time for types without a kernel.
+#define DEQ_GROUP 16
+
+// 0: adaptive; N > 0: sub-batches of N tokens.
+static int sub_batch_setting(void) {
+    const char * s = getenv("TURBOSPARSE_SUB_BATCH");
+    int n = s ? atoi(s) : 0;
+    return n < 0 ? 0 : n > 4096 ? 4096 : n;
+}
+
+// Most tokens a sub-batch may hold.
+static int64_t sub_batch_cap(int setting, int64_t T) {
+    const int64_t cap = setting > 0 ? setting : SUB_BATCH_MAX;
+    return cap < T ? cap : T;
+}
+
+// Forms sub-batches greedily over the tokens in order. A plan is built identically by every
+// thread from the same inputs, so they agree on every sub-batch without talking.
+struct plan {
+    int       setting;  // sub_batch_setting()
+    int64_t   cap;      // sub_batch_cap()
+    uint8_t * in_union; // [n_rows] flags of the current union
+    int32_t * rows;     // [n_rows] the union, ascending (valid after plan_rows)
+    int64_t   n_rows;   // rows in the union
+    int32_t * tok;      // [cap] the tokens, ascending
+    int64_t   n_tok;
+};
+
+// Whether a token bringing n_new rows joins the current sub-batch.
+static bool plan_accepts(const struct plan * p, int64_t n_new) {
+    if (p->n_tok == 0) {
+        return true;
+    }
+    if (p->n_tok >= p->cap) {
+        return false;
+    }
+    if (p->setting > 0) {
+        return true;
+    }
+    const double n = (double) p->n_tok;
+    const double now  = (double) p->n_rows * (ROW_COST + n) / n;
+    const double with = (double) (p->n_rows + n_new) * (ROW_COST + n + 1) / (n + 1);
+    return with <= now;
+}
+
+// The new rows token t's list (cand[0..n)) brings to the union.
+static int64_t plan_new_rows(const struct plan * p, const int32_t * cand, int64_t n) {
+    int64_t n_new = 0;
+    for (int64_t j = 0; j < n; j++) {
+        n_new += !p->in_union[cand[j]];
+    }
+    return n_new;
+}
+
+static void plan_add(struct plan * p, int64_t t, const int32_t * cand, int64_t n) {
+    for (int64_t j = 0; j < n; j++) {
+        p->n_rows += !p->in_union[cand[j]];
+        p->in_union[cand[j]] = 1;
+    }
+    p->tok[p->n_tok++] = (int32_t) t;
+}
+
+// Fills p->rows with the union, ascending (a scan of the flags, which it clears).
+static void plan_rows(struct plan * p, int64_t n_all) {
+    int64_t k = 0;
+    for (int64_t i = 0; i < n_all && k < p->n_rows; i++) {
+        if (p->in_union[i]) {
+            p->rows[k++] = (int32_t) i;
+            p->in_union[i] = 0;
+        }
+    }
+}
+
+static void plan_reset(struct plan * p) {
+    p->n_rows = 0;
+    p->n_tok  = 0;
+}
+
+// out[s * out_stride + j] = dot(W[rows[j]], x_s) for the tokens of a sub-batch, x_s at
+// x + s * x_stride in the dot type. Types without a kernel go through dequantised groups of
+// rows and the F32 kernel (same arithmetic as their T = 1 path).
+static void dot_batch(const struct ts_kernels * k, const struct weight_reader * r, int64_t n,
+                      const struct ggml_tensor * w, const void * x, size_t x_stride, int64_t n_tok,
+                      const int32_t * rows, int64_t n_rows, float * out, int64_t out_stride, float * deq) {
     if (r->fast) {
-        k->gate_up(r->type, act, n, wg->data, wu->data, row_bytes, xd, idx, n_idx, a_compact);
+        k->dot_rows_batch(r->type, n, w->data, w->nb[1], x, x_stride, n_tok, rows, n_rows, out, out_stride);
         return;
     }
-    for (int64_t j = 0; j < n_idx; j++) {
-        dequant_row(r, wg->data, row_bytes, idx[j], row_g, n);
-        dequant_row(r, wu->data, row_bytes, idx[j], row_u, n);
-        k->gate_up(TS_TYPE_F32, act, n, row_g, row_u, 0, xd, NULL, 1, a_compact + j);
+    for (int64_t j0 = 0; j0 < n_rows; j0 += DEQ_GROUP) {
+        const int64_t n_grp = n_rows - j0 < DEQ_GROUP ? n_rows - j0 : DEQ_GROUP;
+        for (int64_t j = 0; j < n_grp; j++) {
+            dequant_row(r, w->data, w->nb[1], rows[j0 + j], deq + j * n, n);
+        }
+        k->dot_rows_batch(TS_TYPE_F32, n, deq, (size_t) n * sizeof(float), x, x_stride, n_tok,
+                          NULL, n_grp, out + j0, out_stride);
     }
 }
 
-// Exact-mode gate/up over neurons [i0, i1) into a[0..i1-i0); returns the non-zero count.
-static int64_t gate_up_range(const struct ts_kernels * k, const struct weight_reader * r, enum ts_act act,
-                             int64_t n, const struct ggml_tensor * wg, const struct ggml_tensor * wu,
-                             const void * xd, int64_t i0, int64_t i1, float * a,
-                             float * row_g, float * row_u) {
-    const size_t row_bytes = wg->nb[1];
-    if (r->fast) {
-        return k->gate_up_exact(r->type, act, n, wg->data, wu->data, row_bytes, xd, i0, i1, a);
+// What the gate/up node of a batch works with, per thread.
+struct gu_batch {
+    const struct ts_kernels  * k;
+    struct weight_reader       r;
+    const struct gate_up_op  * op;
+    const struct ggml_tensor * wg, * wu, * x, * lg; // lg: logits, NULL in exact mode
+    struct ggml_tensor       * a;
+    int64_t n_embd, n_ff;
+    size_t  x_bytes;  // one token's x in the dot type
+    char  * xd;       // [cap] tokens' x in the dot type
+    float * g, * u;   // [cap][ROW_CHUNK]
+    int32_t * up_rows, * up_pos; // [ROW_CHUNK]
+    float * deq;      // [DEQ_GROUP][n_embd], generic path
+};
+
+static float * act_row(const struct gu_batch * b, int64_t t) {
+    return (float *) ((char *) b->a->data + t * b->a->nb[1]);
+}
+
+// Whether token t computes neuron i (predicted: its logit passes the threshold).
+static bool gu_selected(const struct gu_batch * b, int64_t t, int64_t i) {
+    if (!b->lg) {
+        return true;
     }
-    int64_t n_active = 0;
+    const float * lt = (const float *) ((const char *) b->lg->data + t * b->lg->nb[1]);
+    return lt[i] > b->op->threshold;
+}
+
+// The tokens tok[0..n_tok) in the dot type, one after another in b->xd.
+static void gu_load_x(struct gu_batch * b, const int32_t * tok, int64_t n_tok) {
+    for (int64_t s = 0; s < n_tok; s++) {
+        const float * xt = (const float *) ((const char *) b->x->data + tok[s] * b->x->nb[1]);
+        char * dst = b->xd + s * b->x_bytes;
+        if (b->r.fast && ts_dot_type(b->r.type) == TS_TYPE_Q8_0) {
+            b->k->quantize_q8_0(xt, (ts_block_q8_0 *) dst, b->n_embd);
+        } else {
+            memcpy(dst, xt, (size_t) b->n_embd * sizeof(float));
+        }
+    }
+}
+
+// Neurons rows[0..n_rows) for the tokens tok[0..n_tok) (their x in b->xd): a = act(g, u)
+// where the token selected the neuron and g > 0, else 0. Gates first, then the up rows of
+// the neurons some token still needs. Returns how many written values are non-zero.
+static int64_t gu_rows(struct gu_batch * b, const int32_t * tok, int64_t n_tok,
+                       const int32_t * rows, int64_t n_rows) {
+    int64_t n_nz = 0;
+    for (int64_t j0 = 0; j0 < n_rows; j0 += ROW_CHUNK) {
+        const int64_t n_ch = n_rows - j0 < ROW_CHUNK ? n_rows - j0 : ROW_CHUNK;
+        const int32_t * ch = rows + j0;
+        dot_batch(b->k, &b->r, b->n_embd, b->wg, b->xd, b->x_bytes, n_tok, ch, n_ch, b->g, ROW_CHUNK, b->deq);
+        int64_t n_up = 0;
+        for (int64_t j = 0; j < n_ch; j++) {
+            for (int64_t s = 0; s < n_tok; s++) {
+                if (b->g[s * ROW_CHUNK + j] > 0.0f && gu_selected(b, tok[s], ch[j])) {
+                    b->up_rows[n_up] = ch[j];
+                    b->up_pos[n_up++] = (int32_t) j;
+                    break;
+                }
+            }
+        }
+        dot_batch(b->k, &b->r, b->n_embd, b->wu, b->xd, b->x_bytes, n_tok, b->up_rows, n_up, b->u, ROW_CHUNK, b->deq);
+        for (int64_t s = 0; s < n_tok; s++) {
+            float * at = act_row(b, tok[s]);
+            const float * gs = b->g + s * ROW_CHUNK;
+            const float * us = b->u + s * ROW_CHUNK;
+            int64_t m = 0;
+            for (int64_t j = 0; j < n_ch; j++) {
+                float v = 0.0f;
+                if (m < n_up && b->up_pos[m] == j) {
+                    if (gs[j] > 0.0f && gu_selected(b, tok[s], ch[j])) {
+                        v = ts_act_apply(b->op->act, gs[j], us[m]);
+                    }
+                    m++;
+                }
+                at[ch[j]] = v;
+                n_nz += v != 0.0f;
+            }
+        }
+    }
+    return n_nz;
+}
+
+// Exact mode: every neuron of this thread's share [i0, i1) for sub-batches of the tokens
+// whose x is not all zero (a zero x has no positive gate: its a is 0, as at T = 1).
+static int64_t gu_batch_exact(struct gu_batch * b, int64_t T, int64_t cap, int ith, int nth,
+                              int32_t * tok, int32_t * rows) {
+    const int64_t i0 = b->n_ff * ith / nth;
+    const int64_t i1 = b->n_ff * (ith + 1) / nth;
+    if (i1 <= i0) {
+        return 0;
+    }
     for (int64_t i = i0; i < i1; i++) {
-        float g = 0.0f, v = 0.0f;
-        dequant_row(r, wg->data, row_bytes, i, row_g, n);
-        k->dot_rows(TS_TYPE_F32, n, row_g, 0, xd, NULL, 1, &g);
-        if (g > 0.0f) {
-            float u = 0.0f;
-            dequant_row(r, wu->data, row_bytes, i, row_u, n);
-            k->dot_rows(TS_TYPE_F32, n, row_u, 0, xd, NULL, 1, &u);
-            v = ts_act_apply(act, g, u);
-        }
-        a[i - i0] = v;
-        n_active += v != 0.0f;
+        rows[i - i0] = (int32_t) i;
     }
-    return n_active;
+    int64_t n_nz = 0, n_tok = 0;
+    for (int64_t t = 0; t <= T; t++) {
+        bool zero = true;
+        if (t < T) {
+            const float * xt = (const float *) ((const char *) b->x->data + t * b->x->nb[1]);
+            for (int64_t c = 0; c < b->n_embd && zero; c++) {
+                zero = xt[c] == 0.0f;
+            }
+            if (zero) {
+                memset(act_row(b, t) + i0, 0, (size_t) (i1 - i0) * sizeof(float));
+            } else {
+                tok[n_tok++] = (int32_t) t;
+            }
+        }
+        if (n_tok > 0 && (n_tok == cap || t == T)) {
+            gu_load_x(b, tok, n_tok);
+            n_nz += gu_rows(b, tok, n_tok, rows, i1 - i0);
+            n_tok = 0;
+        }
+    }
+    return n_nz;
 }
 
-// dst a [n_ff, T]; src: w_gate, w_up, x, and logits in predicted mode.
-static void gate_up_compute(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
-    const struct gate_up_op * op = userdata;
-    const struct ggml_tensor * wg = dst->src[0];
-    const struct ggml_tensor * wu = dst->src[1];
-    const struct ggml_tensor * x  = dst->src[2];
-    const struct ggml_tensor * lg = op->predicted ? dst->src[3] : NULL;
-
-    const struct ts_kernels * k = ts_kernels_best();
-    const struct weight_reader r = weight_reader_of(wg->type);
-    const int64_t n_embd = wg->ne[0];
-    const int64_t n_ff   = wg->ne[1];
-    const int64_t T      = x->ne[1];
-
-    const size_t q8_bytes  = ts_row_size(TS_TYPE_Q8_0, n_embd);
-    const size_t row_bytes = r.fast ? 0 : (size_t) n_embd * sizeof(float);
-    const size_t lst_bytes = op->predicted ? (size_t) n_ff * sizeof(int32_t) : 0;
-    char * cur = ts_scratch(ts_carve_size(q8_bytes) + 2 * ts_carve_size(row_bytes) + 2 * ts_carve_size(lst_bytes));
-    void    * q8     = ts_carve(&cur, q8_bytes);
-    float   * row_g  = ts_carve(&cur, row_bytes);
-    float   * row_u  = ts_carve(&cur, row_bytes);
-    int32_t * idx    = ts_carve(&cur, lst_bytes);
-    float   * a_comp = ts_carve(&cur, lst_bytes);
-
-    int64_t n_computed = 0;
-    for (int64_t t = 0; t < T; t++) {
-        const float * xt = (const float *) ((const char *) x->data + t * x->nb[1]);
-        float       * at = (float *) ((char *) dst->data + t * dst->nb[1]);
-        if (!op->predicted) {
-            const int64_t i0 = n_ff * ith / nth;
-            const int64_t i1 = n_ff * (ith + 1) / nth;
-            if (i1 > i0) {
-                const void * xd = dot_operand(k, &r, xt, n_embd, q8);
-                n_computed += gate_up_range(k, &r, op->act, n_embd, wg, wu, xd, i0, i1, at + i0, row_g, row_u);
+// Predicted mode: the thread takes a balanced share of each sub-batch's union and owns the
+// neurons from its first row up to the next thread's first, writing zeros there for the
+// sub-batch's tokens first; so every element of a is written by exactly one thread.
+// Returns the neurons selected (counted on thread 0 only).
+static int64_t gu_batch_predicted(struct gu_batch * b, int64_t T, struct plan * p, int ith, int nth,
+                                  int32_t * cand) {
+    const int64_t n_ff = b->n_ff;
+    int64_t n_selected = 0;
+    for (int64_t t = 0; t <= T; t++) {
+        int64_t n_t = 0, n_new = 0;
+        if (t < T) {
+            const float * lt = (const float *) ((const char *) b->lg->data + t * b->lg->nb[1]);
+            n_t = ts_select_active(lt, n_ff, b->op->threshold, cand);
+            n_selected += n_t;
+            if (n_t == 0) {
+                const int64_t z0 = n_ff * ith / nth, z1 = n_ff * (ith + 1) / nth;
+                memset(act_row(b, t) + z0, 0, (size_t) (z1 - z0) * sizeof(float));
+                continue;
             }
-            continue;
-        }
-        // Every thread finds the whole active list (a cheap scan) and takes a balanced share
-        // of it. The thread owns the neurons from its first active one up to the next
-        // thread's first: it writes zeros there and scatters its results, so every element of
-        // a is written by exactly one thread.
-        const float * lt = (const float *) ((const char *) lg->data + t * lg->nb[1]);
-        const int64_t n_act = ts_select_active(lt, n_ff, op->threshold, idx);
-        const int64_t k0 = n_act * ith / nth;
-        const int64_t k1 = n_act * (ith + 1) / nth;
-        const int64_t lo = ith == 0 ? 0 : (k0 < n_act ? idx[k0] : n_ff);
-        const int64_t hi = ith == nth - 1 ? n_ff : (k1 < n_act ? idx[k1] : n_ff);
-        if (hi > lo) {
-            memset(at + lo, 0, (size_t) (hi - lo) * sizeof(float));
-        }
-        if (k1 > k0) {
-            const void * xd = dot_operand(k, &r, xt, n_embd, q8);
-            gate_up_list(k, &r, op->act, n_embd, wg, wu, xd, idx + k0, k1 - k0, a_comp, row_g, row_u);
-            for (int64_t j = 0; j < k1 - k0; j++) {
-                at[idx[k0 + j]] = a_comp[j];
+            n_new = plan_new_rows(p, cand, n_t);
+            if (plan_accepts(p, n_new)) {
+                plan_add(p, t, cand, n_t);
+                continue;
             }
         }
-        if (ith == 0) {
-            n_computed += n_act;
+        if (p->n_tok > 0) {
+            plan_rows(p, n_ff);
+            const int64_t k0 = p->n_rows * ith / nth;
+            const int64_t k1 = p->n_rows * (ith + 1) / nth;
+            const int64_t lo = ith == 0 ? 0 : (k0 < p->n_rows ? p->rows[k0] : n_ff);
+            const int64_t hi = ith == nth - 1 ? n_ff : (k1 < p->n_rows ? p->rows[k1] : n_ff);
+            for (int64_t s = 0; s < p->n_tok && hi > lo; s++) {
+                memset(act_row(b, p->tok[s]) + lo, 0, (size_t) (hi - lo) * sizeof(float));
+            }
+            if (k1 > k0) {
+                gu_load_x(b, p->tok, p->n_tok);
+                gu_rows(b, p->tok, p->n_tok, p->rows + k0, k1 - k0);
+            }
+            plan_reset(p);
+        }
+        if (t < T) {
+            plan_add(p, t, cand, n_t); // the token that did not fit starts the next sub-batch
         }
     }
+    return ith == 0 ? n_selected : 0;
+}
+
+// The gate/up node for T > 1; returns this thread's count for stats.neurons_computed.
+static int64_t gate_up_batch(const struct gate_up_op * op, struct ggml_tensor * dst, int ith, int nth) {
+    struct gu_batch b = {
+        .k = ts_kernels_best(), .r = weight_reader_of(dst->src[0]->type), .op = op,
+        .wg = dst->src[0], .wu = dst->src[1], .x = dst->src[2], .lg = op->predicted ? dst->src[3] : NULL,
+        .a = dst, .n_embd = dst->src[0]->ne[0], .n_ff = dst->src[0]->ne[1],
+    };
+    const int64_t T   = b.x->ne[1];
+    const int64_t cap = sub_batch_cap(op->sub_batch, T);
+    b.x_bytes = b.r.fast && ts_dot_type(b.r.type) == TS_TYPE_Q8_0 ? ts_row_size(TS_TYPE_Q8_0, b.n_embd)
+                                                                  : (size_t) b.n_embd * sizeof(float);
+    const size_t ff_i32  = (size_t) b.n_ff * sizeof(int32_t);
+    const size_t tile    = (size_t) cap * ROW_CHUNK * sizeof(float);
+    const size_t chunk   = ROW_CHUNK * sizeof(int32_t);
+    const size_t deq     = b.r.fast ? 0 : (size_t) DEQ_GROUP * b.n_embd * sizeof(float);
+    const size_t flags   = b.lg ? (size_t) b.n_ff : 0;
+    char * cur = ts_scratch(ts_carve_size(cap * b.x_bytes) + 2 * ts_carve_size(tile) + 2 * ts_carve_size(chunk) +
+                            ts_carve_size(deq) + 2 * ts_carve_size(ff_i32) + ts_carve_size((size_t) T * sizeof(int32_t)) +
+                            ts_carve_size(flags));
+    b.xd      = ts_carve(&cur, cap * b.x_bytes);
+    b.g       = ts_carve(&cur, tile);
+    b.u       = ts_carve(&cur, tile);
+    b.up_rows = ts_carve(&cur, chunk);
+    b.up_pos  = ts_carve(&cur, chunk);
+    b.deq     = ts_carve(&cur, deq);
+    int32_t * rows = ts_carve(&cur, ff_i32);
+    int32_t * cand = ts_carve(&cur, ff_i32);
+    int32_t * tok  = ts_carve(&cur, (size_t) T * sizeof(int32_t));
+    uint8_t * in_u = ts_carve(&cur, flags);
+    if (!b.lg) {
+        return gu_batch_exact(&b, T, cap, ith, nth, tok, rows);
+    }
+    memset(in_u, 0, flags);
+    struct plan p = { .setting = op->sub_batch, .cap = cap, .in_union = in_u, .rows = rows, .tok = tok };
+    return gu_batch_predicted(&b, T, &p, ith, nth, cand);
+}
+
+// The down node for T > 1 (types with a kernel): this thread's columns [c0, c1) of every
+// token, sub-batches over the union of the tokens' non-zero rows.
+static void down_batch(const struct ts_kernels * k, enum ts_type type, const struct ggml_tensor * w,
+                       const struct ggml_tensor * a, struct ggml_tensor * dst, int setting, int64_t c0, int64_t c1) {
+    const int64_t n_embd = w->ne[0];
+    const int64_t n_ff   = w->ne[1];
+    const int64_t T      = a->ne[1];
+    const int64_t cap    = sub_batch_cap(setting, T);
+    const size_t ff_i32 = (size_t) n_ff * sizeof(int32_t);
+    const size_t vals   = (size_t) cap * n_ff * sizeof(float);
+    const size_t ybuf   = (size_t) cap * n_embd * sizeof(float);
+    char * cur = ts_scratch(2 * ts_carve_size(ff_i32) + ts_carve_size((size_t) T * sizeof(int32_t)) +
+                            ts_carve_size((size_t) n_ff) + ts_carve_size(vals) + ts_carve_size(ybuf));
+    int32_t * rows = ts_carve(&cur, ff_i32);
+    int32_t * cand = ts_carve(&cur, ff_i32);
+    int32_t * tok  = ts_carve(&cur, (size_t) T * sizeof(int32_t));
+    uint8_t * in_u = ts_carve(&cur, (size_t) n_ff);
+    float   * av   = ts_carve(&cur, vals);
+    float   * yb   = ts_carve(&cur, ybuf);
+    memset(in_u, 0, (size_t) n_ff);
+    struct plan p = { .setting = setting, .cap = cap, .in_union = in_u, .rows = rows, .tok = tok };
+    const int64_t y_stride = (int64_t) (dst->nb[1] / sizeof(float));
+
+    for (int64_t t = 0; t <= T; t++) {
+        int64_t n_t = 0;
+        if (t < T) {
+            const float * at = (const float *) ((const char *) a->data + t * a->nb[1]);
+            for (int64_t i = 0; i < n_ff; i++) {
+                cand[n_t] = (int32_t) i;
+                n_t += at[i] != 0.0f;
+            }
+            if (n_t == 0) {
+                float * yt = (float *) ((char *) dst->data + t * dst->nb[1]);
+                memset(yt + c0, 0, (size_t) (c1 - c0) * sizeof(float));
+                continue;
+            }
+            if (plan_accepts(&p, plan_new_rows(&p, cand, n_t))) {
+                plan_add(&p, t, cand, n_t);
+                continue;
+            }
+        }
+        if (p.n_tok > 0) {
+            plan_rows(&p, n_ff);
+            for (int64_t s = 0; s < p.n_tok; s++) {
+                const float * at = (const float *) ((const char *) a->data + p.tok[s] * a->nb[1]);
+                for (int64_t j = 0; j < p.n_rows; j++) {
+                    av[s * p.n_rows + j] = at[p.rows[j]];
+                }
+            }
+            if (p.tok[p.n_tok - 1] - p.tok[0] == p.n_tok - 1) { // consecutive tokens: straight into dst
+                float * y0 = (float *) ((char *) dst->data + p.tok[0] * dst->nb[1]);
+                k->axpy_rows_batch(type, n_embd, w->data, w->nb[1], p.rows, av, p.n_rows, p.n_rows,
+                                   p.n_tok, c0, c1, y0, y_stride);
+            } else {
+                k->axpy_rows_batch(type, n_embd, w->data, w->nb[1], p.rows, av, p.n_rows, p.n_rows,
+                                   p.n_tok, c0, c1, yb, n_embd);
+                for (int64_t s = 0; s < p.n_tok; s++) {
+                    float * yt = (float *) ((char *) dst->data + p.tok[s] * dst->nb[1]);
+                    memcpy(yt + c0, yb + s * n_embd + c0, (size_t) (c1 - c0) * sizeof(float));
+                }
+            }
+            plan_reset(&p);
+        }
+        if (t < T) {
+            plan_add(&p, t, cand, n_t);
+        }
+    }
+}
+
+static void stats_of_gate_up(const struct gate_up_op * op, int64_t n_computed, int64_t n_ff, int64_t T, int ith) {
     if (op->stats) {
         stats_add(&op->stats->neurons_computed, n_computed);
         if (ith == 0) {
@@ -362,6 +638,13 @@ static void gate_up_compute(struct ggml_tensor * dst, int ith, int nth, void * u
             stats_add(&op->stats->tokens, T);
         }
     }
+}
+
+// dst a [n_ff, T]; src: w_gate, w_up, x, and logits in predicted mode.
+static void gate_up_compute(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
+    const struct gate_up_op * op = userdata;
+    const int64_t n_computed = gate_up_batch(op, dst, ith, nth);
+    stats_of_gate_up(op, n_computed, dst->ne[0], dst->ne[1], ith);
 }
 
 // ---- sparse down -------------------------------------------------------------------------------
@@ -405,8 +688,8 @@ static void down_generic(const struct ts_kernels * k, const struct weight_reader
 }
 
 // dst y [n_embd, T]; src: w_down_t [n_embd, n_ff], a [n_ff, T].
+// userdata: the sub-batch setting, as an intptr_t.
 static void down_compute(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
-    (void) userdata;
     const struct ggml_tensor * w = dst->src[0];
     const struct ggml_tensor * a = dst->src[1];
     const int64_t n_embd = w->ne[0];
@@ -420,6 +703,11 @@ static void down_compute(struct ggml_tensor * dst, int ith, int nth, void * user
     }
     const struct ts_kernels * k = ts_kernels_best();
     const struct weight_reader r = weight_reader_of(w->type);
+    if (T > 1 && r.fast) {
+        // (the generic path stays per token: its group sums follow each token's own list)
+        down_batch(k, r.type, w, a, dst, (int) (intptr_t) userdata, c0, c1);
+        return;
+    }
 
     size_t rows_bytes = 0, part_bytes = 0;
     if (!r.fast) {
@@ -489,6 +777,7 @@ struct ggml_tensor * ggml_sparse_gate_up(
     op->act       = kind == GGML_SPARSE_FFN_DRELU ? TS_ACT_DRELU : TS_ACT_REGLU;
     op->threshold = threshold;
     op->predicted = logits != NULL;
+    op->sub_batch = sub_batch_setting();
     op->stats     = stats;
     struct ggml_tensor * args[4] = { w_gate, w_up, x, logits };
     struct ggml_tensor * a = ggml_custom_4d(ctx, GGML_TYPE_F32, n_ff, T, 1, 1, args, logits ? 4 : 3,
@@ -509,7 +798,7 @@ struct ggml_tensor * ggml_sparse_down(
     }
     struct ggml_tensor * args[2] = { w_down_t, a };
     struct ggml_tensor * y = ggml_custom_4d(ctx, GGML_TYPE_F32, w_down_t->ne[0], a->ne[1], 1, 1, args, 2,
-                                            down_compute, GGML_N_TASKS_MAX, NULL);
+                                            down_compute, GGML_N_TASKS_MAX, (void *) (intptr_t) sub_batch_setting());
     ggml_set_name(y, "sparse_down");
     return y;
 }

@@ -8,7 +8,8 @@
 //     ops and through ggml_sparse_ffn
 //   - exact mode, against the reference and against dense
 //   - the down node and the gate/up node are bit-identical for every thread count
-// plus threshold extremes, a no_alloc context with ggml-alloc, and the error paths.
+// plus batches of T in {2, 3, 5, 17, 40} against the same tokens one at a time (bit for bit),
+// threshold extremes, a no_alloc context with ggml-alloc, and the error paths.
 #include "ggml-sparse.h"
 #include "ts-kernels.h"
 
@@ -479,6 +480,153 @@ static void test_no_alloc(void) {
     ffn_free(&f);
 }
 
+// ---- batches of tokens ------------------------------------------------------------------------
+
+// Runs gate/up + sparse down on tokens [t0, t0 + n) of f's x with the given logits
+// (NULL: exact mode) and nth threads; a_out [n][n_ff], y_out [n][n_embd]; stats added to st.
+static void run_tokens(const struct ffn * f, const float * logits, float tau, int64_t t0, int64_t n, int nth,
+                       float * a_out, float * y_out, struct ggml_sparse_stats * st) {
+    char err[256];
+    struct ggml_context * g = graph_ctx();
+    struct ggml_tensor * x = ggml_new_tensor_2d(g, GGML_TYPE_F32, f->n_embd, n);
+    memcpy(x->data, (const float *) f->x->data + t0 * f->n_embd, sizeof(float) * f->n_embd * n);
+    struct ggml_tensor * lg = NULL;
+    if (logits) {
+        lg = ggml_new_tensor_2d(g, GGML_TYPE_F32, f->n_ff, n);
+        memcpy(lg->data, logits + t0 * f->n_ff, sizeof(float) * f->n_ff * n);
+    }
+    struct ggml_tensor * a = ggml_sparse_gate_up(g, f->w_gate, f->w_up, x, lg, f->kind, tau, st, err, sizeof(err));
+    struct ggml_tensor * y = a ? ggml_sparse_down(g, f->w_down_t, a, err, sizeof(err)) : NULL;
+    CHECK(y, "batch graph: %s", err);
+    if (y) {
+        struct ggml_cgraph * gf = ggml_new_graph(g);
+        ggml_build_forward_expand(gf, y);
+        CHECK(ggml_graph_compute_with_ctx(g, gf, nth) == GGML_STATUS_SUCCESS, "compute");
+        memcpy(a_out, a->data, ggml_nbytes(a));
+        memcpy(y_out, y->data, ggml_nbytes(y));
+    }
+    ggml_free(g);
+}
+
+// Elements where got != want (== comparison, so -0 equals +0); the first one in *first.
+static int64_t n_differ(const float * got, const float * want, int64_t n, int64_t * first) {
+    int64_t bad = 0;
+    for (int64_t i = n - 1; i >= 0; i--) {
+        if (!(got[i] == want[i])) {
+            bad++;
+            *first = i;
+        }
+    }
+    return bad;
+}
+
+// A batch of T tokens through the sparse nodes (predicted with given logits, and exact) in
+// sub-batches (adaptive, 1 and 3 tokens) with 1..4 threads: (a) bit for bit the outputs of
+// the same tokens run one at a time, (b) the double reference within tolerance, (c) stats.
+// Some tokens use no neuron (all logits -inf; in exact mode a zero x), as the MoE path
+// gives the tokens an expert does not serve.
+static void test_batch_case(enum ggml_type type, enum ggml_sparse_ffn_kind kind, int64_t n_embd,
+                            int64_t n_ff, int64_t T) {
+    struct ffn f;
+    ffn_init(&f, type, kind, n_embd, n_ff, 16, T);
+    const char * tn = ggml_type_name(type);
+    const char * kn = kind_name(kind);
+    const float tau = 0.6f; // about 20% of the uniform [-1, 1) logits pass
+    float * logits = malloc(sizeof(float) * n_ff * T);
+    for (int64_t i = 0; i < n_ff * T; i++) {
+        logits[i] = frand();
+    }
+    for (int64_t t = 1; t < T; t += 4) { // tokens 1, 5, 9, ...: nothing selected
+        for (int64_t i = 0; i < n_ff; i++) logits[t * n_ff + i] = -INFINITY;
+    }
+    for (int64_t t = 2; t < T; t += 7) { // tokens 2, 9, 16, ...: zero input
+        memset((float *) f.x->data + t * n_embd, 0, sizeof(float) * n_embd);
+        memset(f.x_dot + t * n_embd, 0, sizeof(float) * n_embd);
+    }
+    const int64_t na = n_ff * T, ny = n_embd * T;
+    double * y_ref = malloc(sizeof(double) * ny);
+    double * scale = malloc(sizeof(double) * ny);
+
+    for (int mode = 0; mode < 2; mode++) { // 0: predicted, 1: exact
+        const float * lg = mode == 0 ? logits : NULL;
+        const char * mn = mode == 0 ? "predicted" : "exact";
+        // one token at a time (T = 1 graphs)
+        float * a1 = malloc(sizeof(float) * na);
+        float * y1 = malloc(sizeof(float) * ny);
+        struct ggml_sparse_stats st1 = { 0 };
+        for (int64_t t = 0; t < T; t++) {
+            run_tokens(&f, lg, tau, t, 1, 1, a1 + t * n_ff, y1 + t * n_embd, &st1);
+        }
+        ffn_ref(&f, f.x_dot, lg, tau, y_ref, scale);
+        int64_t want_computed = 0;
+        for (int64_t i = 0; i < na; i++) {
+            want_computed += mode == 0 ? logits[i] > tau : a1[i] != 0.0f;
+        }
+        CHECK(st1.neurons_computed == want_computed, "%s %s %s T=1 stats: computed %lld, expected %lld", tn, kn, mn,
+              (long long) st1.neurons_computed, (long long) want_computed);
+
+        const char * settings[] = { "0", "1", "3" };
+        for (int si = 0; si < 3; si++) {
+            setenv("TURBOSPARSE_SUB_BATCH", settings[si], 1);
+            for (int nth = 1; nth <= 4; nth++) {
+                float * a = malloc(sizeof(float) * na);
+                float * y = malloc(sizeof(float) * ny);
+                struct ggml_sparse_stats st = { 0 };
+                run_tokens(&f, lg, tau, 0, T, nth, a, y, &st);
+                int64_t first = 0;
+                int64_t bad = n_differ(a, a1, na, &first);
+                CHECK(bad == 0, "%s %s %s T=%lld sub-batch %s nth=%d: %lld activations differ from one token at a time "
+                      "(first: token %lld neuron %lld: %g vs %g)", tn, kn, mn, (long long) T, settings[si], nth,
+                      (long long) bad, (long long) (first / n_ff), (long long) (first % n_ff), a[first], a1[first]);
+                bad = n_differ(y, y1, ny, &first);
+                CHECK(bad == 0, "%s %s %s T=%lld sub-batch %s nth=%d: %lld outputs differ from one token at a time "
+                      "(first: token %lld column %lld: %g vs %g)", tn, kn, mn, (long long) T, settings[si], nth,
+                      (long long) bad, (long long) (first / n_embd), (long long) (first % n_embd), y[first], y1[first]);
+                const double e = rel_err(y, y_ref, scale, ny);
+                CHECK(e <= TOL_SPARSE, "%s %s %s T=%lld sub-batch %s nth=%d vs ref: rel err %.3g", tn, kn, mn,
+                      (long long) T, settings[si], nth, e);
+                CHECK(st.tokens == T && st.neurons_total == n_ff * T && st.neurons_computed == want_computed,
+                      "%s %s %s T=%lld nth=%d stats: tokens %lld total %lld computed %lld, expected %lld", tn, kn, mn,
+                      (long long) T, nth, (long long) st.tokens, (long long) st.neurons_total,
+                      (long long) st.neurons_computed, (long long) want_computed);
+                free(a); free(y);
+            }
+        }
+        unsetenv("TURBOSPARSE_SUB_BATCH");
+        free(a1); free(y1);
+    }
+    free(logits); free(y_ref); free(scale);
+    ffn_free(&f);
+}
+
+// Exact mode with a standard-layout down (ggml's mul_mat after the sparse gate/up) on a batch.
+static void test_batch_standard_down(enum ggml_type type, int64_t n_embd) {
+    struct ffn f;
+    const int64_t T = 17;
+    ffn_init(&f, type, GGML_SPARSE_FFN_DRELU, n_embd, 150, 16, T);
+    const int64_t ny = f.n_embd * T;
+    double * y_ref = malloc(sizeof(double) * ny);
+    double * scale = malloc(sizeof(double) * ny);
+    ffn_ref(&f, f.x_dot, NULL, 0, y_ref, scale);
+    char err[256];
+    struct ggml_sparse_ffn_params p = { f.kind, GGML_SPARSE_MODE_EXACT, GGML_SPARSE_DOWN_STANDARD, 0.0f, NULL };
+    for (int nth = 1; nth <= 3; nth += 2) {
+        struct ggml_context * g = graph_ctx();
+        struct ggml_tensor * y = ggml_sparse_ffn(g, f.x, NULL, NULL, NULL, f.w_gate, f.w_up, f.w_down, &p, err, sizeof(err));
+        CHECK(y, "%s standard down: %s", ggml_type_name(type), err);
+        if (y) {
+            float * yv = compute(g, y, nth);
+            const double e = rel_err(yv, y_ref, scale, ny);
+            CHECK(e <= 1e-2, "%s exact T=%lld nth=%d standard down vs ref: rel err %.3g", ggml_type_name(type),
+                  (long long) T, nth, e);
+            free(yv);
+        }
+        ggml_free(g);
+    }
+    free(y_ref); free(scale);
+    ffn_free(&f);
+}
+
 // ---- errors ---------------------------------------------------------------------------------
 
 static void expect_error(bool ok, const char * err, const char * needle, const char * what) {
@@ -592,6 +740,11 @@ int main(void) {
             test_ffn_case(types[i], GGML_SPARSE_FFN_REGLU, n_embd, 75, T);
         }
         test_threshold_extremes(types[i] == GGML_TYPE_Q4_K || types[i] == GGML_TYPE_Q6_K ? GGML_TYPE_Q5_0 : types[i]);
+        const int64_t batch_T[] = { 2, 3, 5, 17, 40 };
+        for (size_t j = 0; j < sizeof(batch_T) / sizeof(batch_T[0]); j++) {
+            test_batch_case(types[i], j % 2 ? GGML_SPARSE_FFN_REGLU : GGML_SPARSE_FFN_DRELU, n_embd, 150, batch_T[j]);
+        }
+        test_batch_standard_down(types[i], n_embd);
         printf("%-5s ok so far: %d checks, %d failed\n", ggml_type_name(types[i]), n_checks, n_failed);
     }
     test_ffn_case(GGML_TYPE_F16, GGML_SPARSE_FFN_SWIGLU, 224, 75, 3);
