@@ -74,82 +74,132 @@ static void quantize_q8_0(const float * x, ts_block_q8_0 * y, int64_t n) {
 
 // ---- dot products -------------------------------------------------------------------------
 
-static ALWAYS_INLINE void dot_float(enum ts_type type, int R, const char * const * rows,
-                                    const char * const * next, int64_t n, const float * x, float * out) {
+// R rows x TT tokens (token t at x + t * x_stride, its results at out + t * out_stride). Each
+// row and token has its own accumulators and the same steps whatever R and TT are, so the
+// batch tiles (dot_rows_batch) give dot_rows' results bit for bit.
+static ALWAYS_INLINE void dot_float_tile(enum ts_type type, int R, int TT, const char * const * rows,
+                                         const char * const * next, int64_t n, const char * x, size_t x_stride,
+                                         int nr, float * out, int64_t out_stride) {
     const size_t esz = elem_size(type);
-    __m256 acc0[TS_GROUP], acc1[TS_GROUP];
+    __m256 acc0[TS_GROUP][TS_GROUP], acc1[TS_GROUP][TS_GROUP];
     for (int r = 0; r < R; r++) {
-        acc0[r] = _mm256_setzero_ps();
-        acc1[r] = _mm256_setzero_ps();
+        for (int t = 0; t < TT; t++) {
+            acc0[r][t] = _mm256_setzero_ps();
+            acc1[r][t] = _mm256_setzero_ps();
+        }
     }
     int64_t k = 0;
     for (; k + 16 <= n; k += 16) {
-        if ((((size_t) k * esz) & 63) == 0) {
+        if (next && (((size_t) k * esz) & 63) == 0) {
             prefetch_rows(R, next, (size_t) k * esz);
         }
-        const __m256 x0 = _mm256_loadu_ps(x + k);
-        const __m256 x1 = _mm256_loadu_ps(x + k + 8);
-        for (int r = 0; r < R; r++) {
-            acc0[r] = _mm256_fmadd_ps(load8(type, rows[r], k),     x0, acc0[r]);
-            acc1[r] = _mm256_fmadd_ps(load8(type, rows[r], k + 8), x1, acc1[r]);
+        for (int h = 0; h < 2; h++) {
+            __m256 w[TS_GROUP];
+            for (int r = 0; r < R; r++) {
+                w[r] = load8(type, rows[r], k + 8 * h);
+            }
+            for (int t = 0; t < TT; t++) {
+                const __m256 xv = _mm256_loadu_ps((const float *) (x + (size_t) t * x_stride) + k + 8 * h);
+                for (int r = 0; r < R; r++) {
+                    if (h == 0) {
+                        acc0[r][t] = _mm256_fmadd_ps(w[r], xv, acc0[r][t]);
+                    } else {
+                        acc1[r][t] = _mm256_fmadd_ps(w[r], xv, acc1[r][t]);
+                    }
+                }
+            }
         }
     }
     if (k + 8 <= n) {
-        const __m256 x0 = _mm256_loadu_ps(x + k);
-        for (int r = 0; r < R; r++) {
-            acc0[r] = _mm256_fmadd_ps(load8(type, rows[r], k), x0, acc0[r]);
+        for (int t = 0; t < TT; t++) {
+            const __m256 xv = _mm256_loadu_ps((const float *) (x + (size_t) t * x_stride) + k);
+            for (int r = 0; r < R; r++) {
+                acc0[r][t] = _mm256_fmadd_ps(load8(type, rows[r], k), xv, acc0[r][t]);
+            }
         }
         k += 8;
     }
-    for (int r = 0; r < R; r++) {
-        float s = hsum256(_mm256_add_ps(acc0[r], acc1[r]));
-        for (int64_t t = k; t < n; t++) {
-            s += load1(type, rows[r], t) * x[t];
+    for (int r = 0; r < nr; r++) {
+        for (int t = 0; t < TT; t++) {
+            const float * xt = (const float *) (x + (size_t) t * x_stride);
+            float s = hsum256(_mm256_add_ps(acc0[r][t], acc1[r][t]));
+            for (int64_t i = k; i < n; i++) {
+                s += load1(type, rows[r], i) * xt[i];
+            }
+            out[t * out_stride + r] = s;
         }
-        out[r] = s;
     }
+}
+
+static ALWAYS_INLINE void dot_float(enum ts_type type, int R, const char * const * rows,
+                                    const char * const * next, int64_t n, const float * x, float * out) {
+    dot_float_tile(type, R, 1, rows, next, n, (const char *) x, 0, R, out, 0);
 }
 
 // Q4_0 rows: (q - 8) * y summed as q * y - 8 * y, both by maddubs (unsigned q), so the
 // 8 * y part is shared by the rows of the group. Q8_0 rows: ggml's sign trick, |w| * sign(y, w);
 // exact for every w, and for every activation the quantiser makes (|y| <= 127).
-static ALWAYS_INLINE void dot_quant(enum ts_type type, int R, const char * const * rows,
-                                    const char * const * next, int64_t n, const ts_block_q8_0 * x,
-                                    float * out) {
+// R rows x TT tokens, as dot_float_tile: a block's weights are unpacked once for the tokens,
+// a token's activations (and their 8 * y) once for the rows; each row and token keeps its own
+// accumulator with the same steps for any R and TT.
+static ALWAYS_INLINE void dot_quant_tile(enum ts_type type, int R, int TT, const char * const * rows,
+                                         const char * const * next, int64_t n, const char * x, size_t x_stride,
+                                         int nr, float * out, int64_t out_stride) {
     const size_t bs = block_bytes(type);
     const __m256i ones  = _mm256_set1_epi16(1);
     const __m256i low4  = _mm256_set1_epi8(0x0F);
     const __m256i eight = _mm256_set1_epi8(8);
-    __m256 acc[TS_GROUP];
+    __m256 acc[TS_GROUP][TS_GROUP];
     for (int r = 0; r < R; r++) {
-        acc[r] = _mm256_setzero_ps();
+        for (int t = 0; t < TT; t++) {
+            acc[r][t] = _mm256_setzero_ps();
+        }
     }
     for (int64_t b = 0; b < n / TS_QK; b++) {
         const size_t off = (size_t) b * bs;
-        if ((off & 63) < bs) {
+        if (next && (off & 63) < bs) {
             prefetch_rows(R, next, off);
         }
-        const __m256i y  = _mm256_loadu_si256((const __m256i *) x[b].qs);
-        const float   dy = _cvtsh_ss(x[b].d);
-        const __m256i y8 = type == TS_TYPE_Q4_0 ? _mm256_maddubs_epi16(eight, y) : _mm256_setzero_si256();
+        __m256i w[TS_GROUP]; // Q4_0: q (unsigned), Q8_0: w
+        __m256  dw[TS_GROUP];
         for (int r = 0; r < R; r++) {
             const char * blk = rows[r] + off;
-            __m256i p16;
             if (type == TS_TYPE_Q4_0) {
-                const __m128i q  = _mm_loadu_si128((const __m128i *) (blk + 2));
-                const __m256i qq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low4);
-                p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(qq, y), y8);
+                const __m128i q = _mm_loadu_si128((const __m128i *) (blk + 2));
+                w[r] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low4);
             } else {
-                const __m256i w = _mm256_loadu_si256((const __m256i *) (blk + 2));
-                p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w));
+                w[r] = _mm256_loadu_si256((const __m256i *) (blk + 2));
             }
-            const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-            acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(half_at(blk) * dy), acc[r]);
+            dw[r] = _mm256_set1_ps(half_at(blk));
+        }
+        for (int t = 0; t < TT; t++) {
+            const ts_block_q8_0 * xb = (const ts_block_q8_0 *) (x + (size_t) t * x_stride) + b;
+            const __m256i y  = _mm256_loadu_si256((const __m256i *) xb->qs);
+            const __m256  dy = _mm256_set1_ps(_cvtsh_ss(xb->d));
+            const __m256i y8 = type == TS_TYPE_Q4_0 ? _mm256_maddubs_epi16(eight, y) : _mm256_setzero_si256();
+            for (int r = 0; r < R; r++) {
+                __m256i p16;
+                if (type == TS_TYPE_Q4_0) {
+                    p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(w[r], y), y8);
+                } else {
+                    p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w[r], w[r]), _mm256_sign_epi8(y, w[r]));
+                }
+                const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                acc[r][t] = _mm256_fmadd_ps(p, _mm256_mul_ps(dw[r], dy), acc[r][t]);
+            }
         }
     }
-    for (int r = 0; r < R; r++) {
-        out[r] = hsum256(acc[r]);
+    for (int r = 0; r < nr; r++) {
+        for (int t = 0; t < TT; t++) {
+            out[t * out_stride + r] = hsum256(acc[r][t]);
+        }
     }
+}
+
+static ALWAYS_INLINE void dot_quant(enum ts_type type, int R, const char * const * rows,
+                                    const char * const * next, int64_t n, const ts_block_q8_0 * x,
+                                    float * out) {
+    dot_quant_tile(type, R, 1, rows, next, n, (const char *) x, 0, R, out, 0);
 }
 
 // ---- down projection (axpy) ------------------------------------------------------------------
@@ -231,12 +281,17 @@ static ALWAYS_INLINE void axpy_quant(enum ts_type type, int R, const char * cons
 
 TS_DEFINE_GROUP_DISPATCH()
 
+// Batch tiles: 2 rows x 3 tokens (16 ymm registers: 6 accumulators, or 12 for float rows).
+#define TILE_ROWS 2
+#define TILE_TOKS 3
+TS_DEFINE_BATCH_DISPATCH(dot_float_tile, dot_quant_tile)
+
 const struct ts_kernels ts_kernels_avx2 = {
     .isa           = TS_ISA_AVX2,
     .name          = "avx2",
     .quantize_q8_0 = quantize_q8_0,
     .dot_rows      = drv_dot_rows,
-    .dot_rows_batch = drv_dot_rows_batch,
+    .dot_rows_batch = drv_dot_rows_batch_tiled,
     .gate_up       = drv_gate_up,
     .gate_up_exact = drv_gate_up_exact,
     .axpy_rows     = drv_axpy_rows,

@@ -226,3 +226,52 @@ static void axpy_group(enum ts_type type, int R, const char * const * rows, cons
         default: break;                                                                               \
     }                                                                                                 \
 }
+
+// dot_rows_batch from an ISA file's register tiles FLOAT_TILE / QUANT_TILE (type, R, TT, rows,
+// next, n, x, x_stride, nr, out, out_stride): R rows (compile-time TILE_ROWS, the last group
+// padded with repeats of a real row, nr real) x TT tokens (1..TILE_TOKS). The tile functions
+// must give every row and token the steps of the file's dot_group, so that the batch equals
+// dot_rows bit for bit. Rows are walked a group at a time with every token tile, so the
+// group's rows stay in L1 after the first tile (the only one that prefetches).
+#define TS_TILE_CASE(TILE, TYPE, TT_) \
+    case TT_: TILE(TYPE, TILE_ROWS, TT_, rows, nx, n, xt, x_stride, nr, o, out_stride); break;
+#define TS_TILE_SWITCH(TILE, TYPE)                                                          \
+    switch (tt) {                                                                           \
+        TS_TILE_CASE(TILE, TYPE, 1) TS_TILE_CASE(TILE, TYPE, 2) TS_TILE_CASE(TILE, TYPE, 3) \
+        default: TILE(TYPE, TILE_ROWS, 4, rows, nx, n, xt, x_stride, nr, o, out_stride); break; \
+    }
+
+#define TS_DEFINE_BATCH_DISPATCH(FLOAT_TILE, QUANT_TILE)                                                   \
+_Static_assert(TILE_TOKS <= 4, "token tiles of at most 4");                                               \
+static void drv_dot_rows_batch_tiled(enum ts_type type, int64_t n, const void * w, size_t row_bytes,       \
+                                     const void * x, size_t x_stride, int64_t n_tok,                       \
+                                     const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) { \
+    if (n_tok == 1) {                                                                                      \
+        drv_dot_rows(type, n, w, row_bytes, x, idx, n_idx, out);                                           \
+        return;                                                                                            \
+    }                                                                                                      \
+    const int64_t ahead = drv_ahead(row_bytes);                                                            \
+    for (int64_t j = 0; j < n_idx; j += TILE_ROWS) {                                                       \
+        const int nr = (int) drv_min(TILE_ROWS, n_idx - j);                                                \
+        const char * rows[TILE_ROWS];                                                                      \
+        const char * next[TILE_ROWS];                                                                      \
+        for (int r = 0; r < TILE_ROWS; r++) {                                                              \
+            rows[r] = drv_row(w, row_bytes, idx, j + (r < nr ? r : nr - 1));                               \
+            next[r] = drv_row(w, row_bytes, idx, drv_min(j + ahead + r, n_idx - 1));                        \
+        }                                                                                                  \
+        for (int64_t t = 0; t < n_tok; t += TILE_TOKS) {                                                   \
+            const int tt = (int) drv_min(TILE_TOKS, n_tok - t);                                            \
+            const char * xt = (const char *) x + (size_t) t * x_stride;                                    \
+            const char * const * nx = t == 0 ? next : NULL;                                                \
+            float * o = out + t * out_stride + j;                                                          \
+            switch (type) {                                                                                \
+                case TS_TYPE_F32:  TS_TILE_SWITCH(FLOAT_TILE, TS_TYPE_F32)  break;                         \
+                case TS_TYPE_F16:  TS_TILE_SWITCH(FLOAT_TILE, TS_TYPE_F16)  break;                         \
+                case TS_TYPE_BF16: TS_TILE_SWITCH(FLOAT_TILE, TS_TYPE_BF16) break;                         \
+                case TS_TYPE_Q8_0: TS_TILE_SWITCH(QUANT_TILE, TS_TYPE_Q8_0) break;                         \
+                case TS_TYPE_Q4_0: TS_TILE_SWITCH(QUANT_TILE, TS_TYPE_Q4_0) break;                         \
+                default: break;                                                                            \
+            }                                                                                              \
+        }                                                                                                  \
+    }                                                                                                      \
+}
