@@ -279,6 +279,116 @@ static ALWAYS_INLINE void axpy_quant(enum ts_type type, int R, const char * cons
     }
 }
 
+// ---- down projection of a batch of tokens -------------------------------------------------------
+// Tiles of 16 columns x 4 tokens (8 accumulators), over chunks of AXPY_ROWS rows (the sums
+// go through y between chunks, exactly): each row's 16 weights are dequantised once for the
+// tile's tokens. Every element still gets y = fma(s, w, y) over the rows in order from 0, with
+// s = a (float rows) or a * d (quantised rows) as in axpy_rows: each token's columns are its
+// axpy_rows result bit for bit. A float row's last n % 16 columns take fmaf, the same
+// correctly rounded operation one lane at a time.
+
+#define AXPY_TILE 4
+#define AXPY_ROWS 64
+
+static ALWAYS_INLINE void axpy_batch_tile(enum ts_type type, int TT, const void * w_t, size_t row_bytes,
+                                          const int32_t * idx, const float * a, int64_t a_stride, int64_t j0, int64_t j1,
+                                          int64_t c, float * y, int64_t y_stride) {
+    const bool quant = type == TS_TYPE_Q8_0 || type == TS_TYPE_Q4_0;
+    const size_t off = quant ? (size_t) (c / TS_QK) * block_bytes(type) : 0;
+    const bool second = c % TS_QK != 0; // quantised rows: the block's values 16..31
+    __m256 acc0[AXPY_TILE], acc1[AXPY_TILE];
+    for (int t = 0; t < TT; t++) { // rows before j0 were summed by an earlier chunk
+        acc0[t] = j0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(y + t * y_stride + c);
+        acc1[t] = j0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(y + t * y_stride + c + 8);
+    }
+    for (int64_t j = j0; j < j1; j++) {
+        const char * row = drv_row(w_t, row_bytes, idx, j);
+        __m256 w0, w1, d = _mm256_setzero_ps();
+        if (quant) {
+            __m128i v;
+            if (type == TS_TYPE_Q4_0) {
+                const __m128i q = _mm_loadu_si128((const __m128i *) (row + off + 2));
+                v = _mm_sub_epi8(_mm_and_si128(second ? _mm_srli_epi16(q, 4) : q, _mm_set1_epi8(0x0F)), _mm_set1_epi8(8));
+            } else {
+                v = _mm_loadu_si128((const __m128i *) (row + off + 2 + (second ? 16 : 0)));
+            }
+            w0 = i8x8_to_ps(v);
+            w1 = i8x8_to_ps(_mm_srli_si128(v, 8));
+            d  = _mm256_set1_ps(half_at(row + off));
+        } else {
+            w0 = load8(type, row, c);
+            w1 = load8(type, row, c + 8);
+        }
+        for (int t = 0; t < TT; t++) {
+            const __m256 av = _mm256_set1_ps(a[t * a_stride + j]);
+            const __m256 sv = quant ? _mm256_mul_ps(av, d) : av;
+            acc0[t] = _mm256_fmadd_ps(sv, w0, acc0[t]);
+            acc1[t] = _mm256_fmadd_ps(sv, w1, acc1[t]);
+        }
+    }
+    for (int t = 0; t < TT; t++) {
+        _mm256_storeu_ps(y + t * y_stride + c,     acc0[t]);
+        _mm256_storeu_ps(y + t * y_stride + c + 8, acc1[t]);
+    }
+}
+
+static ALWAYS_INLINE void axpy_batch_chunk(enum ts_type type, const void * w_t, size_t row_bytes,
+                                           const int32_t * idx, const float * a, int64_t a_stride, int64_t j0, int64_t j1,
+                                           int64_t n_tok, int64_t c0, int64_t c1, float * y, int64_t y_stride) {
+    int64_t c = c0;
+    for (; c + 16 <= c1; c += 16) {
+        int64_t t = 0;
+        for (; n_tok - t >= 4; t += 4) {
+            axpy_batch_tile(type, 4, w_t, row_bytes, idx, a + t * a_stride, a_stride, j0, j1, c, y + t * y_stride, y_stride);
+        }
+        if (n_tok - t >= 2) {
+            axpy_batch_tile(type, 2, w_t, row_bytes, idx, a + t * a_stride, a_stride, j0, j1, c, y + t * y_stride, y_stride);
+            t += 2;
+        }
+        if (n_tok - t >= 1) {
+            axpy_batch_tile(type, 1, w_t, row_bytes, idx, a + t * a_stride, a_stride, j0, j1, c, y + t * y_stride, y_stride);
+        }
+    }
+    for (int64_t t = 0; t < n_tok; t++) { // float rows' last columns (quantised slices end at a block)
+        for (int64_t cc = c; cc < c1; cc++) {
+            float v = j0 == 0 ? 0.0f : y[t * y_stride + cc];
+            for (int64_t j = j0; j < j1; j++) {
+                v = fmaf(a[t * a_stride + j], load1(type, drv_row(w_t, row_bytes, idx, j), cc), v);
+            }
+            y[t * y_stride + cc] = v;
+        }
+    }
+}
+
+static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
+                            const int32_t * idx, const float * a, int64_t a_stride, int64_t n_idx,
+                            int64_t n_tok, int64_t c0, int64_t c1, float * y, int64_t y_stride) {
+    if (n_tok == 1) {
+        drv_axpy_rows(type, n, w_t, row_bytes, idx, a, n_idx, c0, c1, y);
+        return;
+    }
+    if (c1 <= c0) {
+        return;
+    }
+    if (n_idx == 0) {
+        for (int64_t t = 0; t < n_tok; t++) {
+            memset(y + t * y_stride + c0, 0, (size_t) (c1 - c0) * sizeof(float));
+        }
+        return;
+    }
+    for (int64_t j0 = 0; j0 < n_idx; j0 += AXPY_ROWS) {
+        const int64_t j1 = drv_min(j0 + AXPY_ROWS, n_idx);
+        switch (type) {
+            case TS_TYPE_F32:  axpy_batch_chunk(TS_TYPE_F32,  w_t, row_bytes, idx, a, a_stride, j0, j1, n_tok, c0, c1, y, y_stride); break;
+            case TS_TYPE_F16:  axpy_batch_chunk(TS_TYPE_F16,  w_t, row_bytes, idx, a, a_stride, j0, j1, n_tok, c0, c1, y, y_stride); break;
+            case TS_TYPE_BF16: axpy_batch_chunk(TS_TYPE_BF16, w_t, row_bytes, idx, a, a_stride, j0, j1, n_tok, c0, c1, y, y_stride); break;
+            case TS_TYPE_Q8_0: axpy_batch_chunk(TS_TYPE_Q8_0, w_t, row_bytes, idx, a, a_stride, j0, j1, n_tok, c0, c1, y, y_stride); break;
+            case TS_TYPE_Q4_0: axpy_batch_chunk(TS_TYPE_Q4_0, w_t, row_bytes, idx, a, a_stride, j0, j1, n_tok, c0, c1, y, y_stride); break;
+            default: break;
+        }
+    }
+}
+
 TS_DEFINE_GROUP_DISPATCH()
 
 // Batch tiles: 2 rows x 3 tokens (16 ymm registers: 6 accumulators, or 12 for float rows).
@@ -295,5 +405,5 @@ const struct ts_kernels ts_kernels_avx2 = {
     .gate_up       = drv_gate_up,
     .gate_up_exact = drv_gate_up_exact,
     .axpy_rows     = drv_axpy_rows,
-    .axpy_rows_batch = drv_axpy_rows_batch,
+    .axpy_rows_batch = axpy_rows_batch,
 };
