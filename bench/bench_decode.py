@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU (in cores) other processes may use during a measurement (default %(default)s)")
     p.add_argument("--prepare-only", action="store_true",
                    help="write, calibrate and convert the model files, then stop (to measure later on a quiet machine)")
+    p.add_argument("--no-mmap", action="store_true",
+                   help="load turbosparse models into huge-page RAM instead of mapping them (ts-main --no-mmap)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the result rows as JSON")
     p.add_argument("--seed", type=int, default=0, help="weights seed (default %(default)s)")
     return p
@@ -214,7 +216,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for c in configs:
         path = files[c.qtype][1 if c.swiglu_file else 0]
         if path not in models:
-            models[path] = Model(rt, path)
+            models[path] = Model(rt, path, use_mmap=not args.no_mmap)
     samples = {c: Samples() for c in configs}
     llama = {q: Samples() for q in types}
     llama_version = ""

@@ -53,11 +53,12 @@ class Timing:
 
 
 class Model:
-    def __init__(self, rt: Runtime, path: Path):
+    def __init__(self, rt: Runtime, path: Path, use_mmap: bool = True):
         self.rt = rt
         err = rt.ffi.new("char[1024]")
         params = rt.ffi.new("struct ts_model_params *")
         rt.lib.ts_model_params_init(params)
+        params.use_mmap = 1 if use_mmap else 0  # 0: the whole file in huge-page RAM
         self.ptr = rt.lib.ts_model_load(str(path).encode(), params, err, 1024)
         if self.ptr == rt.ffi.NULL:
             raise BenchError(f"{path}: {rt.ffi.string(err).decode()}")

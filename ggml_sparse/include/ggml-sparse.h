@@ -158,9 +158,9 @@ struct ggml_tensor * ggml_sparse_matmul(
         struct ggml_tensor  * x,
         char * err, size_t err_size);
 
-// Whether ggml_sparse_matmul is the faster choice for W on this CPU (the policy in matmul.c:
-// the AVX-512 table yes, AVX2/NEON/scalar no; TURBOSPARSE_MATMUL=ours|ggml overrides) and
-// W's type and layout allow it. A loader asks this before choosing a weight's memory layout.
+// Whether ggml_sparse_matmul is the faster choice for W on this CPU (the measured policy in
+// matmul.c: the AVX-512 table yes; AVX2 for Q8_0 only; NEON/scalar no; TURBOSPARSE_MATMUL=
+// ours|ggml overrides) and W's type and layout allow it. A loader asks this before choosing a weight's memory layout.
 bool ggml_sparse_matmul_preferred(const struct ggml_tensor * w);
 
 // ggml_sparse_matmul where preferred (and x fits it), else ggml_mul_mat.

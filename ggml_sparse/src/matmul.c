@@ -160,38 +160,59 @@ struct ggml_tensor * ggml_sparse_matmul(
 
 // ---- policy ------------------------------------------------------------------------------------
 //
-// Measured on the 2-core AVX-512 (VNNI) development machine, 2 threads, decode of the
-// Mistral-shaped 8-layer Q4_0 bench model (see README "ts-main flags" and the report of the
-// commit that added this file):
-//   - AVX-512 table: our Q4_0/Q8_0 rows stream at ~70 GB/s against ~32 GB/s for ggml's AVX2
-//     q4_0_8x8 repacked GEMV, so attention, output head, predictor and dense FFN run on ours.
-//   - AVX2 table (TURBOSPARSE_ISA=avx2, i.e. an AVX2-only CPU): ggml's repacked kernels are
-//     the better choice (ours has no interleaved layout), so those weights stay with ggml.
-//   - NEON and scalar: ggml's kernels (repacked where ggml has a layout) are the reference
-//     choice; ours are not measured to be faster there.
-// TURBOSPARSE_MATMUL=ours|ggml overrides the choice (for measuring); read once.
-static int matmul_choice(void) {
-    static int choice = -1; // 1: ours, 0: ggml; the choice is pure, so a race stores the same value
-    if (choice >= 0) {
+// Measured on the 2-core AMD EPYC (AVX-512 VNNI) development VM, 2 threads, 8 weights in turn
+// (cold cache), min of 5-40 interleaved runs, other sessions' jobs running (so memory
+// bandwidth-bound figures are low in absolute terms; the ratios held across repeats):
+//                                        ggml repacked   ggml plain    ours (huge pages)
+//   AVX-512 table, Q4_0 4096x4096, T=1        1.71 ms       2.39 ms      1.62 ms
+//                  Q4_0 1024x14336, T=1       1.54 ms       2.93 ms      1.36 ms
+//                  Q4_0 4096x4096, T=128    140 ms        290 ms        38.6 ms
+//                  Q8_0 4096x32000, T=1          -         21.6 ms      20.7 ms
+//                  Q8_0 4096x32000, T=16         -          249 ms       64.6 ms
+//   AVX2 table,    Q4_0 4096x4096, T=1        1.68 ms       2.35 ms      1.85 ms
+//                  Q4_0 1024x14336, T=1       1.46 ms       3.14 ms      1.64 ms
+//                  Q4_0 4096x4096, T=128    138 ms        284 ms       242 ms
+//                  Q8_0 4096x32000, T=1          -         21.6 ms      14.0 ms
+// (ggml's x86 repack has a layout for Q4_0 only; ggml here is the pip AVX2 build.) So:
+//   - AVX-512 table: ours for every type it has (decode and, by far, prompt processing);
+//   - AVX2 table: ggml's repacked kernels where ggml has a layout (Q4_0: faster GEMV and GEMM),
+//     ours for Q8_0 (ggml has no x86 layout for it and its plain vec_dot is slower);
+//     F32/F16/BF16 are left to ggml (not measured to be faster);
+//   - NEON and scalar: ggml (it has ARM repacks for Q4_0 and Q8_0; ours not measured faster).
+// TURBOSPARSE_MATMUL=ours|ggml overrides the choice for every type (for measuring); read once.
+static int matmul_override(void) {
+    static int choice = -2; // -1: none, 1: ours, 0: ggml; pure, so a race stores the same value
+    if (choice != -2) {
         return choice;
     }
-    int c = ts_kernels_best()->isa == TS_ISA_AVX512;
+    int c = -1;
     const char * want = getenv("TURBOSPARSE_MATMUL");
     if (want && strcmp(want, "ours") == 0) {
         c = 1;
     } else if (want && strcmp(want, "ggml") == 0) {
         c = 0;
     } else if (want && *want && strcmp(want, "auto") != 0) {
-        fprintf(stderr, "turbosparse: TURBOSPARSE_MATMUL=%s is not one of ours, ggml, auto; using %s\n",
-                want, c ? "ours" : "ggml");
+        fprintf(stderr, "turbosparse: TURBOSPARSE_MATMUL=%s is not one of ours, ggml, auto; using auto\n", want);
     }
     choice = c;
     return choice;
 }
 
+static bool ours_is_faster(enum ts_type type) {
+    const int forced = matmul_override();
+    if (forced >= 0) {
+        return forced == 1;
+    }
+    switch (ts_kernels_best()->isa) {
+        case TS_ISA_AVX512: return true;
+        case TS_ISA_AVX2:   return type == TS_TYPE_Q8_0;
+        default:            return false;
+    }
+}
+
 bool ggml_sparse_matmul_preferred(const struct ggml_tensor * w) {
     enum ts_type tt;
-    return w && matmul_choice() && matmul_type(w->type, &tt) && w->ne[2] == 1 && w->ne[3] == 1 &&
+    return w && matmul_type(w->type, &tt) && ours_is_faster(tt) && w->ne[2] == 1 && w->ne[3] == 1 &&
            ggml_is_contiguous(w) && ts_row_ok(tt, w->ne[0]) && plain_layout(w);
 }
 
