@@ -66,7 +66,7 @@ static void random_subset(int32_t * idx) {
 
 // ---- prompt processing: dense rows against a batch of tokens ----------------------------------
 // dot_rows_batch over a whole matrix (n_embd 4096 columns; 4096 or 14336 rows), called as
-// src/matmul.c does (16 rows a call, every token), against the per-token loop (dot_rows once
+// src/matmul.c does (16 rows a call, every token; BENCH_CALL_ROWS=n changes it), against the per-token loop (dot_rows once
 // per token, which re-reads every row per token) in the same run. GOP/s = 2 rows n n_tok / t.
 
 enum { BATCH_CALL_ROWS = 16 };
@@ -93,11 +93,13 @@ struct batch_args {
     float * out;
 };
 
+static int64_t call_rows = BATCH_CALL_ROWS; // BENCH_CALL_ROWS=n: rows per dot_rows_batch call
+
 static void run_batch(void * p) {
     const struct batch_args * b = p;
     const size_t row_bytes = ts_row_size(b->type, b->n);
-    for (int64_t r = 0; r < b->n_rows; r += BATCH_CALL_ROWS) {
-        const int64_t nr = b->n_rows - r < BATCH_CALL_ROWS ? b->n_rows - r : BATCH_CALL_ROWS;
+    for (int64_t r = 0; r < b->n_rows; r += call_rows) {
+        const int64_t nr = b->n_rows - r < call_rows ? b->n_rows - r : call_rows;
         b->K->dot_rows_batch(b->type, b->n, (const char *) b->w + (size_t) r * row_bytes, row_bytes,
                              b->x, b->x_stride, b->n_tok, NULL, nr, b->out + r, b->n_rows);
     }
@@ -181,8 +183,11 @@ static void bench_batch(void) {
     for (int64_t t = 0; t < max_tok; t++) ts_quantize_row_q8_0_ref(xf + t * n, (ts_block_q8_0 *) (xq + t * q_stride), n);
     float * out = malloc((size_t) (14336 * max_tok) * sizeof(float));
     const char * only = getenv("BENCH_ISA"); // e.g. avx512: one table only
+    if (getenv("BENCH_CALL_ROWS")) call_rows = atoll(getenv("BENCH_CALL_ROWS"));
+    if (call_rows < 1) call_rows = BATCH_CALL_ROWS;
+    printf("\ndot_rows_batch: %lld rows a call\n", (long long) call_rows);
 
-    printf("\n%-5s %-8s %6s %5s %12s %9s %12s %9s %8s\n", "type", "isa", "rows", "n_tok",
+    printf("%-5s %-8s %6s %5s %12s %9s %12s %9s %8s\n", "type", "isa", "rows", "n_tok",
            "batch us", "GOP/s", "per-tok us", "GOP/s", "speedup");
     for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
         for (size_t ri = 0; ri < 2; ri++) {

@@ -78,15 +78,6 @@ static void drv_dot_rows(enum ts_type type, int64_t n, const void * w, size_t ro
     }
 }
 
-// A batch of tokens: dot_rows per token (each weight row is re-read per token).
-static inline void drv_dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
-                               const void * x, size_t x_stride, int64_t n_tok,
-                               const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
-    for (int64_t t = 0; t < n_tok; t++) {
-        drv_dot_rows(type, n, w, row_bytes, (const char *) x + t * x_stride, idx, n_idx, out + t * out_stride);
-    }
-}
-
 // Two neurons per group: their gate and up rows share the loads of x.
 static void drv_gate_up(enum ts_type type, enum ts_act act, int64_t n,
                         const void * w_gate, const void * w_up, size_t row_bytes,
@@ -175,15 +166,6 @@ static void drv_axpy_rows(enum ts_type type, int64_t n, const void * w_t, size_t
             next[r] = drv_row(w_t, row_bytes, idx, drv_min(j + ahead + r, n_idx - 1));
         }
         axpy_group(type, R, rows, next, a + j, c0, c1, y);
-    }
-}
-
-// A batch of tokens: axpy_rows per token (each weight row is re-read per token).
-static inline void drv_axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
-                                const int32_t * idx, const float * a, int64_t a_stride, int64_t n_idx,
-                                int64_t n_tok, int64_t c0, int64_t c1, float * y, int64_t y_stride) {
-    for (int64_t t = 0; t < n_tok; t++) {
-        drv_axpy_rows(type, n, w_t, row_bytes, idx, a + t * a_stride, n_idx, c0, c1, y + t * y_stride);
     }
 }
 
