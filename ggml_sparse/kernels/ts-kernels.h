@@ -100,6 +100,10 @@ struct ts_kernels {
     // Every result is bit-identical to dot_rows' for the same row and token, so batch size,
     // row split and thread count never change a bit; the fast tables read each weight row
     // once per batch (register tiles of rows x tokens) instead of once per token.
+    // Pass many rows per call where possible (a thread's whole range, or the whole idx list):
+    // the kernel tiles them itself (AVX-512 quantised rows: groups of 16) and prefetches the
+    // next group while computing one, which a caller's 16-row calls cannot get. n_tok == 1
+    // is dot_rows.
     void (*dot_rows_batch)(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                            const void * x, size_t x_stride, int64_t n_tok,
                            const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride);
@@ -135,7 +139,10 @@ struct ts_kernels {
     // y_t = y + t * y_stride gets the axpy_rows sum of the rows idx[0..n_idx) with the
     // token's values a_t = a + t * a_stride (zeros allowed: a token that does not use a
     // row of the batch's union gives it 0). Every y_t[c] is the FMA chain axpy_rows gives
-    // for a_t, bit for bit; the fast tables read each weight row once per batch.
+    // for a_t, bit for bit (zeros included: fma(0 * d, q, y) is y, up to the sign of a zero
+    // sum, exactly as axpy_rows with that a_t); the fast tables dequantise each row's column
+    // tile once for a tile of tokens. y_t's columns outside [c0, c1) are not touched, so
+    // threads may split the columns (ts_split_cols) as for axpy_rows.
     void (*axpy_rows_batch)(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
                             const int32_t * idx, const float * a, int64_t a_stride, int64_t n_idx,
                             int64_t n_tok, int64_t c0, int64_t c1, float * y, int64_t y_stride);
