@@ -6,6 +6,11 @@
 // another writes and the node needs no barrier; then each thread takes a fixed slice of the
 // rows and runs k->dot_rows (one token) or k->dot_rows_batch (several). Every output is
 // one dot_rows result whichever thread computes it, so the thread count never changes a bit.
+// (Splitting a batch's tokens among threads instead, each quantising only its own, measured
+// slower: 4096x4096 Q4_0, 2 threads, T=16: 11.2 vs 7.6 ms; T=128: 39 vs 36 ms. So did rows
+// claimed in 128 KiB chunks from a shared counter, as ggml's mul_mat does: one token, 2
+// threads, 4096x4096 Q4_0 2.0 vs 1.4 ms, the 4096x32000 Q8_0 head 26.5 vs 15.4 ms; one
+// contiguous slice per thread keeps each thread's stream long for the hardware prefetcher.)
 #include "ggml-sparse.h"
 #include "ts-kernels.h"
 #include "scratch.h"
