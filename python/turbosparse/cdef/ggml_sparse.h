@@ -48,4 +48,9 @@ struct ggml_tensor * ggml_sparse_gate_up(struct ggml_context * ctx, struct ggml_
         char * err, size_t err_size);
 struct ggml_tensor * ggml_sparse_down(struct ggml_context * ctx, struct ggml_tensor * w_down_t,
         struct ggml_tensor * a, char * err, size_t err_size);
+struct ggml_tensor * ggml_sparse_matmul(struct ggml_context * ctx, struct ggml_tensor * w,
+        struct ggml_tensor * x, char * err, size_t err_size);
+bool ggml_sparse_matmul_preferred(const struct ggml_tensor * w);
+struct ggml_tensor * ggml_sparse_mul_mat(struct ggml_context * ctx, struct ggml_tensor * w,
+        struct ggml_tensor * x);
 const char * ggml_sparse_isa(void);
