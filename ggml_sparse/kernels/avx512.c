@@ -775,10 +775,12 @@ static ALWAYS_INLINE void axpy_quant(enum ts_type type, int R, const char * cons
 // rows) or a * d (quantised rows) as in axpy_rows, so each token's columns are its axpy_rows
 // result bit for bit (an FMA rounds each element on its own: lanes and grouping do not matter).
 
-#define AXPY_TILE 8 // tokens per tile: 16 accumulators
+#define AXPY_TILE 8  // tokens per tile: 16 accumulators
+#define AXPY_ROWS 64 // rows per chunk
+#define AXPY_TOKS 64 // tokens whose values are transposed at a time
 
 static ALWAYS_INLINE void axpy_batch_tile(enum ts_type type, int TT, const void * w_t, size_t row_bytes,
-                                          const int32_t * idx, const float * a, int64_t a_stride, int64_t j0, int64_t j1,
+                                          const int32_t * idx, const float * a, int64_t j0, int64_t j1,
                                           int64_t c, int64_t c1, float * y, int64_t y_stride) {
     const bool quant = type == TS_TYPE_Q8_0 || type == TS_TYPE_Q4_0;
     const __mmask16 m0 = tail_mask(c1 - c);
@@ -806,9 +808,16 @@ static ALWAYS_INLINE void axpy_batch_tile(enum ts_type type, int TT, const void 
             w0 = load16(type, row, c, m0);
             w1 = load16(type, row, c + 16, m1);
         }
+        // the tile's values of this row, token-contiguous; quantised rows: a * d for all of
+        // them in one multiply (the same product per token), then broadcast from memory
+        const float * aj = a + (j - j0) * AXPY_TOKS;
+        _Alignas(32) float sj[AXPY_TILE];
+        if (quant) {
+            _mm256_store_ps(sj, _mm256_mul_ps(_mm256_loadu_ps(aj), _mm512_castps512_ps256(d)));
+            aj = sj;
+        }
         for (int t = 0; t < TT; t++) {
-            const __m512 av = _mm512_set1_ps(a[t * a_stride + j]);
-            const __m512 sv = quant ? _mm512_mul_ps(av, d) : av;
+            const __m512 sv = _mm512_set1_ps(aj[t]);
             acc0[t] = _mm512_fmadd_ps(sv, w0, acc0[t]);
             acc1[t] = _mm512_fmadd_ps(sv, w1, acc1[t]);
         }
@@ -821,30 +830,30 @@ static ALWAYS_INLINE void axpy_batch_tile(enum ts_type type, int TT, const void 
 
 // One column tile for every token, in register tiles of 8, 4, 2, 1 tokens (compiled constants).
 static ALWAYS_INLINE void axpy_batch_cols(enum ts_type type, const void * w_t, size_t row_bytes,
-                                          const int32_t * idx, const float * a, int64_t a_stride, int64_t j0, int64_t j1,
+                                          const int32_t * idx, const float * aT, int64_t j0, int64_t j1,
                                           int64_t n_tok, int64_t c, int64_t c1, float * y, int64_t y_stride) {
     int64_t t = 0;
     for (; n_tok - t >= 8; t += 8) {
-        axpy_batch_tile(type, 8, w_t, row_bytes, idx, a + t * a_stride, a_stride, j0, j1, c, c1, y + t * y_stride, y_stride);
+        axpy_batch_tile(type, 8, w_t, row_bytes, idx, aT + t, j0, j1, c, c1, y + t * y_stride, y_stride);
     }
     if (n_tok - t >= 4) {
-        axpy_batch_tile(type, 4, w_t, row_bytes, idx, a + t * a_stride, a_stride, j0, j1, c, c1, y + t * y_stride, y_stride);
+        axpy_batch_tile(type, 4, w_t, row_bytes, idx, aT + t, j0, j1, c, c1, y + t * y_stride, y_stride);
         t += 4;
     }
     if (n_tok - t >= 2) {
-        axpy_batch_tile(type, 2, w_t, row_bytes, idx, a + t * a_stride, a_stride, j0, j1, c, c1, y + t * y_stride, y_stride);
+        axpy_batch_tile(type, 2, w_t, row_bytes, idx, aT + t, j0, j1, c, c1, y + t * y_stride, y_stride);
         t += 2;
     }
     if (n_tok - t >= 1) {
-        axpy_batch_tile(type, 1, w_t, row_bytes, idx, a + t * a_stride, a_stride, j0, j1, c, c1, y + t * y_stride, y_stride);
+        axpy_batch_tile(type, 1, w_t, row_bytes, idx, aT + t, j0, j1, c, c1, y + t * y_stride, y_stride);
     }
 }
 
-// Rows in chunks of AXPY_ROWS (the sums go through y between chunks, exactly), columns
-// tiles within a chunk, tokens innermost: a column tile reads one 64-byte line or less of
-// each of the chunk's rows, and the next tiles read on in the same lines, so the chunk's
-// lines, its values of a and the tile's y all stay in L1.
-#define AXPY_ROWS 64
+// Rows in chunks of AXPY_ROWS (the sums go through y between chunks, exactly) and tokens in
+// blocks of AXPY_TOKS, whose values of those rows are copied token-contiguous (aT); column
+// tiles within, token tiles innermost: a column tile reads one 64-byte line or less of each
+// of the chunk's rows, and the next tiles read on in the same lines, so the chunk's lines,
+// aT and the tile's y all stay in L1.
 
 static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
                             const int32_t * idx, const float * a, int64_t a_stride, int64_t n_idx,
@@ -862,15 +871,27 @@ static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size
         }
         return;
     }
+    _Alignas(64) float aT[AXPY_ROWS * AXPY_TOKS];
     for (int64_t j0 = 0; j0 < n_idx; j0 += AXPY_ROWS)
-    for (int64_t c = c0; c < c1; c += 32) {
+    for (int64_t t0 = 0; t0 < n_tok; t0 += AXPY_TOKS) {
         const int64_t j1 = drv_min(j0 + AXPY_ROWS, n_idx);
+        const int64_t nt = drv_min(AXPY_TOKS, n_tok - t0);
+        for (int64_t j = j0; j < j1; j++) {
+            for (int64_t t = 0; t < nt; t++) {
+                aT[(j - j0) * AXPY_TOKS + t] = a[(t0 + t) * a_stride + j];
+            }
+            for (int64_t t = nt; t < AXPY_TOKS; t++) { // read (8 at a time) but never used
+                aT[(j - j0) * AXPY_TOKS + t] = 0.0f;
+            }
+        }
+        float * yt = y + t0 * y_stride;
+        for (int64_t c = c0; c < c1; c += 32)
         switch (type) {
-            case TS_TYPE_F32:  axpy_batch_cols(TS_TYPE_F32,  w_t, row_bytes, idx, a, a_stride, j0, j1, n_tok, c, c1, y, y_stride); break;
-            case TS_TYPE_F16:  axpy_batch_cols(TS_TYPE_F16,  w_t, row_bytes, idx, a, a_stride, j0, j1, n_tok, c, c1, y, y_stride); break;
-            case TS_TYPE_BF16: axpy_batch_cols(TS_TYPE_BF16, w_t, row_bytes, idx, a, a_stride, j0, j1, n_tok, c, c1, y, y_stride); break;
-            case TS_TYPE_Q8_0: axpy_batch_cols(TS_TYPE_Q8_0, w_t, row_bytes, idx, a, a_stride, j0, j1, n_tok, c, c1, y, y_stride); break;
-            case TS_TYPE_Q4_0: axpy_batch_cols(TS_TYPE_Q4_0, w_t, row_bytes, idx, a, a_stride, j0, j1, n_tok, c, c1, y, y_stride); break;
+            case TS_TYPE_F32:  axpy_batch_cols(TS_TYPE_F32,  w_t, row_bytes, idx, aT, j0, j1, nt, c, c1, yt, y_stride); break;
+            case TS_TYPE_F16:  axpy_batch_cols(TS_TYPE_F16,  w_t, row_bytes, idx, aT, j0, j1, nt, c, c1, yt, y_stride); break;
+            case TS_TYPE_BF16: axpy_batch_cols(TS_TYPE_BF16, w_t, row_bytes, idx, aT, j0, j1, nt, c, c1, yt, y_stride); break;
+            case TS_TYPE_Q8_0: axpy_batch_cols(TS_TYPE_Q8_0, w_t, row_bytes, idx, aT, j0, j1, nt, c, c1, yt, y_stride); break;
+            case TS_TYPE_Q4_0: axpy_batch_cols(TS_TYPE_Q4_0, w_t, row_bytes, idx, aT, j0, j1, nt, c, c1, yt, y_stride); break;
             default: break;
         }
     }

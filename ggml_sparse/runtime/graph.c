@@ -37,19 +37,22 @@ static struct ggml_tensor * attention(struct ts_context * c, struct ggml_context
     q = rope(g, h, q, io->pos);
     k = rope(g, h, k, io->pos);
 
-    // store: K rows at positions n_past.., V transposed (columns n_past..)
+    // store: K and V rows at positions n_past.. (V in the cache's memory read as [E_kv, n_ctx],
+    // one row per position like K, the layout ggml's flash attention reads)
+    const size_t v_row = ggml_row_size(vc->type, E_kv);
     struct ggml_tensor * k_dst = ggml_view_1d(g, kc, n * E_kv, ggml_row_size(kc->type, E_kv) * c->n_past);
-    struct ggml_tensor * v_dst = ggml_view_2d(g, vc, n, E_kv, vc->nb[1], ggml_row_size(vc->type, c->n_past));
+    struct ggml_tensor * v_dst = ggml_view_1d(g, vc, n * E_kv, v_row * c->n_past);
     ggml_build_forward_expand(gf, ggml_cpy(g, k, k_dst));
-    ggml_build_forward_expand(gf, ggml_cpy(g, ggml_transpose(g, v), v_dst));
+    ggml_build_forward_expand(gf, ggml_cpy(g, v, v_dst));
 
     struct ggml_tensor * K = ggml_view_3d(g, kc, hd, n_kv, h->n_head_kv, kc->nb[1], ggml_row_size(kc->type, hd), 0);
-    struct ggml_tensor * V = ggml_view_3d(g, vc, n_kv, hd, h->n_head_kv, vc->nb[1], vc->nb[1] * hd, 0);
+    struct ggml_tensor * V = ggml_view_3d(g, vc, hd, n_kv, h->n_head_kv, v_row, ggml_row_size(vc->type, hd), 0);
     struct ggml_tensor * Q = ggml_permute(g, q, 0, 2, 1, 3);                     // [hd, n, n_head]
-    struct ggml_tensor * kq = ggml_mul_mat(g, K, Q);                              // [n_kv, n, n_head]
-    kq = ggml_soft_max_ext(g, kq, io->mask, 1.0f / sqrtf((float) hd), 0.0f);
-    struct ggml_tensor * kqv = ggml_mul_mat(g, V, kq);                            // [hd, n, n_head]
-    struct ggml_tensor * o = ggml_cont_2d(g, ggml_permute(g, kqv, 0, 2, 1, 3), hd * h->n_head, n);
+    // one node for KQ, the masked softmax and KQV (instead of six): the per-node cost dominates
+    // these small products in decoding
+    struct ggml_tensor * kqv = ggml_flash_attn_ext(g, Q, K, V, io->mask, 1.0f / sqrtf((float) hd), 0.0f, 0.0f);
+    ggml_flash_attn_ext_set_prec(kqv, GGML_PREC_F32);
+    struct ggml_tensor * o = ggml_reshape_2d(g, kqv, hd * h->n_head, n);          // [hd, n_head, n] -> rows
     return ggml_sparse_mul_mat(g, l->wo, o);
 }
 
@@ -61,7 +64,7 @@ struct ggml_cgraph * ts_graph_build(struct ts_context * c, struct ggml_context *
 
     io->tokens = ggml_new_tensor_1d(g, GGML_TYPE_I32, n);
     io->pos = ggml_new_tensor_1d(g, GGML_TYPE_I32, n);
-    io->mask = ggml_new_tensor_2d(g, GGML_TYPE_F32, c->n_past + n, n);
+    io->mask = ggml_new_tensor_2d(g, GGML_TYPE_F16, c->n_past + n, n); // flash attention takes f16
     ggml_set_input(io->tokens);
     ggml_set_input(io->pos);
     ggml_set_input(io->mask);
@@ -91,14 +94,15 @@ void ts_graph_set_inputs(const struct ts_context * c, const struct ts_graph_io *
     const int32_t n_kv = c->n_past + n;
     memcpy(io->tokens->data, tokens, sizeof(int32_t) * n);
     int32_t * pos = io->pos->data;
-    float * mask = io->mask->data;
+    ggml_fp16_t * mask = io->mask->data;
+    const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), minus_inf = ggml_fp32_to_fp16(-INFINITY);
     for (int32_t i = 0; i < n; i++) {
         const int32_t p = c->n_past + i;
         pos[i] = p;
         for (int32_t j = 0; j < n_kv; j++) {
             // causal; Mistral's window: position p sees p-window+1..p
             const bool visible = j <= p && (window <= 0 || p - j < window);
-            mask[(size_t) i * n_kv + j] = visible ? 0.0f : -INFINITY;
+            mask[(size_t) i * n_kv + j] = visible ? zero : minus_inf;
         }
     }
 }

@@ -250,8 +250,10 @@ def test_density_counts_the_neurons_computed(tmp_path):
     ctx.decode(TOKENS)
     assert ctx.stats().ffn_density == pytest.approx(np.mean(np.concatenate(trace.masks)), abs=1e-12)
 
-    # exact: a neuron is computed when relu(g) * relu(u) != 0, i.e. g > 0 and u > 0
-    active = []
+    # exact: a neuron is computed when relu(g) * relu(u) != 0, i.e. g > 0 and u > 0. A g or u
+    # within float32 rounding of 0 may fall either way (it depends on the summation order of
+    # the kernels, attention included), so those neurons only widen the accepted range.
+    sure, maybe = [], []
     x = held["model.embed_tokens.weight"][TOKENS].astype(np.float64)
     import numpy_reference as ref
 
@@ -262,11 +264,15 @@ def test_density_counts_the_neurons_computed(tmp_path):
         resid = x + ref.attention(cfg, w, f"{p}.self_attn", h, np.arange(len(TOKENS)))
         f_in = ref.rms_norm(resid, w[f"{p}.post_attention_layernorm.weight"], cfg.rms_eps)
         g, u = f_in @ w[f"{p}.mlp.gate_proj.weight"].T, f_in @ w[f"{p}.mlp.up_proj.weight"].T
-        active.append((g > 0) & (u > 0))
+        eps_g, eps_u = 1e-5 * np.abs(g).max(), 1e-5 * np.abs(u).max()
+        sure.append((g > eps_g) & (u > eps_u))
+        maybe.append((g > -eps_g) & (u > -eps_u))
         x = resid + ref.ffn(cfg, w, f"{p}.mlp", f_in, resid, "dense", 0.0, RefTrace())
     ctx = Context(model, mode="exact")
     ctx.decode(TOKENS)
-    assert ctx.stats().ffn_density == pytest.approx(np.mean(np.concatenate(active)), abs=1e-12)
+    lo, hi = np.mean(np.concatenate(sure)), np.mean(np.concatenate(maybe))
+    assert hi - lo < 1e-3  # the undecided neurons are few: the check stays tight
+    assert lo - 1e-12 <= ctx.stats().ffn_density <= hi + 1e-12
     dense = Context(model, mode="dense")
     dense.decode(TOKENS)
     assert dense.stats().ffn_density == 1.0
