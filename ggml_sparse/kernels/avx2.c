@@ -396,12 +396,250 @@ TS_DEFINE_GROUP_DISPATCH()
 #define TILE_TOKS 3
 TS_DEFINE_BATCH_DISPATCH(dot_float_tile, dot_quant_tile)
 
+// ---- Q4_0 rows, eight at a time, against one or more tokens -----------------------------------
+// dot_rows and dot_rows_batch of Q4_0 rows use this (gate_up keeps dot_quant_tile). Each 32-bit
+// lane holds one row: a block of 8 rows is transposed into eight vectors of quants (vector g,
+// lane r = row r's q, 0..15, at 4g..4g+3), and for every token eight maddubs against
+// broadcast activation dwords, summed as 16-bit pairs (at most 8 * 2 * 15 * 127 < 2^15: no
+// saturation), then one madd, give each row's whole block product q . y in its lane; minus
+// 8 * sum(y) that is (q - 8) . y, exactly. The float work is then once per 8 rows and block.
+// Per row and token the steps are fixed, whatever the tile:
+//   acc = fma((float) sumi_b, d_w,b * d_x,b, acc)   from acc = 0, blocks in order,
+// so dot_rows and dot_rows_batch agree bit for bit. (Q8_0 rows would need ggml's sign trick
+// per token and gain little: they keep the 2 x 3 tiles.)
+
+#define R8_ROWS  8
+#define R8_CHUNK 32   // blocks unpacked at a time (9 KB)
+#define R8_TILE  4    // tokens per tile (some accumulators spill: 16 registers; 2 measured no faster)
+#define R8_MAX_BLOCKS 1024 // one-token path: per-call tables on the stack (rows up to 32768)
+#define R8_AHEAD ((size_t) TS_PREFETCH_BYTES / R8_ROWS)
+
+struct r8_block {
+    __m256i w[8];
+    __m256  d;    // lane r: row r's block scale
+};
+
+// 16 bytes at `off` of the eight rows, transposed: lane r of v[g] = row r's bytes 4g..4g+3.
+// z[j] holds rows j and 4 + j in its 128-bit lanes, so that the result is in row order.
+static ALWAYS_INLINE void load_8x16(const char * const * rows, size_t off, __m256i v[4]) {
+    __m256i z[4];
+    for (int j = 0; j < 4; j++) {
+        z[j] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *) (rows[j] + off))),
+                                       _mm_loadu_si128((const __m128i *) (rows[4 + j] + off)), 1);
+    }
+    const __m256i t0 = _mm256_unpacklo_epi32(z[0], z[1]);
+    const __m256i t1 = _mm256_unpackhi_epi32(z[0], z[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(z[2], z[3]);
+    const __m256i t3 = _mm256_unpackhi_epi32(z[2], z[3]);
+    v[0] = _mm256_unpacklo_epi64(t0, t2);
+    v[1] = _mm256_unpackhi_epi64(t0, t2);
+    v[2] = _mm256_unpacklo_epi64(t1, t3);
+    v[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+// Rows are read as streams continuing into the next group's rows (NULL for the last group),
+// each prefetched R8_AHEAD bytes ahead, once per cache line.
+static ALWAYS_INLINE void r8_prefetch(const char * const * rows, const char * const * next, size_t off, size_t row_len) {
+    const size_t pos = off + R8_AHEAD;
+    if ((pos & 63) >= sizeof(ts_block_q4_0)) {
+        return;
+    }
+    if (pos < row_len) {
+        prefetch_rows(R8_ROWS, rows, pos);
+    } else if (next) {
+        prefetch_rows(R8_ROWS, next, pos - row_len);
+    }
+}
+
+static void r8_prefetch_head(const char * const * rows, size_t row_len) {
+    const size_t end = row_len < R8_AHEAD ? row_len : R8_AHEAD;
+    for (size_t pos = 0; pos < end; pos += 64) {
+        prefetch_rows(R8_ROWS, rows, pos);
+    }
+}
+
+static ALWAYS_INLINE void r8_unpack(const char * const * rows, size_t off, struct r8_block * pb) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    __m256i v[4];
+    load_8x16(rows, off + 2, v);
+    for (int g = 0; g < 4; g++) {
+        pb->w[g]     = _mm256_and_si256(v[g], low4);                       // quants 4g..4g+3
+        pb->w[4 + g] = _mm256_and_si256(_mm256_srli_epi16(v[g], 4), low4); // 16 + 4g..
+    }
+    uint16_t h[R8_ROWS];
+    for (int r = 0; r < R8_ROWS; r++) {
+        memcpy(&h[r], rows[r] + off, 2);
+    }
+    pb->d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) h));
+}
+
+static ALWAYS_INLINE __m256i bcast32(const int8_t * p) { // four bytes to every dword (a load)
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+// One token's block: y its 32 activation bytes, bias = -8 * sum(y), dy its scale.
+static ALWAYS_INLINE __m256 r8_step(const struct r8_block * pb, const int8_t * y, int32_t bias, float dy, __m256 acc) {
+    __m256i p16 = _mm256_maddubs_epi16(pb->w[0], bcast32(y));
+    for (int g = 1; g < 8; g++) {
+        p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(pb->w[g], bcast32(y + 4 * g)));
+    }
+    const __m256i s = _mm256_add_epi32(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)), _mm256_set1_epi32(bias));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(pb->d, _mm256_set1_ps(dy)), acc);
+}
+
+static ALWAYS_INLINE int32_t q8_bias(const ts_block_q8_0 * xb) { // -8 * sum of the block's quants
+    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *) xb->qs)),
+                                        _mm256_set1_epi16(1));
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return -8 * _mm_cvtsi128_si32(s);
+}
+
+static ALWAYS_INLINE __m256i r8_mask(int nr) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static void r8_rows_batch(int64_t n, const char * const * rows, const char * const * next, int nr,
+                          const void * x, size_t x_stride, int64_t n_tok, float * out, int64_t out_stride) {
+    _Alignas(32) struct r8_block pb[R8_CHUNK];
+    int32_t bias[R8_TILE][R8_CHUNK];
+    float   dy[R8_TILE][R8_CHUNK];
+    const __m256i m = r8_mask(nr);
+    const int64_t nb = n / TS_QK;
+    const size_t bs = sizeof(ts_block_q4_0);
+    if (nb == 0) {
+        for (int64_t t = 0; t < n_tok; t++) {
+            _mm256_maskstore_ps(out + t * out_stride, m, _mm256_setzero_ps());
+        }
+        return;
+    }
+    for (int64_t c = 0; c < nb; c += R8_CHUNK) {
+        const int nblk = (int) drv_min(R8_CHUNK, nb - c);
+        for (int b = 0; b < nblk; b++) {
+            r8_prefetch(rows, next, (size_t) (c + b) * bs, (size_t) nb * bs);
+            r8_unpack(rows, (size_t) (c + b) * bs, &pb[b]);
+        }
+        for (int64_t t0 = 0; t0 < n_tok; t0 += R8_TILE) {
+            const int tt = (int) drv_min(R8_TILE, n_tok - t0);
+            const ts_block_q8_0 * xt[R8_TILE];
+            for (int t = 0; t < tt; t++) {
+                xt[t] = (const ts_block_q8_0 *) ((const char *) x + (size_t) (t0 + t) * x_stride) + c;
+                for (int b = 0; b < nblk; b++) {
+                    bias[t][b] = q8_bias(&xt[t][b]);
+                    dy[t][b] = _cvtsh_ss(xt[t][b].d);
+                }
+            }
+            __m256 acc[R8_TILE];
+            for (int t = 0; t < tt; t++) {
+                acc[t] = c == 0 ? _mm256_setzero_ps() : _mm256_maskload_ps(out + (t0 + t) * out_stride, m);
+            }
+            if (tt == R8_TILE) { // full tiles: the token loop unrolled, accumulators in registers
+                __m256 a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+                for (int b = 0; b < nblk; b++) {
+                    a0 = r8_step(&pb[b], xt[0][b].qs, bias[0][b], dy[0][b], a0);
+                    a1 = r8_step(&pb[b], xt[1][b].qs, bias[1][b], dy[1][b], a1);
+                    a2 = r8_step(&pb[b], xt[2][b].qs, bias[2][b], dy[2][b], a2);
+                    a3 = r8_step(&pb[b], xt[3][b].qs, bias[3][b], dy[3][b], a3);
+                }
+                acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
+            } else {
+                for (int t = 0; t < tt; t++) {
+                    for (int b = 0; b < nblk; b++) {
+                        acc[t] = r8_step(&pb[b], xt[t][b].qs, bias[t][b], dy[t][b], acc[t]);
+                    }
+                }
+            }
+            for (int t = 0; t < tt; t++) {
+                _mm256_maskstore_ps(out + (t0 + t) * out_stride, m, acc[t]);
+            }
+        }
+    }
+}
+
+// One token: nothing is stored between unpacking and use; -8 * sum(y) and the scales of x
+// are computed once per call for every group.
+static void r8_dot_rows1(int64_t n, const void * w, size_t row_bytes, const ts_block_q8_0 * x,
+                         const int32_t * idx, int64_t n_idx, float * out) {
+    const int64_t nb = n / TS_QK;
+    const size_t bs = sizeof(ts_block_q4_0);
+    int32_t xbias[R8_MAX_BLOCKS];
+    float   xd[R8_MAX_BLOCKS];
+    for (int64_t b = 0; b < nb; b++) {
+        xbias[b] = q8_bias(&x[b]);
+        xd[b] = _cvtsh_ss(x[b].d);
+    }
+    for (int64_t j = 0; j < n_idx; j += R8_ROWS) {
+        const int nr = (int) drv_min(R8_ROWS, n_idx - j);
+        const char * rows[R8_ROWS];
+        const char * next[R8_ROWS];
+        for (int r = 0; r < R8_ROWS; r++) {
+            rows[r] = drv_row(w, row_bytes, idx, j + (r < nr ? r : nr - 1));
+            next[r] = drv_row(w, row_bytes, idx, drv_min(j + R8_ROWS + r, n_idx - 1));
+        }
+        if (j == 0) {
+            r8_prefetch_head(rows, (size_t) nb * bs);
+        }
+        const char * const * nx = j + R8_ROWS < n_idx ? next : NULL;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            struct r8_block pb;
+            r8_prefetch(rows, nx, (size_t) b * bs, (size_t) nb * bs);
+            r8_unpack(rows, (size_t) b * bs, &pb);
+            acc = r8_step(&pb, x[b].qs, xbias[b], xd[b], acc);
+        }
+        _mm256_maskstore_ps(out + j, r8_mask(nr), acc);
+    }
+}
+
+static void r8_dot_rows_batch(int64_t n, const void * w, size_t row_bytes, const void * x, size_t x_stride,
+                              int64_t n_tok, const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
+    for (int64_t j = 0; j < n_idx; j += R8_ROWS) {
+        const int nr = (int) drv_min(R8_ROWS, n_idx - j);
+        const char * rows[R8_ROWS];
+        const char * next[R8_ROWS];
+        for (int r = 0; r < R8_ROWS; r++) {
+            rows[r] = drv_row(w, row_bytes, idx, j + (r < nr ? r : nr - 1));
+            next[r] = drv_row(w, row_bytes, idx, drv_min(j + R8_ROWS + r, n_idx - 1));
+        }
+        if (j == 0) {
+            r8_prefetch_head(rows, (size_t) (n / TS_QK) * sizeof(ts_block_q4_0));
+        }
+        r8_rows_batch(n, rows, j + R8_ROWS < n_idx ? next : NULL, nr, x, x_stride, n_tok, out + j, out_stride);
+    }
+}
+
+static void dot_rows(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                     const void * x, const int32_t * idx, int64_t n_idx, float * out) {
+    if (type == TS_TYPE_Q4_0 && n / TS_QK <= R8_MAX_BLOCKS) {
+        r8_dot_rows1(n, w, row_bytes, x, idx, n_idx, out);
+    } else if (type == TS_TYPE_Q4_0) {
+        r8_dot_rows_batch(n, w, row_bytes, x, 0, 1, idx, n_idx, out, 0);
+    } else {
+        drv_dot_rows(type, n, w, row_bytes, x, idx, n_idx, out);
+    }
+}
+
+static void dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                           const void * x, size_t x_stride, int64_t n_tok,
+                           const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
+    if (n_tok == 1) {
+        dot_rows(type, n, w, row_bytes, x, idx, n_idx, out);
+    } else if (type == TS_TYPE_Q4_0) {
+        r8_dot_rows_batch(n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
+    } else {
+        drv_dot_rows_batch_tiled(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
+    }
+}
+
 const struct ts_kernels ts_kernels_avx2 = {
     .isa           = TS_ISA_AVX2,
     .name          = "avx2",
     .quantize_q8_0 = quantize_q8_0,
-    .dot_rows      = drv_dot_rows,
-    .dot_rows_batch = drv_dot_rows_batch_tiled,
+    .dot_rows      = dot_rows,
+    .dot_rows_batch = dot_rows_batch,
     .gate_up       = drv_gate_up,
     .gate_up_exact = drv_gate_up_exact,
     .axpy_rows     = drv_axpy_rows,
