@@ -11,6 +11,7 @@
 #include "ggml.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -248,14 +249,22 @@ static void dequant_row(const struct weight_reader * r, const void * w, size_t r
 // result run alone (a T = 1 graph); the down node relies on axpy_rows_batch likewise.
 //
 // Sub-batch sizing: a sub-batch S with union U costs about |U| * (ROW_COST + |S|) in units of
-// one (row, token) product, ROW_COST being the price of fetching a row. Tokens are added in
-// order while that cost per token falls; the union of many tokens approaches every row, and
-// then each extra token mostly adds products it does not need. Tokens that use no row at all
-// (MoE tokens not routed to this expert) join no sub-batch: their output is zero.
+// one (row, token) product, ROW_COST being the price of fetching a row. The union of many
+// tokens approaches every row, and then each extra token mostly adds products it does not
+// need. So from each starting token the plan measures the union of the next 1, 2, ..., cap
+// tokens (row sets as bitsets: an OR and a popcount per token) and takes the count with the
+// least cost per token. Tokens that use no row at all (MoE tokens not routed to this
+// expert) join no sub-batch: their output is zero.
 // TURBOSPARSE_SUB_BATCH=N fixes the size at N tokens instead (for measuring).
 
-// The price of reading one weight row, in (row, token) products; from bench_ffn.py --batch.
-#define ROW_COST 8.0
+// The price of reading one weight row, in (row, token) products. Measured (AVX-512, Q4_0,
+// one thread, ts-main on the 8-layer Mistral-shaped bench model, a 119-token prompt, CPU
+// time): predicted 10%/25% and exact prefill were flat within noise for values 0.5..4, and
+// worse at 8 and above (exact 1.11 s at 4, 1.28 at 8, 1.69 at 16): the batch kernels' tiles
+// cost nearly as much per product as a row costs to fetch, so sub-batches pay only where
+// the tokens share most of their rows. Re-measure when the batch kernels change
+// (TURBOSPARSE_ROW_COST=r overrides; bench_ffn.py --batch).
+#define ROW_COST 3.0
 // Tokens in a sub-batch at most: the down node keeps n_ff values per token of one.
 #define SUB_BATCH_MAX 64
 // Rows per batch-kernel call in the gate/up node: long, so that the kernels' prefetching
@@ -263,6 +272,23 @@ static void dequant_row(const struct weight_reader * r, const void * w, size_t r
 #define ROW_CHUNK 256
 // Rows dequantised at a time for types without a kernel.
 #define DEQ_GROUP 16
+
+static double row_cost_value = ROW_COST;
+static pthread_once_t row_cost_once = PTHREAD_ONCE_INIT;
+
+static void row_cost_read(void) {
+    const char * s = getenv("TURBOSPARSE_ROW_COST");
+    const double v = s ? atof(s) : 0.0;
+    if (v > 0.0) {
+        row_cost_value = v;
+    }
+}
+
+// ROW_COST, or TURBOSPARSE_ROW_COST when set (for measuring).
+static double row_cost(void) {
+    pthread_once(&row_cost_once, row_cost_read);
+    return row_cost_value;
+}
 
 // 0: adaptive; N > 0: sub-batches of N tokens.
 static int sub_batch_setting(void) {
@@ -277,66 +303,100 @@ static int64_t sub_batch_cap(int setting, int64_t T) {
     return cap < T ? cap : T;
 }
 
-// Forms sub-batches greedily over the tokens in order. A plan is built identically by every
-// thread from the same inputs, so they agree on every sub-batch without talking.
+// The sub-batches, in token order. Every thread builds the same plan from the same inputs,
+// so they agree on every sub-batch without talking.
 struct plan {
-    int       setting;  // sub_batch_setting()
-    int64_t   cap;      // sub_batch_cap()
-    uint8_t * in_union; // [n_rows] flags of the current union
-    int32_t * rows;     // [n_rows] the union, ascending (valid after plan_rows)
-    int64_t   n_rows;   // rows in the union
-    int32_t * tok;      // [cap] the tokens, ascending
-    int64_t   n_tok;
+    int        setting; // sub_batch_setting()
+    int64_t    cap;     // sub_batch_cap()
+    int64_t    n_words; // 64-bit words of one token's row set
+    uint64_t * sets;    // [T][n_words] each token's rows
+    int64_t  * n_set;   // [T] rows per token
+    uint64_t * uni;     // [n_words] scratch for unions
+    int32_t  * rows;    // [n_all] the current sub-batch's union, ascending
+    int64_t    n_rows;
+    int32_t  * tok;     // [cap] the current sub-batch's tokens, ascending
+    int64_t    n_tok;
 };
 
-// Whether a token bringing n_new rows joins the current sub-batch.
-static bool plan_accepts(const struct plan * p, int64_t n_new) {
-    if (p->n_tok == 0) {
-        return true;
-    }
-    if (p->n_tok >= p->cap) {
-        return false;
-    }
-    if (p->setting > 0) {
-        return true;
-    }
-    const double n = (double) p->n_tok;
-    const double now  = (double) p->n_rows * (ROW_COST + n) / n;
-    const double with = (double) (p->n_rows + n_new) * (ROW_COST + n + 1) / (n + 1);
-    return with <= now;
+static size_t plan_bytes(int64_t T, int64_t n_all, int64_t cap) {
+    const int64_t n_words = (n_all + 63) / 64;
+    return ts_carve_size((size_t) (T * n_words) * sizeof(uint64_t)) + ts_carve_size((size_t) T * sizeof(int64_t)) +
+           ts_carve_size((size_t) n_words * sizeof(uint64_t)) + ts_carve_size((size_t) n_all * sizeof(int32_t)) +
+           ts_carve_size((size_t) cap * sizeof(int32_t));
 }
 
-// The new rows token t's list (cand[0..n)) brings to the union.
-static int64_t plan_new_rows(const struct plan * p, const int32_t * cand, int64_t n) {
-    int64_t n_new = 0;
-    for (int64_t j = 0; j < n; j++) {
-        n_new += !p->in_union[cand[j]];
-    }
-    return n_new;
+static struct plan plan_carve(char ** cur, int setting, int64_t T, int64_t n_all, int64_t cap) {
+    struct plan p = { .setting = setting, .cap = cap, .n_words = (n_all + 63) / 64 };
+    p.sets  = ts_carve(cur, (size_t) (T * p.n_words) * sizeof(uint64_t));
+    p.n_set = ts_carve(cur, (size_t) T * sizeof(int64_t));
+    p.uni   = ts_carve(cur, (size_t) p.n_words * sizeof(uint64_t));
+    p.rows  = ts_carve(cur, (size_t) n_all * sizeof(int32_t));
+    p.tok   = ts_carve(cur, (size_t) cap * sizeof(int32_t));
+    return p;
 }
 
-static void plan_add(struct plan * p, int64_t t, const int32_t * cand, int64_t n) {
-    for (int64_t j = 0; j < n; j++) {
-        p->n_rows += !p->in_union[cand[j]];
-        p->in_union[cand[j]] = 1;
+// Token t's row set: the i < n with v[i] > tau (predicted) or v[i] != 0 (nonzero).
+static void plan_set(struct plan * p, int64_t t, const float * v, int64_t n, float tau, bool nonzero) {
+    uint64_t * st = p->sets + t * p->n_words;
+    memset(st, 0, (size_t) p->n_words * sizeof(uint64_t));
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const bool in = nonzero ? v[i] != 0.0f : v[i] > tau;
+        st[i >> 6] |= (uint64_t) in << (i & 63);
+        count += in;
     }
-    p->tok[p->n_tok++] = (int32_t) t;
+    p->n_set[t] = count;
 }
 
-// Fills p->rows with the union, ascending (a scan of the flags, which it clears).
-static void plan_rows(struct plan * p, int64_t n_all) {
-    int64_t k = 0;
-    for (int64_t i = 0; i < n_all && k < p->n_rows; i++) {
-        if (p->in_union[i]) {
-            p->rows[k++] = (int32_t) i;
-            p->in_union[i] = 0;
+// The next sub-batch from token *t (tokens with an empty set skipped): its tokens and the
+// union of their rows. False when no token is left.
+static bool plan_next(struct plan * p, int64_t T, int64_t * t) {
+    int64_t m = 0;
+    for (int64_t i = *t; i < T && m < p->cap; i++) {
+        if (p->n_set[i] > 0) {
+            p->tok[m++] = (int32_t) i;
         }
     }
-}
-
-static void plan_reset(struct plan * p) {
+    if (m == 0) {
+        *t = T;
+        return false;
+    }
+    const int64_t W = p->n_words;
+    int64_t best = m;
+    if (p->setting == 0) {
+        memset(p->uni, 0, (size_t) W * sizeof(uint64_t));
+        int64_t n_union = 0;
+        double best_cost = INFINITY;
+        const double r = row_cost();
+        for (int64_t n = 1; n <= m; n++) {
+            const uint64_t * st = p->sets + p->tok[n - 1] * W;
+            for (int64_t w = 0; w < W; w++) {
+                n_union += __builtin_popcountll(st[w] & ~p->uni[w]);
+                p->uni[w] |= st[w];
+            }
+            const double cost = (double) n_union * (r + (double) n) / (double) n;
+            if (cost < best_cost) {
+                best_cost = cost;
+                best = n;
+            }
+        }
+    }
+    memset(p->uni, 0, (size_t) W * sizeof(uint64_t));
+    for (int64_t n = 0; n < best; n++) {
+        const uint64_t * st = p->sets + p->tok[n] * W;
+        for (int64_t w = 0; w < W; w++) {
+            p->uni[w] |= st[w];
+        }
+    }
     p->n_rows = 0;
-    p->n_tok  = 0;
+    for (int64_t w = 0; w < W; w++) {
+        for (uint64_t bits = p->uni[w]; bits; bits &= bits - 1) {
+            p->rows[p->n_rows++] = (int32_t) (w * 64 + __builtin_ctzll(bits));
+        }
+    }
+    p->n_tok = best;
+    *t = p->tok[best - 1] + 1;
+    return true;
 }
 
 // out[s * out_stride + j] = dot(W[rows[j]], x_s) for the tokens of a sub-batch, x_s at
@@ -370,7 +430,9 @@ struct gu_batch {
     size_t  x_bytes;  // one token's x in the dot type
     char  * xd;       // [cap] tokens' x in the dot type
     float * g, * u;   // [cap][ROW_CHUNK]
-    int32_t * up_rows, * up_pos; // [ROW_CHUNK]
+    int32_t * up_rows, * up_pos; // [ROW_CHUNK] the chunk's union of rows needing up, their positions
+    int32_t * tok_rows;          // [ROW_CHUNK] one token's rows needing up
+    uint8_t * need;              // [cap][ROW_CHUNK] whether the pair needs its up value
     float * deq;      // [DEQ_GROUP][n_embd], generic path
 };
 
@@ -401,39 +463,62 @@ static void gu_load_x(struct gu_batch * b, const int32_t * tok, int64_t n_tok) {
 }
 
 // Neurons rows[0..n_rows) for the tokens tok[0..n_tok) (their x in b->xd): a = act(g, u)
-// where the token selected the neuron and g > 0, else 0. Gates first, then the up rows of
-// the neurons some token still needs. Returns how many written values are non-zero.
+// where the token selected the neuron and g > 0, else 0. Gates first, for every pair; then
+// the up values of just the pairs that need one: by the same cost model as the sub-batches,
+// either each row of the chunk's union once for all tokens, or each token's own rows (when
+// few tokens share them, as in exact mode, where about half the gates of a token are
+// positive but the union of many tokens is every row). Returns how many written values are
+// non-zero.
 static int64_t gu_rows(struct gu_batch * b, const int32_t * tok, int64_t n_tok,
                        const int32_t * rows, int64_t n_rows) {
+    const double r = row_cost();
     int64_t n_nz = 0;
     for (int64_t j0 = 0; j0 < n_rows; j0 += ROW_CHUNK) {
         const int64_t n_ch = n_rows - j0 < ROW_CHUNK ? n_rows - j0 : ROW_CHUNK;
         const int32_t * ch = rows + j0;
         dot_batch(b->k, &b->r, b->n_embd, b->wg, b->xd, b->x_bytes, n_tok, ch, n_ch, b->g, ROW_CHUNK, b->deq);
-        int64_t n_up = 0;
+        int64_t n_up = 0, n_pairs = 0;
         for (int64_t j = 0; j < n_ch; j++) {
+            bool any = false;
             for (int64_t s = 0; s < n_tok; s++) {
-                if (b->g[s * ROW_CHUNK + j] > 0.0f && gu_selected(b, tok[s], ch[j])) {
-                    b->up_rows[n_up] = ch[j];
-                    b->up_pos[n_up++] = (int32_t) j;
-                    break;
-                }
+                const bool need = b->g[s * ROW_CHUNK + j] > 0.0f && gu_selected(b, tok[s], ch[j]);
+                b->need[s * ROW_CHUNK + j] = need;
+                any |= need;
+                n_pairs += need;
+            }
+            if (any) {
+                b->up_rows[n_up] = ch[j];
+                b->up_pos[n_up++] = (int32_t) j;
             }
         }
-        dot_batch(b->k, &b->r, b->n_embd, b->wu, b->xd, b->x_bytes, n_tok, b->up_rows, n_up, b->u, ROW_CHUNK, b->deq);
+        const bool per_token = n_tok > 1 && (double) n_pairs * (r + 1.0) < (double) n_up * (r + (double) n_tok);
+        if (per_token) { // b->u[s][m]: token s's m-th needed row
+            for (int64_t s = 0; s < n_tok; s++) {
+                int64_t n_s = 0;
+                for (int64_t j = 0; j < n_ch; j++) {
+                    if (b->need[s * ROW_CHUNK + j]) {
+                        b->tok_rows[n_s++] = ch[j];
+                    }
+                }
+                dot_batch(b->k, &b->r, b->n_embd, b->wu, b->xd + s * b->x_bytes, b->x_bytes, 1, b->tok_rows, n_s,
+                          b->u + s * ROW_CHUNK, ROW_CHUNK, b->deq);
+            }
+        } else {         // b->u[s][m]: the m-th row of the union, for token s
+            dot_batch(b->k, &b->r, b->n_embd, b->wu, b->xd, b->x_bytes, n_tok, b->up_rows, n_up, b->u, ROW_CHUNK, b->deq);
+        }
         for (int64_t s = 0; s < n_tok; s++) {
             float * at = act_row(b, tok[s]);
-            const float * gs = b->g + s * ROW_CHUNK;
-            const float * us = b->u + s * ROW_CHUNK;
-            int64_t m = 0;
+            const float   * gs = b->g + s * ROW_CHUNK;
+            const float   * us = b->u + s * ROW_CHUNK;
+            const uint8_t * ns = b->need + s * ROW_CHUNK;
+            int64_t m_union = 0, m_tok = 0;
             for (int64_t j = 0; j < n_ch; j++) {
+                const bool in_union = m_union < n_up && b->up_pos[m_union] == j;
                 float v = 0.0f;
-                if (m < n_up && b->up_pos[m] == j) {
-                    if (gs[j] > 0.0f && gu_selected(b, tok[s], ch[j])) {
-                        v = ts_act_apply(b->op->act, gs[j], us[m]);
-                    }
-                    m++;
+                if (ns[j]) {
+                    v = ts_act_apply(b->op->act, gs[j], per_token ? us[m_tok++] : us[m_union]);
                 }
+                m_union += in_union;
                 at[ch[j]] = v;
                 n_nz += v != 0.0f;
             }
@@ -481,50 +566,35 @@ static int64_t gu_batch_exact(struct gu_batch * b, int64_t T, int64_t cap, int i
 // neurons from its first row up to the next thread's first, writing zeros there for the
 // sub-batch's tokens first; so every element of a is written by exactly one thread.
 // Returns the neurons selected (counted on thread 0 only).
-static int64_t gu_batch_predicted(struct gu_batch * b, int64_t T, struct plan * p, int ith, int nth,
-                                  int32_t * cand) {
+static int64_t gu_batch_predicted(struct gu_batch * b, int64_t T, struct plan * p, int ith, int nth) {
     const int64_t n_ff = b->n_ff;
     int64_t n_selected = 0;
-    for (int64_t t = 0; t <= T; t++) {
-        int64_t n_t = 0, n_new = 0;
-        if (t < T) {
-            const float * lt = (const float *) ((const char *) b->lg->data + t * b->lg->nb[1]);
-            n_t = ts_select_active(lt, n_ff, b->op->threshold, cand);
-            n_selected += n_t;
-            if (n_t == 0) {
-                const int64_t z0 = n_ff * ith / nth, z1 = n_ff * (ith + 1) / nth;
-                memset(act_row(b, t) + z0, 0, (size_t) (z1 - z0) * sizeof(float));
-                continue;
-            }
-            n_new = plan_new_rows(p, cand, n_t);
-            if (plan_accepts(p, n_new)) {
-                plan_add(p, t, cand, n_t);
-                continue;
-            }
+    for (int64_t t = 0; t < T; t++) {
+        const float * lt = (const float *) ((const char *) b->lg->data + t * b->lg->nb[1]);
+        plan_set(p, t, lt, n_ff, b->op->threshold, false);
+        n_selected += p->n_set[t];
+        if (p->n_set[t] == 0) {
+            const int64_t z0 = n_ff * ith / nth, z1 = n_ff * (ith + 1) / nth;
+            memset(act_row(b, t) + z0, 0, (size_t) (z1 - z0) * sizeof(float));
         }
-        if (p->n_tok > 0) {
-            plan_rows(p, n_ff);
-            const int64_t k0 = p->n_rows * ith / nth;
-            const int64_t k1 = p->n_rows * (ith + 1) / nth;
-            const int64_t lo = ith == 0 ? 0 : (k0 < p->n_rows ? p->rows[k0] : n_ff);
-            const int64_t hi = ith == nth - 1 ? n_ff : (k1 < p->n_rows ? p->rows[k1] : n_ff);
-            for (int64_t s = 0; s < p->n_tok && hi > lo; s++) {
-                memset(act_row(b, p->tok[s]) + lo, 0, (size_t) (hi - lo) * sizeof(float));
-            }
-            if (k1 > k0) {
-                gu_load_x(b, p->tok, p->n_tok);
-                gu_rows(b, p->tok, p->n_tok, p->rows + k0, k1 - k0);
-            }
-            plan_reset(p);
+    }
+    for (int64_t t = 0; plan_next(p, T, &t);) {
+        const int64_t k0 = p->n_rows * ith / nth;
+        const int64_t k1 = p->n_rows * (ith + 1) / nth;
+        const int64_t lo = ith == 0 ? 0 : (k0 < p->n_rows ? p->rows[k0] : n_ff);
+        const int64_t hi = ith == nth - 1 ? n_ff : (k1 < p->n_rows ? p->rows[k1] : n_ff);
+        for (int64_t s = 0; s < p->n_tok && hi > lo; s++) {
+            memset(act_row(b, p->tok[s]) + lo, 0, (size_t) (hi - lo) * sizeof(float));
         }
-        if (t < T) {
-            plan_add(p, t, cand, n_t); // the token that did not fit starts the next sub-batch
+        if (k1 > k0) {
+            gu_load_x(b, p->tok, p->n_tok);
+            gu_rows(b, p->tok, p->n_tok, p->rows + k0, k1 - k0);
         }
     }
     return ith == 0 ? n_selected : 0;
 }
 
-// The gate/up node for T > 1; returns this thread's count for stats.neurons_computed.
+// The gate/up node; returns this thread's count for stats.neurons_computed.
 static int64_t gate_up_batch(const struct gate_up_op * op, struct ggml_tensor * dst, int ith, int nth) {
     struct gu_batch b = {
         .k = ts_kernels_best(), .r = weight_reader_of(dst->src[0]->type), .op = op,
@@ -539,95 +609,27 @@ static int64_t gate_up_batch(const struct gate_up_op * op, struct ggml_tensor * 
     const size_t tile    = (size_t) cap * ROW_CHUNK * sizeof(float);
     const size_t chunk   = ROW_CHUNK * sizeof(int32_t);
     const size_t deq     = b.r.fast ? 0 : (size_t) DEQ_GROUP * b.n_embd * sizeof(float);
-    const size_t flags   = b.lg ? (size_t) b.n_ff : 0;
-    char * cur = ts_scratch(ts_carve_size(cap * b.x_bytes) + 2 * ts_carve_size(tile) + 2 * ts_carve_size(chunk) +
-                            ts_carve_size(deq) + 2 * ts_carve_size(ff_i32) + ts_carve_size((size_t) T * sizeof(int32_t)) +
-                            ts_carve_size(flags));
+    const size_t plan    = b.lg ? plan_bytes(T, b.n_ff, cap) : 0;
+    const size_t need    = (size_t) cap * ROW_CHUNK;
+    char * cur = ts_scratch(ts_carve_size(cap * b.x_bytes) + 2 * ts_carve_size(tile) + 3 * ts_carve_size(chunk) +
+                            ts_carve_size(need) +
+                            ts_carve_size(deq) + ts_carve_size(ff_i32) + ts_carve_size((size_t) T * sizeof(int32_t)) +
+                            plan);
     b.xd      = ts_carve(&cur, cap * b.x_bytes);
     b.g       = ts_carve(&cur, tile);
     b.u       = ts_carve(&cur, tile);
     b.up_rows = ts_carve(&cur, chunk);
     b.up_pos  = ts_carve(&cur, chunk);
+    b.tok_rows = ts_carve(&cur, chunk);
+    b.need    = ts_carve(&cur, need);
     b.deq     = ts_carve(&cur, deq);
     int32_t * rows = ts_carve(&cur, ff_i32);
-    int32_t * cand = ts_carve(&cur, ff_i32);
     int32_t * tok  = ts_carve(&cur, (size_t) T * sizeof(int32_t));
-    uint8_t * in_u = ts_carve(&cur, flags);
     if (!b.lg) {
         return gu_batch_exact(&b, T, cap, ith, nth, tok, rows);
     }
-    memset(in_u, 0, flags);
-    struct plan p = { .setting = op->sub_batch, .cap = cap, .in_union = in_u, .rows = rows, .tok = tok };
-    return gu_batch_predicted(&b, T, &p, ith, nth, cand);
-}
-
-// The down node for T > 1 (types with a kernel): this thread's columns [c0, c1) of every
-// token, sub-batches over the union of the tokens' non-zero rows.
-static void down_batch(const struct ts_kernels * k, enum ts_type type, const struct ggml_tensor * w,
-                       const struct ggml_tensor * a, struct ggml_tensor * dst, int setting, int64_t c0, int64_t c1) {
-    const int64_t n_embd = w->ne[0];
-    const int64_t n_ff   = w->ne[1];
-    const int64_t T      = a->ne[1];
-    const int64_t cap    = sub_batch_cap(setting, T);
-    const size_t ff_i32 = (size_t) n_ff * sizeof(int32_t);
-    const size_t vals   = (size_t) cap * n_ff * sizeof(float);
-    const size_t ybuf   = (size_t) cap * n_embd * sizeof(float);
-    char * cur = ts_scratch(2 * ts_carve_size(ff_i32) + ts_carve_size((size_t) T * sizeof(int32_t)) +
-                            ts_carve_size((size_t) n_ff) + ts_carve_size(vals) + ts_carve_size(ybuf));
-    int32_t * rows = ts_carve(&cur, ff_i32);
-    int32_t * cand = ts_carve(&cur, ff_i32);
-    int32_t * tok  = ts_carve(&cur, (size_t) T * sizeof(int32_t));
-    uint8_t * in_u = ts_carve(&cur, (size_t) n_ff);
-    float   * av   = ts_carve(&cur, vals);
-    float   * yb   = ts_carve(&cur, ybuf);
-    memset(in_u, 0, (size_t) n_ff);
-    struct plan p = { .setting = setting, .cap = cap, .in_union = in_u, .rows = rows, .tok = tok };
-    const int64_t y_stride = (int64_t) (dst->nb[1] / sizeof(float));
-
-    for (int64_t t = 0; t <= T; t++) {
-        int64_t n_t = 0;
-        if (t < T) {
-            const float * at = (const float *) ((const char *) a->data + t * a->nb[1]);
-            for (int64_t i = 0; i < n_ff; i++) {
-                cand[n_t] = (int32_t) i;
-                n_t += at[i] != 0.0f;
-            }
-            if (n_t == 0) {
-                float * yt = (float *) ((char *) dst->data + t * dst->nb[1]);
-                memset(yt + c0, 0, (size_t) (c1 - c0) * sizeof(float));
-                continue;
-            }
-            if (plan_accepts(&p, plan_new_rows(&p, cand, n_t))) {
-                plan_add(&p, t, cand, n_t);
-                continue;
-            }
-        }
-        if (p.n_tok > 0) {
-            plan_rows(&p, n_ff);
-            for (int64_t s = 0; s < p.n_tok; s++) {
-                const float * at = (const float *) ((const char *) a->data + p.tok[s] * a->nb[1]);
-                for (int64_t j = 0; j < p.n_rows; j++) {
-                    av[s * p.n_rows + j] = at[p.rows[j]];
-                }
-            }
-            if (p.tok[p.n_tok - 1] - p.tok[0] == p.n_tok - 1) { // consecutive tokens: straight into dst
-                float * y0 = (float *) ((char *) dst->data + p.tok[0] * dst->nb[1]);
-                k->axpy_rows_batch(type, n_embd, w->data, w->nb[1], p.rows, av, p.n_rows, p.n_rows,
-                                   p.n_tok, c0, c1, y0, y_stride);
-            } else {
-                k->axpy_rows_batch(type, n_embd, w->data, w->nb[1], p.rows, av, p.n_rows, p.n_rows,
-                                   p.n_tok, c0, c1, yb, n_embd);
-                for (int64_t s = 0; s < p.n_tok; s++) {
-                    float * yt = (float *) ((char *) dst->data + p.tok[s] * dst->nb[1]);
-                    memcpy(yt + c0, yb + s * n_embd + c0, (size_t) (c1 - c0) * sizeof(float));
-                }
-            }
-            plan_reset(&p);
-        }
-        if (t < T) {
-            plan_add(&p, t, cand, n_t);
-        }
-    }
+    struct plan p = plan_carve(&cur, op->sub_batch, T, b.n_ff, cap);
+    return gu_batch_predicted(&b, T, &p, ith, nth);
 }
 
 static void stats_of_gate_up(const struct gate_up_op * op, int64_t n_computed, int64_t n_ff, int64_t T, int ith) {
@@ -645,6 +647,54 @@ static void gate_up_compute(struct ggml_tensor * dst, int ith, int nth, void * u
     const struct gate_up_op * op = userdata;
     const int64_t n_computed = gate_up_batch(op, dst, ith, nth);
     stats_of_gate_up(op, n_computed, dst->ne[0], dst->ne[1], ith);
+}
+
+// ---- sparse down over batches of tokens ---------------------------------------------------------
+
+
+// The down node for T > 1 (types with a kernel): this thread's columns [c0, c1) of every
+// token, sub-batches over the union of the tokens' non-zero rows.
+static void down_batch(const struct ts_kernels * k, enum ts_type type, const struct ggml_tensor * w,
+                       const struct ggml_tensor * a, struct ggml_tensor * dst, int setting, int64_t c0, int64_t c1) {
+    const int64_t n_embd = w->ne[0];
+    const int64_t n_ff   = w->ne[1];
+    const int64_t T      = a->ne[1];
+    const int64_t cap    = sub_batch_cap(setting, T);
+    const size_t vals   = (size_t) cap * n_ff * sizeof(float);
+    const size_t ybuf   = (size_t) cap * n_embd * sizeof(float);
+    char * cur = ts_scratch(plan_bytes(T, n_ff, cap) + ts_carve_size(vals) + ts_carve_size(ybuf));
+    struct plan p = plan_carve(&cur, setting, T, n_ff, cap);
+    float * av = ts_carve(&cur, vals);
+    float * yb = ts_carve(&cur, ybuf);
+    const int64_t y_stride = (int64_t) (dst->nb[1] / sizeof(float));
+
+    for (int64_t t = 0; t < T; t++) {
+        plan_set(&p, t, (const float *) ((const char *) a->data + t * a->nb[1]), n_ff, 0.0f, true);
+        if (p.n_set[t] == 0) {
+            float * yt = (float *) ((char *) dst->data + t * dst->nb[1]);
+            memset(yt + c0, 0, (size_t) (c1 - c0) * sizeof(float));
+        }
+    }
+    for (int64_t t = 0; plan_next(&p, T, &t);) {
+        for (int64_t s = 0; s < p.n_tok; s++) {
+            const float * at = (const float *) ((const char *) a->data + p.tok[s] * a->nb[1]);
+            for (int64_t j = 0; j < p.n_rows; j++) {
+                av[s * p.n_rows + j] = at[p.rows[j]];
+            }
+        }
+        if (p.tok[p.n_tok - 1] - p.tok[0] == p.n_tok - 1) { // consecutive tokens: straight into dst
+            float * y0 = (float *) ((char *) dst->data + p.tok[0] * dst->nb[1]);
+            k->axpy_rows_batch(type, n_embd, w->data, w->nb[1], p.rows, av, p.n_rows, p.n_rows,
+                               p.n_tok, c0, c1, y0, y_stride);
+        } else {
+            k->axpy_rows_batch(type, n_embd, w->data, w->nb[1], p.rows, av, p.n_rows, p.n_rows,
+                               p.n_tok, c0, c1, yb, n_embd);
+            for (int64_t s = 0; s < p.n_tok; s++) {
+                float * yt = (float *) ((char *) dst->data + p.tok[s] * dst->nb[1]);
+                memcpy(yt + c0, yb + s * n_embd + c0, (size_t) (c1 - c0) * sizeof(float));
+            }
+        }
+    }
 }
 
 // ---- sparse down -------------------------------------------------------------------------------
