@@ -1,6 +1,9 @@
 // avx2.c: the AVX2 (+FMA, F16C) kernel table, compiled with -mavx2 -mfma -mf16c and chosen
 // at run time (dispatch.c). Quantised dot products follow ggml's vec_dot_q4_0_q8_0 /
-// vec_dot_q8_0_q8_0: integer products per block, then one float multiply-add per block.
+// vec_dot_q8_0_q8_0: integer products per block, then one float multiply-add per block;
+// dot_rows/dot_rows_batch of Q4_0 rows put eight rows in the lanes of a vector instead
+// (see "Q4_0 rows, eight at a time" below). Batches of tokens use register tiles of rows x
+// tokens with the per-token kernels' exact steps.
 #include "ts-kernels.h"
 
 #include <immintrin.h>

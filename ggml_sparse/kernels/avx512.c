@@ -1,7 +1,10 @@
 // avx512.c: the AVX-512 kernel table (F/BW/VL/DQ + VNNI), chosen at run time (dispatch.c
 // checks every one of these). Float rows use 512-bit vectors with masked tails; quantised
 // dot products stay at one 32-value block per 256-bit vector as in ggml, with VNNI's dpbusd
-// doing the multiply-add of unsigned weight bytes and signed activation bytes.
+// doing the multiply-add of unsigned weight bytes and signed activation bytes, except in
+// dot_rows/dot_rows_batch, which put sixteen rows in the lanes of a vector (see "quantised
+// rows, sixteen at a time"). Batches of tokens use register tiles of rows x tokens with the
+// per-token kernels' exact steps, so batch size never changes a bit.
 #include "ts-kernels.h"
 
 #include <immintrin.h>

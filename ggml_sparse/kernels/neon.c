@@ -1,6 +1,8 @@
 // neon.c: the NEON kernel table (aarch64 base ISA; uses the dot-product extension when the
 // compiler targets it, __ARM_FEATURE_DOTPROD). Same structure as the x86 tables: groups of
 // rows share the loads of x (dot) or y (axpy), one float multiply-add per quantised block.
+// Batches of tokens: register tiles of rows x tokens (dot) and of columns x tokens (axpy)
+// with the per-token kernels' exact steps.
 #include "ts-kernels.h"
 
 #include <arm_neon.h>
