@@ -639,6 +639,9 @@ int main(void) {
             test_axpy_batch(type, sizes[si]);
         }
     }
+    // rows longer than the one-token kernels' per-call tables (1024 blocks): their fallback
+    test_dot_batch(TS_TYPE_Q4_0, TS_QK * 1025);
+    test_dot_batch(TS_TYPE_Q8_0, TS_QK * 1025);
     printf("%ld checks, %ld failed\n", n_checks, n_failed);
     return n_failed ? 1 : 0;
 }
