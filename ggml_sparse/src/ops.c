@@ -406,7 +406,12 @@ static void dot_batch(const struct ts_kernels * k, const struct weight_reader * 
                       const struct ggml_tensor * w, const void * x, size_t x_stride, int64_t n_tok,
                       const int32_t * rows, int64_t n_rows, float * out, int64_t out_stride, float * deq) {
     if (r->fast) {
-        k->dot_rows_batch(r->type, n, w->data, w->nb[1], x, x_stride, n_tok, rows, n_rows, out, out_stride);
+        // (one token: the table's own single-token path, which gives the same bits)
+        if (n_tok == 1) {
+            k->dot_rows(r->type, n, w->data, w->nb[1], x, rows, n_rows, out);
+        } else {
+            k->dot_rows_batch(r->type, n, w->data, w->nb[1], x, x_stride, n_tok, rows, n_rows, out, out_stride);
+        }
         return;
     }
     for (int64_t j0 = 0; j0 < n_rows; j0 += DEQ_GROUP) {
@@ -682,7 +687,10 @@ static void down_batch(const struct ts_kernels * k, enum ts_type type, const str
                 av[s * p.n_rows + j] = at[p.rows[j]];
             }
         }
-        if (p.tok[p.n_tok - 1] - p.tok[0] == p.n_tok - 1) { // consecutive tokens: straight into dst
+        if (p.n_tok == 1) { // the table's own single-token path, which gives the same bits
+            float * yt = (float *) ((char *) dst->data + p.tok[0] * dst->nb[1]);
+            k->axpy_rows(type, n_embd, w->data, w->nb[1], p.rows, av, p.n_rows, c0, c1, yt);
+        } else if (p.tok[p.n_tok - 1] - p.tok[0] == p.n_tok - 1) { // consecutive tokens: straight into dst
             float * y0 = (float *) ((char *) dst->data + p.tok[0] * dst->nb[1]);
             k->axpy_rows_batch(type, n_embd, w->data, w->nb[1], p.rows, av, p.n_rows, p.n_rows,
                                p.n_tok, c0, c1, y0, y_stride);
