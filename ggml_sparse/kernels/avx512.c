@@ -781,6 +781,7 @@ static ALWAYS_INLINE void axpy_quant(enum ts_type type, int R, const char * cons
 #define AXPY_TILE 8  // tokens per tile: 16 accumulators
 #define AXPY_ROWS 64 // rows per chunk
 #define AXPY_TOKS 64 // tokens whose values are transposed at a time
+#define AXPY_PITCH (AXPY_TOKS + 8) // floats per row of aT: a tile at t reads t..t+7, t + 8 may pass 64
 
 static ALWAYS_INLINE void axpy_batch_tile(enum ts_type type, int TT, const void * w_t, size_t row_bytes,
                                           const int32_t * idx, const float * a, int64_t j0, int64_t j1,
@@ -813,7 +814,7 @@ static ALWAYS_INLINE void axpy_batch_tile(enum ts_type type, int TT, const void 
         }
         // the tile's values of this row, token-contiguous; quantised rows: a * d for all of
         // them in one multiply (the same product per token), then broadcast from memory
-        const float * aj = a + (j - j0) * AXPY_TOKS;
+        const float * aj = a + (j - j0) * AXPY_PITCH;
         _Alignas(32) float sj[AXPY_TILE];
         if (quant) {
             _mm256_store_ps(sj, _mm256_mul_ps(_mm256_loadu_ps(aj), _mm512_castps512_ps256(d)));
@@ -874,17 +875,17 @@ static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size
         }
         return;
     }
-    _Alignas(64) float aT[AXPY_ROWS * AXPY_TOKS];
+    _Alignas(64) float aT[AXPY_ROWS * AXPY_PITCH];
     for (int64_t j0 = 0; j0 < n_idx; j0 += AXPY_ROWS)
     for (int64_t t0 = 0; t0 < n_tok; t0 += AXPY_TOKS) {
         const int64_t j1 = drv_min(j0 + AXPY_ROWS, n_idx);
         const int64_t nt = drv_min(AXPY_TOKS, n_tok - t0);
         for (int64_t j = j0; j < j1; j++) {
             for (int64_t t = 0; t < nt; t++) {
-                aT[(j - j0) * AXPY_TOKS + t] = a[(t0 + t) * a_stride + j];
+                aT[(j - j0) * AXPY_PITCH + t] = a[(t0 + t) * a_stride + j];
             }
-            for (int64_t t = nt; t < AXPY_TOKS; t++) { // read (8 at a time) but never used
-                aT[(j - j0) * AXPY_TOKS + t] = 0.0f;
+            for (int64_t t = nt; t < AXPY_PITCH; t++) { // read (8 at a time) but never used
+                aT[(j - j0) * AXPY_PITCH + t] = 0.0f;
             }
         }
         float * yt = y + t0 * y_stride;

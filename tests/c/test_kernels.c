@@ -478,7 +478,7 @@ static void test_axpy(enum ts_type type, enum data_mode mode, int64_t n) {
 
 // ---- batches of tokens ---------------------------------------------------------------------------
 
-static const int64_t BATCH_TOKENS[] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 37, 70 }; // 70: past 64-token blocks
+static const int64_t BATCH_TOKENS[] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 37, 62, 70 }; // 62, 70: 64-token blocks' tails
 #define N_BATCH_TOKENS ((int) (sizeof(BATCH_TOKENS) / sizeof(BATCH_TOKENS[0])))
 static const float SENTINEL_F = 12345.0f;
 
@@ -553,7 +553,7 @@ static void test_dot_batch(enum ts_type type, int64_t n) {
 // token's values (zeros included), for every column split; axpy_rows itself equals scalar
 // (test_axpy), so this also pins the batch to the scalar reference.
 static void test_axpy_batch(enum ts_type type, int64_t n) {
-    const int64_t n_rows = 23, n_tok_max = 70;
+    const int64_t n_rows = 71, n_tok_max = 70; // rows: past a 64-row chunk
     const size_t row_bytes = ts_row_size(type, n) + 8;
     void * w = make_rows(type, DATA_NORMAL, n_rows, n, row_bytes);
     const int64_t a_stride = n_rows + 5, y_stride = n + 7;
