@@ -290,11 +290,11 @@ static double row_cost(void) {
     return row_cost_value;
 }
 
-// 0: adaptive; N > 0: sub-batches of N tokens.
+// 0: adaptive; N > 0: sub-batches of N tokens (at most 256).
 static int sub_batch_setting(void) {
     const char * s = getenv("TURBOSPARSE_SUB_BATCH");
     int n = s ? atoi(s) : 0;
-    return n < 0 ? 0 : n > 4096 ? 4096 : n;
+    return n < 0 ? 0 : n > 256 ? 256 : n; // the down node keeps n_ff floats per token of one
 }
 
 // Most tokens a sub-batch may hold.
