@@ -426,21 +426,28 @@ static void q16_rows(enum ts_type type, int64_t n, const char * const * rows, co
     }
 }
 
-// One token (dot_rows): the same float steps, but nothing is stored between unpacking and
+// One token (dot_rows) or a few: the same float steps, but nothing is stored between unpacking and
 // use, and the integer sums are formed the other way round, which needs no copy of the
 // activations: weights as unsigned bytes (Q4_0: q, Q8_0: w + 128) against the signed
 // activation bytes straight from x, minus 8 * sum(y) (Q4_0) or 128 * sum(y) (Q8_0) per block,
 // shared by all groups (xbias). The integer sums are exact both ways, so the results are the
 // batch path's bit for bit.
 #define Q16_MAX_BLOCKS 1024 // rows up to 32768 long take this path (per-call tables on the stack)
+#define Q16_FEW 8           // token counts up to this take it too: per block, unpack, then each token
 
-static ALWAYS_INLINE void q16_rows1(enum ts_type type, int64_t nb, const char * const * rows, const char * const * next,
-                                    const ts_block_q8_0 * x, const int32_t * xbias, const float * xd,
-                                    __mmask16 m, float * out) {
+// TT tokens (a compile-time constant, 1..Q16_FEW), token t at x + t * x_stride, its -8 or -128
+// times sum(y) per block in xbias[t], its scales in xd[t]; results at out + t * out_stride.
+static ALWAYS_INLINE void q16_rows_few(enum ts_type type, int TT, int64_t nb, const char * const * rows,
+                                       const char * const * next, const char * x, size_t x_stride,
+                                       const int32_t (*xbias)[Q16_MAX_BLOCKS], const float (*xd)[Q16_MAX_BLOCKS],
+                                       __mmask16 m, float * out, int64_t out_stride) {
     const size_t bs = block_bytes(type);
     const __m512i low4 = _mm512_set1_epi8(0x0F);
     const __m512i c128 = _mm512_set1_epi8((char) 0x80);
-    __m512 acc = _mm512_setzero_ps();
+    __m512 acc[Q16_FEW];
+    for (int t = 0; t < TT; t++) {
+        acc[t] = _mm512_setzero_ps();
+    }
     for (int64_t b = 0; b < nb; b++) {
         const size_t off = (size_t) b * bs;
         q16_prefetch(rows, next, off, bs, (size_t) nb * bs);
@@ -460,36 +467,51 @@ static ALWAYS_INLINE void q16_rows1(enum ts_type type, int64_t nb, const char * 
                 w[4 + g] = _mm512_xor_si512(v[g], c128);
             }
         }
-        int32_t y[8];
-        memcpy(y, x[b].qs, sizeof(y));
-        __m512i s0 = _mm512_set1_epi32(xbias[b]), s1 = _mm512_setzero_si512();
-        for (int g = 0; g < 8; g += 2) {
-            s0 = _mm512_dpbusd_epi32(s0, w[g],     _mm512_set1_epi32(y[g]));
-            s1 = _mm512_dpbusd_epi32(s1, w[g + 1], _mm512_set1_epi32(y[g + 1]));
-        }
         uint16_t h[Q16_ROWS];
         for (int r = 0; r < Q16_ROWS; r++) {
             memcpy(&h[r], rows[r] + off, 2);
         }
         const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) h));
-        const __m512 p = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
-        acc = _mm512_fmadd_ps(p, _mm512_mul_ps(d, _mm512_set1_ps(xd[b])), acc);
+        for (int t = 0; t < TT; t++) {
+            int32_t y[8];
+            memcpy(y, ((const ts_block_q8_0 *) (x + (size_t) t * x_stride))[b].qs, sizeof(y));
+            __m512i s0 = _mm512_set1_epi32(xbias[t][b]), s1 = _mm512_setzero_si512();
+            for (int g = 0; g < 8; g += 2) {
+                s0 = _mm512_dpbusd_epi32(s0, w[g],     _mm512_set1_epi32(y[g]));
+                s1 = _mm512_dpbusd_epi32(s1, w[g + 1], _mm512_set1_epi32(y[g + 1]));
+            }
+            const __m512 p = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+            acc[t] = _mm512_fmadd_ps(p, _mm512_mul_ps(d, _mm512_set1_ps(xd[t][b])), acc[t]);
+        }
     }
-    _mm512_mask_storeu_ps(out, m, acc);
+    for (int t = 0; t < TT; t++) {
+        _mm512_mask_storeu_ps(out + t * out_stride, m, acc[t]);
+    }
 }
 
-static void q16_dot_rows1(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
-                          const ts_block_q8_0 * x, const int32_t * idx, int64_t n_idx, float * out) {
+#define Q16_FEW_CASE(T_, TT_) \
+    case TT_: q16_rows_few(T_, TT_, nb, rows, nx, x, x_stride, xbias, xd, m, out + j, out_stride); break;
+#define Q16_FEW_SWITCH(T_) \
+    switch (n_tok) {                                                                   \
+        Q16_FEW_CASE(T_, 1) Q16_FEW_CASE(T_, 2) Q16_FEW_CASE(T_, 3) Q16_FEW_CASE(T_, 4) \
+        Q16_FEW_CASE(T_, 5) Q16_FEW_CASE(T_, 6) Q16_FEW_CASE(T_, 7) default: Q16_FEW_CASE(T_, 8) }
+
+static void q16_dot_rows_few(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                             const char * x, size_t x_stride, int64_t n_tok,
+                             const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
     const int64_t nb = n / TS_QK;
-    int32_t xbias[Q16_MAX_BLOCKS];
-    float   xd[Q16_MAX_BLOCKS];
+    int32_t xbias[Q16_FEW][Q16_MAX_BLOCKS];
+    float   xd[Q16_FEW][Q16_MAX_BLOCKS];
     const __m256i ones = _mm256_set1_epi8(1);
-    for (int64_t b = 0; b < nb; b++) {
-        const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, _mm256_loadu_si256((const __m256i *) x[b].qs));
-        const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-        const int32_t sum = _mm_cvtsi128_si32(_mm_hadd_epi32(_mm_hadd_epi32(s4, s4), _mm_hadd_epi32(s4, s4)));
-        xbias[b] = -(type == TS_TYPE_Q4_0 ? 8 : 128) * sum;
-        xd[b] = _cvtsh_ss(x[b].d);
+    for (int64_t t = 0; t < n_tok; t++) {
+        const ts_block_q8_0 * xt = (const ts_block_q8_0 *) (x + (size_t) t * x_stride);
+        for (int64_t b = 0; b < nb; b++) {
+            const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, _mm256_loadu_si256((const __m256i *) xt[b].qs));
+            const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            const int32_t sum = _mm_cvtsi128_si32(_mm_hadd_epi32(_mm_hadd_epi32(s4, s4), _mm_hadd_epi32(s4, s4)));
+            xbias[t][b] = -(type == TS_TYPE_Q4_0 ? 8 : 128) * sum;
+            xd[t][b] = _cvtsh_ss(xt[b].d);
+        }
     }
     for (int64_t j = 0; j < n_idx; j += Q16_ROWS) {
         const int nr = (int) drv_min(Q16_ROWS, n_idx - j);
@@ -505,9 +527,9 @@ static void q16_dot_rows1(enum ts_type type, int64_t n, const void * w, size_t r
             q16_prefetch_head(rows, (size_t) nb * block_bytes(type));
         }
         if (type == TS_TYPE_Q4_0) {
-            q16_rows1(TS_TYPE_Q4_0, nb, rows, nx, x, xbias, xd, m, out + j);
+            Q16_FEW_SWITCH(TS_TYPE_Q4_0)
         } else {
-            q16_rows1(TS_TYPE_Q8_0, nb, rows, nx, x, xbias, xd, m, out + j);
+            Q16_FEW_SWITCH(TS_TYPE_Q8_0)
         }
     }
 }
@@ -627,7 +649,7 @@ static bool is_quant(enum ts_type type) { return type == TS_TYPE_Q8_0 || type ==
 static void dot_rows(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                      const void * x, const int32_t * idx, int64_t n_idx, float * out) {
     if (is_quant(type) && n / TS_QK <= Q16_MAX_BLOCKS) {
-        q16_dot_rows1(type, n, w, row_bytes, x, idx, n_idx, out);
+        q16_dot_rows_few(type, n, w, row_bytes, x, 0, 1, idx, n_idx, out, 0);
     } else if (is_quant(type)) {
         q16_dot_rows_batch(type, n, w, row_bytes, x, 0, 1, idx, n_idx, out, 0);
     } else {
@@ -638,8 +660,8 @@ static void dot_rows(enum ts_type type, int64_t n, const void * w, size_t row_by
 static void dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                            const void * x, size_t x_stride, int64_t n_tok,
                            const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
-    if (is_quant(type) && n_tok == 1) {
-        dot_rows(type, n, w, row_bytes, x, idx, n_idx, out);
+    if (is_quant(type) && n_tok <= Q16_FEW && n / TS_QK <= Q16_MAX_BLOCKS) {
+        q16_dot_rows_few(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
     } else if (is_quant(type)) {
         q16_dot_rows_batch(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
     } else if (n_tok == 1) {
