@@ -489,6 +489,35 @@ static ALWAYS_INLINE void q16_rows_few(enum ts_type type, int TT, int64_t nb, co
     }
 }
 
+// xbias[b] = -8 * sum(y) (Q4_0) or -128 * sum(y) (Q8_0) of each block of x, xd[b] its scale.
+// Eight blocks at a time: dpbusd sums each block's bytes in fours, three rounds of hadd and
+// one cross-lane add leave the eight block sums in order (a per-call cost, which matters
+// when a call has few rows).
+static void q16_act_sums(enum ts_type type, const ts_block_q8_0 * x, int64_t nb, int32_t * xbias, float * xd) {
+    const __m256i ones = _mm256_set1_epi8(1);
+    const int32_t mul = type == TS_TYPE_Q4_0 ? -8 : -128;
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) {
+        __m256i v[8];
+        for (int k = 0; k < 8; k++) {
+            v[k] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, _mm256_loadu_si256((const __m256i *) x[b + k].qs));
+        }
+        const __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+        const __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+        const __m256i s  = _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
+        _mm256_storeu_si256((__m256i *) (xbias + b), _mm256_mullo_epi32(s, _mm256_set1_epi32(mul)));
+        for (int k = 0; k < 8; k++) {
+            xd[b + k] = _cvtsh_ss(x[b + k].d);
+        }
+    }
+    for (; b < nb; b++) {
+        const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, _mm256_loadu_si256((const __m256i *) x[b].qs));
+        const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        xbias[b] = mul * _mm_cvtsi128_si32(_mm_hadd_epi32(_mm_hadd_epi32(s4, s4), _mm_hadd_epi32(s4, s4)));
+        xd[b] = _cvtsh_ss(x[b].d);
+    }
+}
+
 #define Q16_FEW_CASE(T_, TT_) \
     case TT_: q16_rows_few(T_, TT_, nb, rows, nx, x, x_stride, xbias, xd, m, out + j, out_stride); break;
 #define Q16_FEW_SWITCH(T_) \
@@ -496,22 +525,30 @@ static ALWAYS_INLINE void q16_rows_few(enum ts_type type, int TT, int64_t nb, co
         Q16_FEW_CASE(T_, 1) Q16_FEW_CASE(T_, 2) Q16_FEW_CASE(T_, 3) Q16_FEW_CASE(T_, 4) \
         Q16_FEW_CASE(T_, 5) Q16_FEW_CASE(T_, 6) Q16_FEW_CASE(T_, 7) default: Q16_FEW_CASE(T_, 8) }
 
+// The rows the group after rows[j..j+16) reads, for prefetching. Dense rows (idx NULL): the
+// last group's are the rows after the call's, which a caller walking a matrix in calls of a
+// few rows (a thread's slice, 16 rows a call) reads next; a prefetch of them never faults and
+// hides the first misses of that call. Gathered rows: NULL after the last group.
+static ALWAYS_INLINE const char * const * q16_next(const void * w, size_t row_bytes, const int32_t * idx, int64_t n_idx,
+                                                  int64_t j, const char ** next) {
+    for (int r = 0; r < Q16_ROWS; r++) {
+        if (idx == NULL) {
+            next[r] = (const char *) ((uintptr_t) w + (uintptr_t) (j + Q16_ROWS + r) * row_bytes);
+        } else {
+            next[r] = drv_row(w, row_bytes, idx, drv_min(j + Q16_ROWS + r, n_idx - 1));
+        }
+    }
+    return idx == NULL || j + Q16_ROWS < n_idx ? next : NULL;
+}
+
 static void q16_dot_rows_few(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                              const char * x, size_t x_stride, int64_t n_tok,
                              const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
     const int64_t nb = n / TS_QK;
     int32_t xbias[Q16_FEW][Q16_MAX_BLOCKS];
     float   xd[Q16_FEW][Q16_MAX_BLOCKS];
-    const __m256i ones = _mm256_set1_epi8(1);
     for (int64_t t = 0; t < n_tok; t++) {
-        const ts_block_q8_0 * xt = (const ts_block_q8_0 *) (x + (size_t) t * x_stride);
-        for (int64_t b = 0; b < nb; b++) {
-            const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, _mm256_loadu_si256((const __m256i *) xt[b].qs));
-            const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-            const int32_t sum = _mm_cvtsi128_si32(_mm_hadd_epi32(_mm_hadd_epi32(s4, s4), _mm_hadd_epi32(s4, s4)));
-            xbias[t][b] = -(type == TS_TYPE_Q4_0 ? 8 : 128) * sum;
-            xd[t][b] = _cvtsh_ss(xt[b].d);
-        }
+        q16_act_sums(type, (const ts_block_q8_0 *) (x + (size_t) t * x_stride), nb, xbias[t], xd[t]);
     }
     for (int64_t j = 0; j < n_idx; j += Q16_ROWS) {
         const int nr = (int) drv_min(Q16_ROWS, n_idx - j);
@@ -519,10 +556,9 @@ static void q16_dot_rows_few(enum ts_type type, int64_t n, const void * w, size_
         const char * next[Q16_ROWS];
         for (int r = 0; r < Q16_ROWS; r++) {
             rows[r] = drv_row(w, row_bytes, idx, j + (r < nr ? r : nr - 1));
-            next[r] = drv_row(w, row_bytes, idx, drv_min(j + Q16_ROWS + r, n_idx - 1));
         }
         const __mmask16 m = (__mmask16) ((1u << nr) - 1);
-        const char * const * nx = j + Q16_ROWS < n_idx ? next : NULL;
+        const char * const * nx = q16_next(w, row_bytes, idx, n_idx, j, next);
         if (j == 0) {
             q16_prefetch_head(rows, (size_t) nb * block_bytes(type));
         }
@@ -545,12 +581,11 @@ static void q16_dot_rows_batch(enum ts_type type, int64_t n, const void * w, siz
         const char * next[Q16_ROWS];
         for (int r = 0; r < Q16_ROWS; r++) {
             rows[r] = drv_row(w, row_bytes, idx, j + (r < nr ? r : nr - 1));
-            next[r] = drv_row(w, row_bytes, idx, drv_min(j + Q16_ROWS + r, n_idx - 1));
         }
         if (j == 0) {
             q16_prefetch_head(rows, (size_t) (n / TS_QK) * block_bytes(type));
         }
-        q16_rows(type, n, rows, j + Q16_ROWS < n_idx ? next : NULL, nr, x, x_stride, n_tok, out + j, out_stride);
+        q16_rows(type, n, rows, q16_next(w, row_bytes, idx, n_idx, j, next), nr, x, x_stride, n_tok, out + j, out_stride);
     }
 }
 
