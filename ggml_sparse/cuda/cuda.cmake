@@ -29,6 +29,7 @@ target_compile_options(ts_cuda_kernels PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcomp
 # The CPU reference the test compares against: the scalar table, compiled as the CPU build
 # compiles it (no contraction).
 add_library(ts_cuda_cpu_ref OBJECT ${PROJECT_SOURCE_DIR}/ggml_sparse/kernels/common.c
+                                   ${PROJECT_SOURCE_DIR}/ggml_sparse/kernels/r16.c
                                    ${PROJECT_SOURCE_DIR}/ggml_sparse/kernels/scalar.c)
 target_include_directories(ts_cuda_cpu_ref PUBLIC ${PROJECT_SOURCE_DIR}/ggml_sparse/kernels)
 target_compile_options(ts_cuda_cpu_ref PRIVATE -ffp-contract=off)

@@ -149,7 +149,8 @@ struct ggml_tensor * ggml_sparse_down(
 // ---- dense products on the turbosparse kernels (src/matmul.c) -----------------------------
 
 // y [rows, T] f32 = W x, as ggml_mul_mat(W, x), for a contiguous 2-D W [n, rows] of type
-// F32/F16/BF16/Q8_0/Q4_0 in its plain layout (not in ggml's repack buffer) and x f32 [n, T]
+// F32/F16/BF16/Q8_0/Q4_0 in its plain layout (not in ggml's repack buffer) or the 16-row
+// layout of ggml_sparse_matmul_pack, and x f32 [n, T]
 // with contiguous rows. x is quantised to the row's dot type as ggml does (Q8_0 for Q8_0/Q4_0).
 // Bit-identical for any thread count. NULL with err filled (naming the tensor) otherwise.
 struct ggml_tensor * ggml_sparse_matmul(
@@ -163,7 +164,18 @@ struct ggml_tensor * ggml_sparse_matmul(
 // ours|ggml overrides) and W's type and layout allow it. A loader asks this before choosing a weight's memory layout.
 bool ggml_sparse_matmul_preferred(const struct ggml_tensor * w);
 
-// ggml_sparse_matmul where preferred (and x fits it), else ggml_mul_mat.
+// The kernel table's 16-row layout for a weight only ever read by ggml_sparse_matmul
+// (ts-kernels.h: one memory stream per 16 rows; the AVX-512 dense product reads DRAM ~25%
+// faster from it). packable: preferred, Q8_0/Q4_0, and the table has kernels for the layout
+// (TURBOSPARSE_MATMUL=plain keeps the file's layout, for measuring). pack: writes W's data
+// into dst (ggml_nbytes(W) bytes, apart from W's data) in that layout, points W at dst and
+// marks it (W->extra); false, W untouched, where not packable. Afterwards only
+// ggml_sparse_matmul / ggml_sparse_mul_mat may read W: pack no weight that another op or a
+// view reads (a tied output matrix is the token embedding, read by get_rows).
+bool ggml_sparse_matmul_packable(const struct ggml_tensor * w);
+bool ggml_sparse_matmul_pack(struct ggml_tensor * w, void * dst);
+
+// ggml_sparse_matmul where preferred (and x fits it) or W is packed, else ggml_mul_mat.
 struct ggml_tensor * ggml_sparse_mul_mat(
         struct ggml_context * ctx,
         struct ggml_tensor  * w,

@@ -149,12 +149,31 @@ static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size
     }
 }
 
+// The 16-row layout: each block read back into the plain layout, then dot_row's steps (one
+// block at a time adds the same terms in the same order as dot_row over the whole row).
+static void dot_rows_r16(enum ts_type type, int64_t n, const void * w16, int64_t g0, int64_t g1,
+                         const void * x, size_t x_stride, int64_t n_tok, float * out, int64_t out_stride) {
+    for (int64_t t = 0; t < n_tok; t++) {
+        const ts_block_q8_0 * xt = (const ts_block_q8_0 *) ((const char *) x + (size_t) t * x_stride);
+        for (int64_t r = g0 * TS_R16; r < g1 * TS_R16; r++) {
+            float sum = 0.0f;
+            for (int64_t b = 0; b < n / TS_QK; b++) {
+                ts_block_q8_0 blk; // room for either block type
+                ts_r16_block(type, n, g1 * TS_R16, w16, r, b, &blk);
+                sum += dot_row(type, TS_QK, &blk, xt + b);
+            }
+            out[t * out_stride + (r - g0 * TS_R16)] = sum;
+        }
+    }
+}
+
 const struct ts_kernels ts_kernels_scalar = {
     .isa           = TS_ISA_SCALAR,
     .name          = "scalar",
     .quantize_q8_0 = ts_quantize_row_q8_0_ref,
     .dot_rows      = dot_rows,
     .dot_rows_batch = dot_rows_batch,
+    .dot_rows_r16  = dot_rows_r16,
     .gate_up       = gate_up,
     .gate_up_exact = gate_up_exact,
     .axpy_rows     = axpy_rows,

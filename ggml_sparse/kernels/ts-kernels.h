@@ -79,6 +79,24 @@ void ts_from_float(enum ts_type type, const float * x, void * y, int64_t n);
 // Any row type to f32.
 void ts_to_float(enum ts_type type, const void * x, float * y, int64_t n);
 
+// ---- the 16-row layout of a dense quantised matrix ------------------------------------------
+// Weights only ever read whole (attention, output head, predictor) can be stored for the
+// AVX-512 dense product: Q8_0/Q4_0 rows in groups of 16, a group's blocks in order, block b
+// of a group being the 16 rows' f16 scales (32 bytes) and then their quants transposed in
+// dwords: 64-byte vector g holds bytes 4g..4g+3 of row r's quants in dword r (Q4_0: 4
+// vectors of nibble pairs, Q8_0: 8). The last n_rows % 16 rows follow in the plain layout.
+// The matrix keeps its size. A group is one sequential stream (the plain layout makes 16 row
+// streams, which the hardware prefetcher follows worse) and needs no transposing: the dense
+// product reads DRAM about 25% faster (2 threads, Q4_0 4096 x 4096, 35 -> 44-46 GB/s).
+#define TS_R16 16
+
+bool ts_r16_ok(enum ts_type type, int64_t n); // a type and row length the layout holds
+// w (n_rows plain rows of n elements) -> dst in the 16-row layout; dst must not overlap w.
+void ts_pack_r16(enum ts_type type, int64_t n, int64_t n_rows, const void * w, void * dst);
+// Row r (or only its block b) of a matrix in the 16-row layout, back in the plain layout.
+void ts_r16_row(enum ts_type type, int64_t n, int64_t n_rows, const void * w16, int64_t r, void * row);
+void ts_r16_block(enum ts_type type, int64_t n, int64_t n_rows, const void * w16, int64_t r, int64_t b, void * blk);
+
 // ---- the kernel table ---------------------------------------------------------------------
 
 struct ts_kernels {
@@ -107,6 +125,15 @@ struct ts_kernels {
     void (*dot_rows_batch)(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                            const void * x, size_t x_stride, int64_t n_tok,
                            const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride);
+
+    // Dense rows of a matrix in the 16-row layout (ts_pack_r16; Q8_0/Q4_0, ts_r16_ok), its
+    // groups [g0, g1) (rows 16 g0 .. 16 g1 - 1) against n_tok tokens laid out as for
+    // dot_rows_batch: out[t * out_stride + 16 (g - g0) + r] = dot(row 16 g + r, x_t), each
+    // bit-identical to dot_rows on the plain matrix (so a matrix's layout never changes a
+    // result). The plain tail rows are dot_rows' job. NULL in tables without it: their
+    // matrices stay plain.
+    void (*dot_rows_r16)(enum ts_type type, int64_t n, const void * w16, int64_t g0, int64_t g1,
+                         const void * x, size_t x_stride, int64_t n_tok, float * out, int64_t out_stride);
 
     // Sparse gate/up fused with the activation: for j < n_idx, i = idx[j] (or j when
     // idx == NULL): a[j] = act(dot(W_gate[i], x), dot(W_up[i], x)).

@@ -54,7 +54,7 @@ static struct ggml_tensor * moe_per_expert(struct ts_context * c, struct ggml_co
                                            struct ggml_tensor * x, struct ggml_tensor * residual) {
     const struct ts_model_meta * h = &c->model->meta;
     const int64_t n = x->ne[1];
-    struct ggml_tensor * router = ggml_mul_mat(g, l->ffn_gate_inp, x); // [n_expert, n]
+    struct ggml_tensor * router = ggml_sparse_mul_mat(g, l->ffn_gate_inp, x); // [n_expert, n]
     struct ggml_tensor * args[1] = { router };
     struct ggml_tensor * route = ggml_custom_4d(g, GGML_TYPE_F32, n, 2 * h->n_expert, 1, 1, args, 1, route_op,
                                                 GGML_N_TASKS_MAX, (void *) (intptr_t) h->n_expert_used);
@@ -79,7 +79,7 @@ static struct ggml_tensor * moe_dense(struct ts_context * c, struct ggml_context
                                       struct ggml_tensor * x) {
     const struct ts_model_meta * h = &c->model->meta;
     const int64_t n = x->ne[1], X = h->n_expert, k = h->n_expert_used;
-    struct ggml_tensor * probs = ggml_soft_max(g, ggml_mul_mat(g, l->ffn_gate_inp, x)); // [X, n]
+    struct ggml_tensor * probs = ggml_soft_max(g, ggml_sparse_mul_mat(g, l->ffn_gate_inp, x)); // [X, n]
     struct ggml_tensor * ids = ggml_argsort_top_k(g, probs, (int) k);                 // [k, n] i32
     struct ggml_tensor * w = ggml_get_rows(g, ggml_reshape_3d(g, probs, 1, X, n), ids); // [1, k, n]
     w = ggml_reshape_2d(g, w, k, n);

@@ -1,7 +1,8 @@
 // repack.c: moves the weights that are only ever read densely out of the memory-mapped file,
 // each into the layout of the kernel that will read it:
 //   - where ggml_sparse_matmul_preferred (src/matmul.c: our kernels beat ggml's on this CPU),
-//     a copy in the file's own layout in anonymous memory backed by transparent huge pages:
+//     a copy in anonymous memory backed by transparent huge pages, in the kernels' 16-row
+//     layout where they have one (ggml_sparse_matmul_pack), else in the file's own:
 //     the file mapping uses 4 KiB pages, and streaming a weight through 2 MiB pages measured
 //     markedly faster (2 threads: output head 4.1 -> 2.9 ms/token, sparse gate/up 2.5 -> 1.5);
 //   - else ggml's CPU "extra" buffer types. Setting a tensor in such a buffer rearranges its
@@ -124,14 +125,35 @@ void * ts_alloc_huge(size_t size) {
     return p;
 }
 
+// Weights our matmul reads go into the kernels' 16-row layout where it has one; the token
+// embedding (a tied output matrix) keeps the file's, since get_rows reads it too.
+static bool packable(const struct ts_model * m, const struct ggml_tensor * t) {
+    return t != m->tok_embd && ggml_sparse_matmul_packable(t);
+}
+
 // Copies the tensors of `c` that our matmul reads into one huge-page buffer and takes them
 // out of `c` (the rest goes to ggml's repack). Nothing to do when the whole file is already
 // in RAM (use_mmap = 0 reads it into huge-page memory, model.c).
 static bool copy_for_matmul(struct ts_model * m, struct candidates * c, char * err, size_t err_size) {
-    if (!m->mapped) {
+    if (!m->mapped) { // packed in place (through a copy) where the layout applies
         int kept = 0;
         for (int i = 0; i < c->n; i++) {
-            if (!ggml_sparse_matmul_preferred(c->t[i])) c->t[kept++] = c->t[i];
+            struct ggml_tensor * t = c->t[i];
+            if (!ggml_sparse_matmul_preferred(t)) {
+                c->t[kept++] = t;
+            } else if (packable(m, t)) {
+                const size_t size = ggml_nbytes(t);
+                void * plain = malloc(size), * data = t->data;
+                if (!plain) {
+                    snprintf(err, err_size, "out of memory while packing %s (%zu MiB)", t->name, size >> 20);
+                    return false;
+                }
+                memcpy(plain, data, size);
+                t->data = plain;
+                ggml_sparse_matmul_pack(t, data);
+                free(plain);
+                m->meta.n_repacked++;
+            }
         }
         c->n = kept;
         return true;
@@ -158,9 +180,12 @@ static bool copy_for_matmul(struct ts_model * m, struct candidates * c, char * e
             continue;
         }
         const size_t size = ggml_nbytes(t);
-        memcpy(buf + off, t->data, size);
-        release_pages(m, t->data, size);
-        t->data = buf + off;
+        void * src = t->data;
+        if (!(packable(m, t) && ggml_sparse_matmul_pack(t, buf + off))) {
+            memcpy(buf + off, src, size);
+            t->data = buf + off;
+        }
+        release_pages(m, src, size);
         off += GGML_PAD(size, 64);
         m->meta.n_repacked++;
     }

@@ -599,6 +599,73 @@ static void test_axpy_batch(enum ts_type type, int64_t n) {
     free(w); free(a); free(y); free(one);
 }
 
+// The 16-row layout: packing keeps every row (read back bit for bit, tail rows included), and
+// dot_rows_r16 of every table that has one gives that table's dot_rows_batch on the plain
+// matrix bit for bit (so the layout never changes a result), for any split of the groups
+// among calls, writing nothing else; the scalar table has one (the reference).
+static void test_dot_r16(enum ts_type type, enum data_mode mode, int64_t n, int64_t n_rows) {
+    static const int64_t TOKENS[] = { 1, 2, 3, 8, 9, 37 };
+    const int64_t n_tok_max = 37, n_groups = n_rows / TS_R16;
+    const size_t row_bytes = ts_row_size(type, n);
+    char * w = make_rows(type, mode, n_rows, n, row_bytes);
+    char * w16 = malloc((size_t) n_rows * row_bytes);
+    char * back = malloc(row_bytes);
+    ts_pack_r16(type, n, n_rows, w, w16);
+    int64_t lost = 0;
+    for (int64_t r = 0; r < n_rows; r++) {
+        ts_r16_row(type, n, n_rows, w16, r, back);
+        lost += memcmp(back, w + (size_t) r * row_bytes, row_bytes) != 0;
+    }
+    const char * tn = ts_type_name(type);
+    CHECK(lost == 0, "r16 %s n=%lld rows=%lld: %lld rows do not read back", tn, (long long) n, (long long) n_rows, (long long) lost);
+    CHECK(tables[0]->dot_rows_r16 != NULL, "the scalar table has no dot_rows_r16");
+
+    const size_t x_stride = ts_row_size(TS_TYPE_Q8_0, n) + 2;
+    char * x = calloc((size_t) n_tok_max, x_stride);
+    float * xf = malloc((size_t) n * sizeof(float));
+    for (int64_t t = 0; t < n_tok_max; t++) {
+        for (int64_t k = 0; k < n; k++) xf[k] = rng_value(t % 3 == 1 ? DATA_WIDE : DATA_NORMAL);
+        ts_from_float(TS_TYPE_Q8_0, xf, x + (size_t) t * x_stride, n);
+    }
+    const int64_t out_stride = n_rows + 3;
+    float * out = malloc((size_t) (n_tok_max * out_stride) * sizeof(float));
+    float * want = malloc((size_t) (n_tok_max * out_stride) * sizeof(float));
+    for (int t = 0; t < n_tables; t++) {
+        const struct ts_kernels * K = tables[t];
+        if (!K->dot_rows_r16) continue;
+        for (size_t nt = 0; nt < sizeof(TOKENS) / sizeof(TOKENS[0]); nt++) {
+            const int64_t n_tok = TOKENS[nt];
+            const int n_calls = 1 + (int) (nt % 3);
+            for (int64_t i = 0; i < n_tok_max * out_stride; i++) out[i] = SENTINEL_F;
+            for (int c = 0; c < n_calls; c++) {
+                const int64_t g0 = n_groups * c / n_calls, g1 = n_groups * (c + 1) / n_calls;
+                K->dot_rows_r16(type, n, w16, g0, g1, x, x_stride, n_tok, out + g0 * TS_R16, out_stride);
+            }
+            K->dot_rows_batch(type, n, w, row_bytes, x, x_stride, n_tok, NULL, n_groups * TS_R16, want, out_stride);
+            int64_t bad = 0, far = 0;
+            for (int64_t tk = 0; tk < n_tok_max; tk++) {
+                const float * o = out + tk * out_stride;
+                for (int64_t j = 0; j < out_stride; j++) {
+                    if (tk < n_tok && j < n_groups * TS_R16) {
+                        double mag;
+                        const double ref = ref_dot(type, n, w + (size_t) j * row_bytes, x + (size_t) tk * x_stride, &mag);
+                        bad += memcmp(&o[j], &want[tk * out_stride + j], sizeof(float)) != 0;
+                        far += !(fabs(o[j] - ref) <= dot_tol(mag));
+                    } else {
+                        bad += o[j] != SENTINEL_F;
+                    }
+                }
+            }
+            CHECK(bad == 0, "%s dot_rows_r16 %s %s n=%lld rows=%lld n_tok=%lld, %d calls: %lld outputs differ from dot_rows_batch "
+                  "on the plain rows or were written outside", K->name, tn, DATA_NAMES[mode], (long long) n, (long long) n_rows,
+                  (long long) n_tok, n_calls, (long long) bad);
+            CHECK(far == 0, "%s dot_rows_r16 %s n=%lld n_tok=%lld: %lld outputs outside the reference tolerance",
+                  K->name, tn, (long long) n, (long long) n_tok, (long long) far);
+        }
+    }
+    free(w); free(w16); free(back); free(x); free(xf); free(out); free(want);
+}
+
 int main(void) {
     for (int isa = 0; isa < TS_ISA_COUNT; isa++) {
         const struct ts_kernels * K = ts_kernels_for((enum ts_isa) isa);
@@ -637,11 +704,20 @@ int main(void) {
             }
             test_dot_batch(type, sizes[si]);
             test_axpy_batch(type, sizes[si]);
+            if (ts_r16_ok(type, sizes[si])) {
+                for (int mode = 0; mode < DATA_COUNT; mode++) {
+                    test_dot_r16(type, mode, sizes[si], 37); // two groups and a tail of 5
+                }
+                test_dot_r16(type, DATA_NORMAL, sizes[si], 5);  // only a tail
+                test_dot_r16(type, DATA_NORMAL, sizes[si], 48); // only groups
+            }
         }
     }
     // rows longer than the one-token kernels' per-call tables (1024 blocks): their fallback
     test_dot_batch(TS_TYPE_Q4_0, TS_QK * 1025);
     test_dot_batch(TS_TYPE_Q8_0, TS_QK * 1025);
+    test_dot_r16(TS_TYPE_Q4_0, DATA_NORMAL, TS_QK * 1025, 20);
+    test_dot_r16(TS_TYPE_Q8_0, DATA_NORMAL, TS_QK * 1025, 20);
     printf("%ld checks, %ld failed\n", n_checks, n_failed);
     return n_failed ? 1 : 0;
 }

@@ -6,6 +6,8 @@
 //     table's quantiser, itself tested against the reference quantiser in test_kernels);
 //   - bit-identical results for 1..4 threads;
 //   - each token of a batch bit-identical to the same token computed alone (T = 1);
+//   - where the kernel table has it (AVX-512, Q8_0/Q4_0), the same weights in the 16-row layout
+//     (ggml_sparse_matmul_pack) give the plain layout's results bit for bit, 1..3 threads;
 // plus the error paths (type, shapes, layout), and ggml_sparse_mul_mat's fallback to ggml.
 #include "ggml-sparse.h"
 #include "ts-kernels.h"
@@ -75,6 +77,8 @@ static void run_matmul(struct ggml_tensor * w, const float * x, int64_t T, int n
     ggml_free(ctx);
 }
 
+static int n_packed_tests = 0;
+
 static void test_type(enum ggml_type type, int64_t n, int64_t rows) {
     static const int64_t TS[] = { 1, 2, 3, 7, 33 };
     const enum ts_type tt = ts_type_of(type);
@@ -86,6 +90,20 @@ static void test_type(enum ggml_type type, int64_t n, int64_t rows) {
     ggml_quantize_chunk(type, wf, w->data, 0, rows, n, NULL);
     for (int64_t r = 0; r < rows; r++) { // what W holds
         ts_to_float(tt, (const char *) w->data + r * w->nb[1], wf + r * n, n);
+    }
+
+    // the same weights in the kernels' 16-row layout, where this table has it (Q8_0/Q4_0 on AVX-512)
+    struct ggml_tensor * w16 = NULL;
+    void * w16_data = NULL;
+    if (ggml_sparse_matmul_packable(w)) {
+        w16 = ggml_dup_tensor(wctx, w);
+        ggml_set_name(w16, "blk.0.attn_q.weight");
+        memcpy(w16->data, w->data, ggml_nbytes(w));
+        w16_data = malloc(ggml_nbytes(w));
+        CHECK(ggml_sparse_matmul_pack(w16, w16_data), "%s: packable but not packed", ggml_type_name(type));
+        CHECK(w16->data == w16_data && memcmp(w16_data, w->data, ggml_nbytes(w)) != 0 || rows < 16,
+              "%s rows=%lld: pack left the data as it was", ggml_type_name(type), (long long) rows);
+        n_packed_tests++;
     }
 
     const int64_t T_max = 33;
@@ -131,6 +149,12 @@ static void test_type(enum ggml_type type, int64_t n, int64_t rows) {
                   "%s rows=%lld T=%lld: %d threads differ from 1 thread", ggml_type_name(type),
                   (long long) rows, (long long) T, nt);
         }
+        for (int nt = 1; w16 && nt <= 3; nt++) {
+            run_matmul(w16, x, T, nt, y);
+            CHECK(memcmp(y, y1, sizeof(float) * (size_t) (rows * T)) == 0,
+                  "%s rows=%lld T=%lld, %d threads: the 16-row layout's results differ from the plain layout's",
+                  ggml_type_name(type), (long long) rows, (long long) T, nt);
+        }
         if (T > 1) {
             for (int64_t t = 0; t < T; t += T > 7 ? 8 : 1) {
                 run_matmul(w, x + t * n, 1, 2, one);
@@ -140,6 +164,15 @@ static void test_type(enum ggml_type type, int64_t n, int64_t rows) {
             }
         }
     }
+    if (w16) {
+        struct ggml_context * ctx = new_ctx(1);
+        struct ggml_tensor * xt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n, 1);
+        struct ggml_tensor * node = ggml_sparse_mul_mat(ctx, w16, xt);
+        CHECK(node && node->op == GGML_OP_CUSTOM, "ggml_sparse_mul_mat must send a packed weight to ggml_sparse_matmul");
+        CHECK(!ggml_sparse_matmul_pack(w16, w16_data), "a packed weight packed again");
+        ggml_free(ctx);
+    }
+    free(w16_data);
     free(q); free(one); free(y1); free(y); free(xd); free(x); free(wf);
     ggml_free(wctx);
 }
@@ -199,7 +232,7 @@ static void test_errors(void) {
 int main(void) {
     ggml_cpu_init();
     printf("test_matmul: kernel table %s\n", ggml_sparse_isa());
-    static const int64_t ROWS[] = { 1, 17, 67 };
+    static const int64_t ROWS[] = { 1, 17, 48, 67 }; // 16-row layout: tail only, 1 group + 1, groups only, 4 + 3
     for (size_t ti = 0; ti < sizeof(TYPES) / sizeof(TYPES[0]); ti++) {
         for (size_t ri = 0; ri < sizeof(ROWS) / sizeof(ROWS[0]); ri++) {
             test_type(TYPES[ti], 96, ROWS[ri]);
@@ -207,6 +240,10 @@ int main(void) {
         test_type(TYPES[ti], 256, 40);
     }
     test_errors();
+    // the AVX-512 table must have the 16-row layout for both quantised types (6 sizes each)
+    CHECK(ts_kernels_best()->isa != TS_ISA_AVX512 || getenv("TURBOSPARSE_MATMUL") || n_packed_tests == 10,
+          "16-row layout tested %d times, expected 10 on the AVX-512 table", n_packed_tests);
+    printf("test_matmul: 16-row layout in %d of the cases\n", n_packed_tests);
     printf("test_matmul: %d checks, %d failed\n", n_checks, n_failed);
     return n_failed ? 1 : 0;
 }

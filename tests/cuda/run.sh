@@ -29,8 +29,9 @@ else
     K=ggml_sparse/kernels; C=ggml_sparse/cuda
     gcc -O2 -std=c11 -ffp-contract=off -I$K -c $K/common.c -o "$BUILD/common.o" &&
     gcc -O2 -std=c11 -ffp-contract=off -I$K -c $K/scalar.c -o "$BUILD/scalar.o" &&
+    gcc -O2 -std=c11 -ffp-contract=off -I$K -c $K/r16.c -o "$BUILD/r16.o" &&
     nvcc -O3 -std=c++17 -arch=sm_$ARCH -I$K -I$C $C/*.cu tests/cuda/test_cuda_kernels.cu \
-         "$BUILD/common.o" "$BUILD/scalar.o" -o "$BUILD/test_cuda_kernels" &&
+         "$BUILD/common.o" "$BUILD/r16.o" "$BUILD/scalar.o" -o "$BUILD/test_cuda_kernels" &&
     nvcc -O3 -std=c++17 -arch=sm_$ARCH -I$K -I$C $C/*.cu tests/cuda/bench_cuda_kernels.cu \
          "$BUILD/common.o" -o "$BUILD/bench_cuda_kernels" || { echo "BUILD FAILED"; exit 1; }
 fi

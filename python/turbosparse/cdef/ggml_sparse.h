@@ -51,6 +51,8 @@ struct ggml_tensor * ggml_sparse_down(struct ggml_context * ctx, struct ggml_ten
 struct ggml_tensor * ggml_sparse_matmul(struct ggml_context * ctx, struct ggml_tensor * w,
         struct ggml_tensor * x, char * err, size_t err_size);
 bool ggml_sparse_matmul_preferred(const struct ggml_tensor * w);
+bool ggml_sparse_matmul_packable(const struct ggml_tensor * w);
+bool ggml_sparse_matmul_pack(struct ggml_tensor * w, void * dst);
 struct ggml_tensor * ggml_sparse_mul_mat(struct ggml_context * ctx, struct ggml_tensor * w,
         struct ggml_tensor * x);
 const char * ggml_sparse_isa(void);
