@@ -478,6 +478,18 @@ static void test_axpy(enum ts_type type, enum data_mode mode, int64_t n) {
 
 // ---- batches of tokens ---------------------------------------------------------------------------
 
+// n_tok activation vectors in the dot type dt, x_stride apart (every third one of wide range).
+static char * make_tokens(enum ts_type dt, int64_t n, int64_t n_tok, size_t x_stride) {
+    char * x = calloc((size_t) n_tok, x_stride);
+    float * xf = malloc((size_t) n * sizeof(float));
+    for (int64_t t = 0; t < n_tok; t++) {
+        for (int64_t k = 0; k < n; k++) xf[k] = rng_value(t % 3 == 1 ? DATA_WIDE : DATA_NORMAL);
+        ts_from_float(dt, xf, x + (size_t) t * x_stride, n);
+    }
+    free(xf);
+    return x;
+}
+
 static const int64_t BATCH_TOKENS[] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 37, 62, 70 }; // 62, 70: 64-token blocks' tails
 #define N_BATCH_TOKENS ((int) (sizeof(BATCH_TOKENS) / sizeof(BATCH_TOKENS[0])))
 static const float SENTINEL_F = 12345.0f;
@@ -492,12 +504,7 @@ static void test_dot_batch(enum ts_type type, int64_t n) {
     void * w = make_rows(type, DATA_NORMAL, n_rows, n, row_bytes);
     const enum ts_type dt = ts_dot_type(type);
     const size_t x_stride = ts_row_size(dt, n) + (is_quant(type) ? 2 : 12); // unaligned blocks/floats
-    char * x = calloc((size_t) n_tok_max, x_stride);
-    float * xf = malloc((size_t) n * sizeof(float));
-    for (int64_t t = 0; t < n_tok_max; t++) {
-        for (int64_t k = 0; k < n; k++) xf[k] = rng_value(t % 3 == 1 ? DATA_WIDE : DATA_NORMAL);
-        ts_from_float(dt, xf, x + (size_t) t * x_stride, n);
-    }
+    char * x = make_tokens(dt, n, n_tok_max, x_stride);
     const int64_t out_stride = n_rows + 3;
     float * out = malloc((size_t) (n_tok_max * out_stride) * sizeof(float));
     float * one = malloc((size_t) n_rows * sizeof(float));
@@ -546,7 +553,7 @@ static void test_dot_batch(enum ts_type type, int64_t n) {
         }
         free(idx);
     }
-    free(w); free(x); free(xf); free(out); free(one); free(ref); free(tol);
+    free(w); free(x); free(out); free(one); free(ref); free(tol);
 }
 
 // axpy_rows_batch: every token's columns are bit for bit the table's axpy_rows with that
@@ -621,12 +628,7 @@ static void test_dot_r16(enum ts_type type, enum data_mode mode, int64_t n, int6
     CHECK(tables[0]->dot_rows_r16 != NULL, "the scalar table has no dot_rows_r16");
 
     const size_t x_stride = ts_row_size(TS_TYPE_Q8_0, n) + 2;
-    char * x = calloc((size_t) n_tok_max, x_stride);
-    float * xf = malloc((size_t) n * sizeof(float));
-    for (int64_t t = 0; t < n_tok_max; t++) {
-        for (int64_t k = 0; k < n; k++) xf[k] = rng_value(t % 3 == 1 ? DATA_WIDE : DATA_NORMAL);
-        ts_from_float(TS_TYPE_Q8_0, xf, x + (size_t) t * x_stride, n);
-    }
+    char * x = make_tokens(TS_TYPE_Q8_0, n, n_tok_max, x_stride);
     const int64_t out_stride = n_rows + 3;
     float * out = malloc((size_t) (n_tok_max * out_stride) * sizeof(float));
     float * want = malloc((size_t) (n_tok_max * out_stride) * sizeof(float));
@@ -663,7 +665,7 @@ static void test_dot_r16(enum ts_type type, enum data_mode mode, int64_t n, int6
                   K->name, tn, (long long) n, (long long) n_tok, (long long) far);
         }
     }
-    free(w); free(w16); free(back); free(x); free(xf); free(out); free(want);
+    free(w); free(w16); free(back); free(x); free(out); free(want);
 }
 
 int main(void) {
