@@ -131,9 +131,9 @@ static bool packable(const struct ts_model * m, const struct ggml_tensor * t) {
     return t != m->tok_embd && ggml_sparse_matmul_packable(t);
 }
 
-// Copies the tensors of `c` that our matmul reads into one huge-page buffer and takes them
-// out of `c` (the rest goes to ggml's repack). Nothing to do when the whole file is already
-// in RAM (use_mmap = 0 reads it into huge-page memory, model.c).
+// Copies the tensors of `c` that our matmul reads into one huge-page buffer (packed where
+// packable) and takes them out of `c` (the rest goes to ggml's repack). When the whole file is
+// already in huge-page RAM (use_mmap = 0, model.c) they stay where they are, packed in place.
 static bool copy_for_matmul(struct ts_model * m, struct candidates * c, char * err, size_t err_size) {
     if (!m->mapped) { // packed in place (through a copy) where the layout applies
         int kept = 0;
