@@ -3,7 +3,8 @@
 // dot products stay at one 32-value block per 256-bit vector as in ggml, with VNNI's dpbusd
 // doing the multiply-add of unsigned weight bytes and signed activation bytes, except in
 // dot_rows/dot_rows_batch, which put sixteen rows in the lanes of a vector (see "quantised
-// rows, sixteen at a time"). Batches of tokens use register tiles of rows x tokens with the
+// rows, sixteen at a time"), and dot_rows_r16, which reads the same vectors ready-made from
+// the 16-row layout (ts-kernels.h). Batches of tokens use register tiles of rows x tokens with the
 // per-token kernels' exact steps, so batch size never changes a bit.
 #include "ts-kernels.h"
 
