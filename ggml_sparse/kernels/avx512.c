@@ -446,15 +446,12 @@ static void q16_rows(enum ts_type type, int64_t n, const char * const * rows, co
         const int nblk = (int) drv_min(Q16_CHUNK, nb - c);
         for (int b = 0; b < nblk; b++) {
             const size_t off = (size_t) (c + b) * bs, row_len = (size_t) nb * bs;
-            const char * blk16 = rows ? NULL : grp + Q16_ROWS * off;
-            if (type == TS_TYPE_Q4_0 && !rows) {
-                q16_unpack(TS_TYPE_Q4_0, true, NULL, NULL, blk16, off, row_len, &pb[b]);
-            } else if (type == TS_TYPE_Q4_0) {
-                q16_unpack(TS_TYPE_Q4_0, false, rows, next, NULL, off, row_len, &pb[b]);
-            } else if (!rows) {
-                q16_unpack(TS_TYPE_Q8_0, true, NULL, NULL, blk16, off, row_len, &pb[b]);
+            const bool packed = rows == NULL;
+            const char * blk16 = packed ? grp + Q16_ROWS * off : NULL;
+            if (type == TS_TYPE_Q4_0) {
+                q16_unpack(TS_TYPE_Q4_0, packed, rows, next, blk16, off, row_len, &pb[b]);
             } else {
-                q16_unpack(TS_TYPE_Q8_0, false, rows, next, NULL, off, row_len, &pb[b]);
+                q16_unpack(TS_TYPE_Q8_0, packed, rows, next, blk16, off, row_len, &pb[b]);
             }
         }
         for (int64_t t0 = 0; t0 < n_tok; t0 += Q16_TILE) {
