@@ -38,12 +38,13 @@ class LlamaResult:
 
 
 def run_llama_bench(binary: Path, model: Path, n_threads: int, n_gen: int, n_prompt: int,
-                    repeats: int = 1) -> LlamaResult:
+                    repeats: int = 1, env: Optional[dict] = None, extra: tuple[str, ...] = ()) -> LlamaResult:
     """One llama-bench process: a pp<n_prompt> test and a tg<n_gen> test (llama-bench runs each
-    of -p and -n as its own test, so this equals `-p 0 -n N` plus `-p P -n 0`), CPU only."""
+    of -p and -n as its own test, so this equals `-p 0 -n N` plus `-p P -n 0`), CPU only.
+    PowerInfer's llama-bench (a Dec 2023 llama.cpp) takes the same flags and writes the same JSON."""
     cmd = [str(binary), "-m", str(model), "-p", str(n_prompt), "-n", str(n_gen), "-t", str(n_threads),
-           "-r", str(repeats), "-o", "json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+           "-r", str(repeats), "-o", "json", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     rows = json.loads(proc.stdout)
@@ -51,6 +52,8 @@ def run_llama_bench(binary: Path, model: Path, n_threads: int, n_gen: int, n_pro
     version = ""
     for r in rows:
         version = f"{r.get('build_commit', '')} ({r.get('build_number', '')})"
+        if "avg_ts" not in r:  # a Dec 2023 llama-bench: mean time per test in ns
+            r["avg_ts"] = (r["n_gen"] or r["n_prompt"]) * 1e9 / r["avg_ns"]
         if r["n_gen"] > 0 and r["n_prompt"] == 0:
             decode = float(r["avg_ts"])
         elif r["n_prompt"] > 0 and r["n_gen"] == 0:

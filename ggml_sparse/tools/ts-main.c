@@ -31,6 +31,7 @@ struct options {
     bool         no_repack;
     bool         no_mmap;
     bool         verbose_prompt;
+    bool         ignore_eos;
 };
 
 static void usage(FILE * f) {
@@ -62,6 +63,7 @@ static void usage(FILE * f) {
         "                           huge pages for turbosparse's AVX-512 matmul, else ggml's repack)\n"
         "      --no-mmap            read the whole file into RAM (huge pages) instead of mapping it\n"
         "      --verbose-prompt     print the prompt's token ids (each turn's, with -i) on stderr\n"
+        "      --ignore-eos         generate all -n tokens, past end-of-text (for timing, as llama.cpp's)\n"
         "  -h, --help               this help\n");
 }
 
@@ -118,6 +120,7 @@ static int parse_args(int argc, char ** argv, struct options * o) {
         if (!strcmp(a, "--no-repack")) { o->no_repack = true; continue; }
         if (!strcmp(a, "--no-mmap")) { o->no_mmap = true; continue; }
         if (!strcmp(a, "--verbose-prompt")) { o->verbose_prompt = true; continue; }
+        if (!strcmp(a, "--ignore-eos")) { o->ignore_eos = true; continue; }
         if (!strcmp(a, "-i") || !strcmp(a, "--interactive")) { o->interactive = true; continue; }
         if (i + 1 >= argc) { fprintf(stderr, "error: unknown option or missing value: %s\n", a); return 1; }
         const char * v = argv[++i];
@@ -433,7 +436,7 @@ static int run_turn(struct session * s, const int32_t * ids, int n_ids, int32_t 
             return 1;
         }
         *last = t;
-        if (ts_token_is_eog(s->tok, t)) break;
+        if (!s->o.ignore_eos && ts_token_is_eog(s->tok, t)) break;
         ts_sampler_accept(s->smpl, t);
         int n = ts_utf8_stream_push(&stream, s->tok, t, out, out_size);
         if (n > 0) { fwrite(out, 1, n, stdout); fflush(stdout); }

@@ -356,10 +356,12 @@ def read_tiny_tensors(folder: Path) -> dict[str, np.ndarray]:
 
 def write_powerinfer_gguf(path: Path, n_layer: int = 2, n_embd: int = 64, n_ff: int = 96, n_head: int = 4,
                           n_head_kv: int = 2, rank: int = 32, weight_type: str = "f16", seed: int = 0,
-                          sparse_threshold: Optional[float] = 0.5, fc_suffix: bool = True) -> dict[str, Any]:
+                          sparse_threshold: Optional[float] = 0.5, fc_suffix: bool = True,
+                          head_type: Optional[str] = None) -> dict[str, Any]:
     """A PowerInfer "bamboo" GGUF as PowerInfer's converter writes it (ffn_down_t, blk.N.fc1/fc2,
     powerinfer.sparse_threshold, magic PWRI). weight_type: "f16", "f32" or "q4_0" for the 2-D
-    weights. Returns {"tensors": name -> (float32 values in numpy order, ggml type name),
+    weights; head_type "q6_k" gives output.weight the type PowerInfer's quantize gives it
+    (encoded by ggml's own quantiser; n_embd a multiple of 256). Returns {"tensors": name -> (float32 values in numpy order, ggml type name),
     "vocab_size", "im_end"}."""
     import gguf
 
@@ -398,7 +400,14 @@ def write_powerinfer_gguf(path: Path, n_layer: int = 2, n_embd: int = 64, n_ff: 
 
     def add(name: str, a: np.ndarray, kind: str) -> None:
         a = np.asarray(a, dtype=np.float32)
-        if kind == "norm":
+        if name == "output.weight" and head_type == "q6_k":
+            from ggml_quant import ggml_encode
+
+            q6 = gguf.GGMLQuantizationType.Q6_K
+            raw = ggml_encode(a, q6).reshape(a.shape[0], -1)
+            writer.add_tensor(name, raw, raw_dtype=q6)
+            written[name] = (gguf.quants.dequantize(raw, q6), q6.name)
+        elif kind == "norm":
             writer.add_tensor(name, a)
             written[name] = (a, "F32")
         elif qtype == gguf.GGMLQuantizationType.F32:

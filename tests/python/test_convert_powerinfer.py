@@ -125,3 +125,27 @@ def test_source_file_is_not_modified(tmp_path: Path) -> None:
     before = src.read_bytes()
     assert convert("--from-powerinfer", src, "--outfile", tmp_path / "out.gguf") == 0
     assert src.read_bytes() == before
+
+
+def test_import_keeps_a_q6_k_head_and_runs_it(tmp_path: Path) -> None:
+    """PowerInfer's (and llama.cpp's) quantize writes a Q6_K output.weight beside Q4_0 weights: it
+    is imported without --outtype, byte for byte, and the runtime computes with it."""
+    import turbosparse
+
+    src = tmp_path / "pi.gguf"
+    info = write_powerinfer_gguf(src, n_embd=256, n_head=4, n_head_kv=2, weight_type="f16", head_type="q6_k")
+    out, ref = tmp_path / "out.gguf", tmp_path / "f32.gguf"
+    assert convert("--from-powerinfer", src, "--outfile", out) == 0
+    raw, qtype, _ = tensor_bytes(GGUFReader(out), "output.weight")
+    assert qtype.name == "Q6_K"
+    np.testing.assert_array_equal(raw, source_bytes(src)["output.weight"][0])
+    assert convert("--from-powerinfer", src, "--outfile", ref, "--outtype", "f32") == 0  # the same values in f32
+    ids = [1, 5, 9, 3, 7]
+    with turbosparse.Model(out, ffn_mode="dense", n_threads=1) as m:
+        got = m.eval(ids)
+    with turbosparse.Model(ref, ffn_mode="dense", n_threads=1) as m:
+        want = m.eval(ids)
+    assert np.all(np.isfinite(got)) and got.shape == (len(ids), info["vocab_size"])
+    # the Q6_K head multiplies Q8_K-quantised activations: close to the f32 head, not equal
+    assert np.max(np.abs(got - want)) < 0.02 * np.max(np.abs(want)) + 1e-3
+    assert (got.argmax(axis=1) == want.argmax(axis=1)).mean() >= 0.8

@@ -4,47 +4,21 @@ ggml_quantize_chunk, called through ctypes) for f16, bf16, q8_0 and q4_0."""
 from __future__ import annotations
 
 import ctypes
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
 
+from ggml_quant import ggml_encode, libggml_base
 from turbosparse.convert.errors import ConvertError
-from turbosparse.convert.qtypes import Role, choose_type, encode, nbytes_of
+from turbosparse.convert.qtypes import Role, choose_type, encode
 
 Q = GGMLQuantizationType
-# ggml's enum ggml_type values (ggml.h of libggml-python 0.20.2)
-GGML_TYPE = {Q.F16: 1, Q.Q4_0: 2, Q.Q8_0: 8, Q.BF16: 30}
-
-
-def _libggml_base() -> ctypes.CDLL:
-    spec = importlib.util.find_spec("libggml")
-    assert spec is not None and spec.origin, "libggml-python (a dependency of turbosparse) is not installed"
-    lib_dir = Path(spec.origin).parent / "lib64"
-    candidates = sorted(lib_dir.glob("libggml-base.so*")) or sorted((Path(spec.origin).parent / "lib").glob(
-        "libggml-base.so*"))
-    assert candidates, f"libggml-base.so not found under {lib_dir}"
-    lib = ctypes.CDLL(str(candidates[0]))
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-    return lib
 
 
 @pytest.fixture(scope="module")
 def ggml() -> ctypes.CDLL:
-    return _libggml_base()
-
-
-def ggml_encode(lib: ctypes.CDLL, data: np.ndarray, qtype: Q) -> np.ndarray:
-    data = np.ascontiguousarray(data, dtype=np.float32)
-    nrows, n_per_row = data.shape
-    out = np.zeros(nbytes_of(data.shape, qtype), dtype=np.uint8)
-    written = lib.ggml_quantize_chunk(GGML_TYPE[qtype], data.ctypes.data, out.ctypes.data, 0, nrows, n_per_row, None)
-    assert written == out.nbytes
-    return out
+    return libggml_base()
 
 
 def tricky_rows(rng: np.random.Generator, n_per_row: int) -> np.ndarray:
@@ -69,7 +43,7 @@ def test_blocks_identical_to_ggml(ggml: ctypes.CDLL, qtype: Q) -> None:
         data = np.concatenate([tricky_rows(rng, n_per_row),
                                rng.standard_normal((13, n_per_row)).astype(np.float32)])
         ours = encode(data, qtype, "test tensor")
-        theirs = ggml_encode(ggml, data, qtype)
+        theirs = ggml_encode(data, qtype)
         np.testing.assert_array_equal(ours, theirs, err_msg=f"{qtype.name} n_per_row={n_per_row}")
 
 
@@ -78,7 +52,7 @@ def test_chunked_encoding_equals_whole(ggml: ctypes.CDLL, monkeypatch: pytest.Mo
 
     rng = np.random.default_rng(7)
     data = rng.standard_normal((37, 96)).astype(np.float32)
-    whole = ggml_encode(ggml, data, Q.Q4_0)
+    whole = ggml_encode(data, Q.Q4_0)
     monkeypatch.setattr(qt, "_CHUNK_ELEMENTS", 96 * 5)  # 5 rows a step, the last step partial
     np.testing.assert_array_equal(encode(data, Q.Q4_0, "t"), whole)
 

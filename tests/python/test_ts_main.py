@@ -135,6 +135,19 @@ def test_generation_stops_at_context_size(model):
     assert int(m.group(1)) + int(m.group(3)) <= 16
 
 
+def test_ignore_eos_generates_every_token():
+    """The bundled model ends this answer itself after a few tokens; --ignore-eos (for timing
+    runs, as llama.cpp's) keeps generating to -n."""
+    common = ("-p", "The Python interpreter", "-n", "60", "--temp", "0", "-t", "1")
+    stops = run(*common)
+    assert stops.returncode == 0, stops.stderr
+    assert int(STATS.search(stops.stderr).group(3)) < 60  # premise: the model does stop early
+    r = run(*common, "--ignore-eos")
+    assert r.returncode == 0, r.stderr
+    assert int(STATS.search(r.stderr).group(3)) == 59  # decoded tokens: the 60th is sampled, not decoded
+    assert r.stdout.startswith(stops.stdout.rstrip("\n"))
+
+
 def _package_copy(tmp_path: Path, model: Path | None) -> Path:
     """A copy of the installed package's native layout (bin/, lib/, models/) in tmp_path."""
     import shutil

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
-from gguf import GGUF_MAGIC, GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.gguf_reader import ReaderField, ReaderTensor
 
 from .errors import ConvertError
@@ -214,9 +214,13 @@ def _add(plan: ModelPlan, path: Path, t: ReaderTensor, out_name: str, opts: Conv
     qtype = GGMLQuantizationType(int(t.tensor_type))
     shape = _np_shape(t)
     role = _role(out_name, predictor)
-    if opts.outtype is None and qtype not in SUPPORTED and role is not Role.NORM:
-        raise ConvertError(f"{path}: tensor {t.name!r} has type {qtype.name}, which turbosparse does not run; "
-                           "pass --outtype to convert it")
+    # A tensor copied unchanged keeps any type ggml computes with (a Q6_K head from PowerInfer's
+    # quantize, for one); one that must be transposed (a down projection in the other layout) is
+    # decoded, which our decoders do for the types we write.
+    copyable = transform is None and qtype in GGML_QUANT_SIZES
+    if opts.outtype is None and not (qtype in SUPPORTED or copyable) and role is not Role.NORM:
+        raise ConvertError(f"{path}: tensor {t.name!r} has type {qtype.name}, which turbosparse cannot "
+                           f"{'transpose' if transform is not None else 'read'}; pass --outtype to convert it")
 
     def load() -> np.ndarray:
         data = decode(t.data, qtype, shape)
@@ -224,7 +228,7 @@ def _add(plan: ModelPlan, path: Path, t: ReaderTensor, out_name: str, opts: Conv
 
     out_shape = shape if transform is None else tuple(reversed(shape))
     # without --outtype a tensor keeps its type (norms become f32); untransformed ones are copied
-    keep = qtype in SUPPORTED and not (role is Role.NORM and qtype != GGMLQuantizationType.F32)
+    keep = (qtype in SUPPORTED or copyable) and not (role is Role.NORM and qtype != GGMLQuantizationType.F32)
     plan.tensor(OutTensor(out_name, out_shape, role, load,
                           raw_type=qtype if keep else None,
                           load_raw=(lambda: t.data) if keep and transform is None else None,
