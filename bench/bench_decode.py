@@ -387,7 +387,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     if "process" in styles:
                         t = measured(f"{tag} PowerInfer main {d:.0%}", lambda env=env: run_llama_style(
                             pi.main, g.pi_file, prompts[g.natural], args.gen_tokens, args.threads, n_ctx_process,
-                            env=env))
+                            env=env, extra=("--log-disable",)))  # else it writes main.log into the cwd
                         s = g.powerinfer.setdefault(("process", d), Samples())
                         s.decode.append(t.gen_tok_s), s.prefill.append(t.prompt_tok_s)
                         log(f"  {g.qtype} PowerInfer {d:.0%} (main): generation {t.gen_tok_s:.2f}, prompt "
