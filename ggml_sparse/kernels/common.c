@@ -183,3 +183,23 @@ int64_t ts_select_nonzero(const float * a, int64_t n, int32_t * idx, float * a_c
     }
     return count;
 }
+
+void ts_dot_rows_blocked(const struct ts_kernels * k, enum ts_type type, int64_t n, const void * w,
+                         size_t row_bytes, const void * x, size_t x_stride, int64_t n_tok,
+                         const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
+    int64_t block_rows = TS_BATCH_BLOCK_BYTES / (int64_t) row_bytes / 16 * 16;
+    block_rows = block_rows > 16 ? block_rows : 16;
+    int64_t chunk_tok = TS_BATCH_BLOCK_BYTES / (int64_t) x_stride / 12 * 12;
+    chunk_tok = chunk_tok > 12 ? chunk_tok : 12;
+    for (int64_t j0 = 0; j0 < n_idx; j0 += block_rows) {
+        const int64_t nj = n_idx - j0 < block_rows ? n_idx - j0 : block_rows;
+        // a block of consecutive rows (idx == NULL) starts at its first row
+        const void * wb = idx ? w : (const char *) w + (size_t) j0 * row_bytes;
+        const int32_t * ib = idx ? idx + j0 : NULL;
+        for (int64_t t0 = 0; t0 < n_tok; t0 += chunk_tok) {
+            const int64_t nt = n_tok - t0 < chunk_tok ? n_tok - t0 : chunk_tok;
+            k->dot_rows_batch(type, n, wb, row_bytes, (const char *) x + (size_t) t0 * x_stride, x_stride, nt,
+                              ib, nj, out + t0 * out_stride + j0, out_stride);
+        }
+    }
+}

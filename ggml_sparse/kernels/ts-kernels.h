@@ -183,6 +183,17 @@ const struct ts_kernels * ts_kernels_for(enum ts_isa isa);
 const struct ts_kernels * ts_kernels_best(void);
 const char * ts_isa_name(enum ts_isa isa);
 
+// dot_rows_batch over a batch larger than L2, in blocks that fit: the rows in blocks of about
+// TS_BATCH_BLOCK_BYTES of weights, the tokens in chunks of about as many bytes of x (a
+// multiple of 12 tokens: whole register tiles in every table), every row block meeting every
+// token chunk while both sit in L2. Same results as one dot_rows_batch call, bit for bit.
+// (f32 activations of 128 tokens of 4096 are 2 MB: without the chunks the whole of x was
+// streamed from L3 for every group of rows, and F16 prompt processing ran at that speed.)
+#define TS_BATCH_BLOCK_BYTES (256 * 1024)
+void ts_dot_rows_blocked(const struct ts_kernels * k, enum ts_type type, int64_t n, const void * w,
+                         size_t row_bytes, const void * x, size_t x_stride, int64_t n_tok,
+                         const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride);
+
 // ---- small helpers shared by every ISA ------------------------------------------------------
 
 static inline float ts_act_apply(enum ts_act act, float g, float u) {

@@ -27,10 +27,6 @@
 // never cut by a thread boundary.
 #define ROW_CHUNK TS_R16
 
-// Rows of one dot_rows_batch call in prompt processing: they (16 x 14336 Q4_0 weights are
-// 129 KB) stay in L2 while every token of x passes by.
-#define BATCH_ROWS 16
-
 static bool fail(char * err, size_t err_size, const char * fmt, ...) {
     if (err && err_size > 0) {
         va_list ap;
@@ -156,11 +152,8 @@ static void matmul_compute(struct ggml_tensor * dst, int ith, int nth, void * us
         k->dot_rows(tt, n, (const char *) w->data + r0 * row_bytes, row_bytes, xd, NULL, r1 - r0, y + r0);
         return;
     }
-    for (int64_t r = r0; r < r1; r += BATCH_ROWS) {
-        const int64_t nr = r1 - r < BATCH_ROWS ? r1 - r : BATCH_ROWS;
-        k->dot_rows_batch(tt, n, (const char *) w->data + r * row_bytes, row_bytes, xd, x_stride, T,
-                          NULL, nr, y + r, y_stride);
-    }
+    ts_dot_rows_blocked(k, tt, n, (const char *) w->data + r0 * row_bytes, row_bytes, xd, x_stride, T,
+                        NULL, r1 - r0, y + r0, y_stride);
 }
 
 struct ggml_tensor * ggml_sparse_matmul(

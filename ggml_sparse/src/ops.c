@@ -410,7 +410,7 @@ static void dot_batch(const struct ts_kernels * k, const struct weight_reader * 
         if (n_tok == 1) {
             k->dot_rows(r->type, n, w->data, w->nb[1], x, rows, n_rows, out);
         } else {
-            k->dot_rows_batch(r->type, n, w->data, w->nb[1], x, x_stride, n_tok, rows, n_rows, out, out_stride);
+            ts_dot_rows_blocked(k, r->type, n, w->data, w->nb[1], x, x_stride, n_tok, rows, n_rows, out, out_stride);
         }
         return;
     }

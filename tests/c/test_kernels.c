@@ -507,6 +507,7 @@ static void test_dot_batch(enum ts_type type, int64_t n) {
     char * x = make_tokens(dt, n, n_tok_max, x_stride);
     const int64_t out_stride = n_rows + 3;
     float * out = malloc((size_t) (n_tok_max * out_stride) * sizeof(float));
+    float * blocked = malloc((size_t) (n_tok_max * out_stride) * sizeof(float));
     float * one = malloc((size_t) n_rows * sizeof(float));
     const char * tn = ts_type_name(type);
     // the double reference and its tolerance, per token and row
@@ -549,11 +550,18 @@ static void test_dot_batch(enum ts_type type, int64_t n) {
                       K->name, tn, (long long) n, (long long) n_tok, im, (long long) bad);
                 CHECK(far == 0, "%s dot_rows_batch %s n=%lld n_tok=%lld: %lld outputs outside the reference tolerance",
                       K->name, tn, (long long) n, (long long) n_tok, (long long) far);
+                // the L2-blocked driver (rows of 4096 + 17 floats: several row blocks and
+                // token chunks) writes exactly what the one call wrote, and nothing else
+                for (int64_t i = 0; i < n_tok_max * out_stride; i++) blocked[i] = SENTINEL_F;
+                ts_dot_rows_blocked(K, type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, blocked, out_stride);
+                CHECK(memcmp(blocked, out, (size_t) (n_tok_max * out_stride) * sizeof(float)) == 0,
+                      "%s ts_dot_rows_blocked %s n=%lld n_tok=%lld idx mode %d: differs from dot_rows_batch",
+                      K->name, tn, (long long) n, (long long) n_tok, im);
             }
         }
         free(idx);
     }
-    free(w); free(x); free(out); free(one); free(ref); free(tol);
+    free(w); free(x); free(out); free(blocked); free(one); free(ref); free(tol);
 }
 
 // axpy_rows_batch: every token's columns are bit for bit the table's axpy_rows with that
