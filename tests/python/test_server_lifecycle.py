@@ -1,4 +1,4 @@
-"""ts-server's life cycle: a bounded queue (503 beyond it), SIGTERM (stops accepting, finishes
+"""ts-server's life cycle: a bounded queue (503 beyond it, a client that gives up leaves it), SIGTERM (stops accepting, finishes
 the requests in flight, exits 0), start-up errors with a message (a missing web dependency, a
 context that does not fit in memory, a missing model)."""
 from __future__ import annotations
@@ -29,12 +29,12 @@ def wait_for(cond, what: str, timeout: float = 60.0) -> None:
 
 
 def test_queue_full_is_503_and_sigterm_finishes_in_flight_requests():
-    s = ServerProcess(["--parallel", "1", "--max-queue", "1", "-c", "1024", "-t", "1"])
+    s = ServerProcess(["--parallel", "1", "--max-queue", "1", "-c", "2048", "-t", "1"])
     try:
         results: Dict[str, Any] = {}
 
         def stream_a() -> None:
-            body = {"prompt": LONG_PROMPT, "max_tokens": 1000, "temperature": 0, "stream": True}
+            body = {"prompt": LONG_PROMPT, "max_tokens": 2000, "temperature": 0, "stream": True}
             with httpx.stream("POST", s.url + "/v1/completions", json=body, timeout=120) as r:
                 results["a_status"] = r.status_code
                 results["a_data"] = [l[6:] for l in r.iter_lines() if l.startswith("data: ")]
@@ -47,6 +47,22 @@ def test_queue_full_is_503_and_sigterm_finishes_in_flight_requests():
         a = threading.Thread(target=stream_a)
         a.start()
         wait_for(lambda: s.health()["slots_processing"] == 1, "request A to take the slot")
+
+        # a client that gives up while waiting in the queue leaves it
+        def impatient() -> None:
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2},
+                           timeout=httpx.Timeout(30, read=0.5))
+
+        d = threading.Thread(target=impatient)
+        d.start()
+        wait_for(lambda: s.health()["queue_length"] == 1, "request D to wait in the queue")
+        d.join(30)
+        wait_for(lambda: s.health()["queue_length"] == 0, "request D to leave the queue", timeout=5)
+        m = s.metrics()
+        assert m.get('turbosparse_requests_total{endpoint="completions",outcome="cancelled"}') == 1, m
+        assert s.health()["slots_processing"] == 1  # A still runs
+
         b = threading.Thread(target=queued_b)
         b.start()
         wait_for(lambda: s.health()["queue_length"] == 1, "request B to wait in the queue")
