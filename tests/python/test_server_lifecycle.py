@@ -115,6 +115,15 @@ def test_context_too_large_for_memory_is_an_error():
     assert "ts-server: error:" in r.stderr and "KV cache" in r.stderr and f"{n_ctx} tokens" in r.stderr, r.stderr
 
 
+def test_slots_too_many_for_memory_is_an_error():
+    n_ctx, n_slots = 20_000, 1000  # 123 MB of KV cache per slot: one fits, a thousand do not
+    if n_slots * n_ctx * 6 * 2 * 256 * 2 <= psutil.virtual_memory().total:
+        pytest.skip("this machine has the memory for those slots")
+    r = run_server("-c", str(n_ctx), "--parallel", str(n_slots))
+    assert r.returncode == 1
+    assert f"{n_slots} slots need about" in r.stderr and f"for {n_ctx} tokens" in r.stderr, r.stderr
+
+
 def test_missing_model_is_an_error(tmp_path):
     r = run_server("-m", str(tmp_path / "none.gguf"))
     assert r.returncode == 1 and "ts-server: error:" in r.stderr and "none.gguf" in r.stderr, r.stderr

@@ -29,6 +29,25 @@ def missing_dependencies() -> List[str]:
     return missing
 
 
+def check_memory(model: "Model", n_slots: int) -> None:
+    """Refuses slots that together cannot fit in the machine's memory, before loading them: the C
+    runtime checks each context alone, and N contexts that each fit would otherwise end in the
+    OOM killer. Per slot: the f16 KV cache and the RAM copy of the densely read weights."""
+    info = model.info
+    kv = model.n_ctx * info["n_layer"] * 2 * info["head_dim"] * info["n_head_kv"] * 2
+    per_slot = kv + int(info["n_bytes_repacked"])
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # unknown here: nothing to check against
+        return
+    if ram > 0 and n_slots * per_slot > ram:
+        mib = 1 << 20
+        raise MemoryError(f"{n_slots} slots need about {n_slots * per_slot // mib} MiB ({kv // mib} MiB of KV cache "
+                          f"for {model.n_ctx} tokens and {int(info['n_bytes_repacked']) // mib} MiB of dense "
+                          f"weights each), more than this machine's {ram // mib} MiB: use fewer slots (--parallel) "
+                          "or a smaller context (-c)")
+
+
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="ts-server", description="An OpenAI-compatible HTTP server for turbosparse models "
@@ -85,7 +104,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         for _ in range(args.parallel):
             models.append(Model(path, n_ctx=args.ctx_size, n_threads=threads, ffn_mode=args.ffn_mode,
                                 threshold=args.threshold))
-    except (TurboSparseError, ValueError, TypeError) as e:
+            if len(models) == 1:
+                check_memory(models[0], args.parallel)
+    except (TurboSparseError, ValueError, TypeError, MemoryError) as e:
         for m in models:
             m.close()
         print(f"ts-server: error: {e}", file=sys.stderr)
