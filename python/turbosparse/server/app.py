@@ -27,7 +27,7 @@ from ..model import Model, Stats
 from .errors import APIError, bad_request
 from .metrics import Metrics
 from .schemas import ChatCompletionRequest, CompletionRequest, parse_request
-from .slots import Job, QueueFull, Slot, SlotPool
+from .slots import Job, QueueFull, SlotPool
 
 T = TypeVar("T")
 Chunk = Dict[str, Any]

@@ -14,7 +14,10 @@ import importlib
 import os
 import signal
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
+
+if TYPE_CHECKING:
+    from ..model import Model
 
 DEPENDENCIES = ("starlette", "uvicorn", "pydantic", "sse_starlette")
 
