@@ -44,8 +44,6 @@ class SlotPool:
         self.max_queue = max_queue
         self._free: Deque[Slot] = collections.deque(self.slots)
         self._waiters: Deque["asyncio.Future[Slot]"] = collections.deque()
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     @property
     def n_busy(self) -> int:
@@ -75,9 +73,9 @@ class SlotPool:
             if fut in self._waiters:
                 self._waiters.remove(fut)
 
-    def _take(self, slot: Slot) -> Slot:
+    @staticmethod
+    def _take(slot: Slot) -> Slot:
         slot.busy = True
-        self._idle.clear()
         return slot
 
     def release(self, slot: Slot) -> None:
@@ -88,16 +86,17 @@ class SlotPool:
                 return
         slot.busy = False
         self._free.append(slot)
-        if not any(s.busy for s in self.slots):
-            self._idle.set()
 
     async def wait_idle(self, timeout: float) -> bool:
-        """Waits until no slot is busy (at shutdown, before the models are closed)."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+        """Waits until no slot is busy (at shutdown, before the models are closed). Polls: the
+        pool is made before uvicorn's loop runs, so it holds no asyncio objects of its own
+        (Python 3.9 binds them to the loop current at their creation)."""
+        deadline = time.monotonic() + timeout
+        while self.n_busy:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
 
 # What a job's thread hands to the event loop: ("chunk", dict), ("error", exception), ("end", None).
