@@ -1,6 +1,7 @@
-"""ts-server's life cycle: a bounded queue (503 beyond it, a client that gives up leaves it), SIGTERM (stops accepting, finishes
-the requests in flight, exits 0), start-up errors with a message (a missing web dependency, a
-context that does not fit in memory, a missing model)."""
+"""ts-server's life cycle: a bounded queue (503 beyond it; a client that gives up leaves it),
+SIGTERM (stops accepting, finishes the requests in flight, exits 0), start-up errors with a
+message (a missing web dependency, a context or slots that do not fit in memory, a missing
+model, bad flags)."""
 from __future__ import annotations
 
 import json

@@ -149,7 +149,8 @@ class Server:
     async def chat_completions(self, request: Request) -> Response:
         return await self.generate(request, "chat", ChatCompletionRequest)
 
-    def start_fn(self, endpoint: str, req: Union[CompletionRequest, ChatCompletionRequest]) -> Callable[[Model], Iterator[Chunk]]:
+    def start_fn(self, endpoint: str,
+                 req: Union[CompletionRequest, ChatCompletionRequest]) -> Callable[[Model], Iterator[Chunk]]:
         kwargs = req.completion_kwargs()
         alias = self.options.alias
         if isinstance(req, CompletionRequest):
@@ -177,8 +178,9 @@ class Server:
         job = Job(self.pool, slot, asyncio.get_running_loop(), lambda j: self.job_ended(j, endpoint))
         job.start(self.start_fn(endpoint, req))
         try:
-            # the first event: a chunk (the prompt was accepted and decoded) or an error, which can
-            # still be answered with a status code
+            # the first event: a chunk (the arguments and the prompt's length were accepted; a
+            # completion's prompt is decoded too, a chat stream's first chunk is only the role) or
+            # an error, which can still be answered with a status code
             kind, value = await self.unless_disconnected(request, job.events.get())
             if kind == "error":
                 return error_response(api_error_of(value, endpoint))
