@@ -186,6 +186,7 @@ def test_prompt_longer_than_the_context_names_both_sizes(server, local):
     assert n > N_CTX
     err = error_of(post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 4}), 400)
     assert f"{n} tokens" in err["message"] and f"{N_CTX} tokens" in err["message"], err
+    assert "Model" not in err["message"] and "-c" in err["message"], err  # advice for the server's user
     err = error_of(post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": prompt}]}), 400)
     assert f"{N_CTX} tokens" in err["message"] and err["param"] == "messages", err
     assert server.health()["status"] == "ok"

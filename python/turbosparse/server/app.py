@@ -60,7 +60,11 @@ def api_error_of(e: BaseException, endpoint: str) -> APIError:
     """The answer to an exception raised by turbosparse for a request."""
     param = "messages" if endpoint == "chat" else "prompt"
     if isinstance(e, ContextFullError):
-        return bad_request(f"the prompt does not fit a slot's context: {e}", param)
+        # the library's advice is for its callers ("make the Model with a larger n_ctx"): a
+        # server's client is told what the server can do
+        what = str(e).split(" (make the Model", 1)[0]
+        return bad_request(f"the prompt does not fit a slot's context: {what} (shorten the prompt, or start the "
+                           "server with a larger -c)", param)
     if isinstance(e, (ValueError, TypeError)):  # argument errors, incl. SamplingError, TemplateError, ...
         return bad_request(str(e))
     if isinstance(e, TurboSparseError):
