@@ -9,6 +9,7 @@
 // [n_ctx, n_embd_kv], so that attention's kq·V is a plain mul_mat over positions.
 struct ts_kv_cache {
     struct ggml_context * ctx;
+    void                * buf;  // ctx's memory (allocated here, see kvcache.c)
     struct ggml_tensor ** k;
     struct ggml_tensor ** v;
     int32_t               n_layer;

@@ -61,6 +61,20 @@ struct ts_sampler * ts_sampler_new(const struct ts_sampler_params * p, char * er
     if (isnan(p->temperature)) { set_err(err, err_size, "temperature is NaN"); return NULL; }
     if (isnan(p->top_p))       { set_err(err, err_size, "top_p is NaN"); return NULL; }
     if (isnan(p->min_p))       { set_err(err, err_size, "min_p is NaN"); return NULL; }
+    // Out of range values are refused, not clamped: --top-p 7 or a negative temperature is a
+    // mistake (a typo, a misread API) that silently sampling something else would hide.
+    if (!(p->temperature >= 0.0f) || isinf(p->temperature)) {
+        set_err(err, err_size, "temperature must be a finite number >= 0 (0: greedy), got %g", (double) p->temperature);
+        return NULL;
+    }
+    if (!(p->top_p >= 0.0f && p->top_p <= 1.0f)) {
+        set_err(err, err_size, "top_p must be between 0 and 1 (1: off), got %g", (double) p->top_p);
+        return NULL;
+    }
+    if (!(p->min_p >= 0.0f && p->min_p <= 1.0f)) {
+        set_err(err, err_size, "min_p must be between 0 and 1 (0: off), got %g", (double) p->min_p);
+        return NULL;
+    }
     if (!(p->repeat_penalty > 0.0f) || isinf(p->repeat_penalty)) {
         set_err(err, err_size, "repeat_penalty must be a positive finite number, got %g", (double) p->repeat_penalty);
         return NULL;

@@ -27,6 +27,8 @@ Commands:
     convert-turbosparse ./hf-checkpoint --outfile model.gguf --outtype q8_0
                                                           Hugging Face / PowerInfer -> GGUF
     python -m turbosparse.convert ...                     the same converter
+    ts-server [-m model.gguf] --port 8080                 OpenAI-compatible HTTP server
+                                                          (pip install 'turbosparse[server]')
 """
 
 

@@ -50,6 +50,14 @@ class SamplingParams:
         p = SamplingParams(_real("temperature", temperature), _int("top_k", top_k), _real("top_p", top_p),
                            _real("min_p", min_p), _real("repeat_penalty", repeat_penalty),
                            _int("repeat_last_n", repeat_last_n))
+        # the ranges of ts_sampler_new (sampler.h), checked here too so that a bad value
+        # raises at the call rather than at a stream's first piece
+        if p.temperature < 0 or math.isinf(p.temperature):
+            raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {p.temperature}")
+        if not 0.0 <= p.top_p <= 1.0:
+            raise ValueError(f"top_p must be between 0 and 1 (1: off), got {p.top_p}")
+        if not 0.0 <= p.min_p <= 1.0:
+            raise ValueError(f"min_p must be between 0 and 1 (0: off), got {p.min_p}")
         if p.repeat_penalty <= 0 or math.isinf(p.repeat_penalty):
             raise ValueError(f"repeat_penalty must be a positive finite number (got {p.repeat_penalty})")
         if p.repeat_last_n < 0 or p.repeat_last_n > 2**31 - 1:

@@ -45,8 +45,9 @@ def create_completion(model: "Model", prompt: "Prompt", max_tokens: Optional[int
                       model_name: Optional[str] = None) -> Union[Completion, Iterator[CompletionChunk]]:
     """A text completion of prompt, as llama-cpp-python returns it: {"id", "object":
     "text_completion", "created", "model", "choices": [{"text", "index", "logprobs",
-    "finish_reason"}], "usage"}; with stream=True an iterator of such chunks (no "usage"),
-    the last one with an empty text and the finish_reason. max_tokens None or <= 0: until the
+    "finish_reason"}], "usage"}; with stream=True an iterator of such chunks, the last one
+    with an empty text, the finish_reason and the "usage" (the others have none; a server
+    reads the token counts of a stream there). max_tokens None or <= 0: until the
     end of text or of the context."""
     from .model import Generation
 
@@ -76,7 +77,8 @@ def create_completion(model: "Model", prompt: "Prompt", max_tokens: Optional[int
             yield {**head, "choices": [choice(prefix, None)]}
         for piece in pieces:
             yield {**head, "choices": [choice(piece, None)]}
-        yield {**head, "choices": [choice("", gen.finish_reason)]}
+        yield {**head, "choices": [choice("", gen.finish_reason)],
+               "usage": _usage(len(ids), len(gen.completion_tokens))}
 
     return chunks()
 
@@ -92,7 +94,7 @@ def create_chat_completion(model: "Model", messages: Sequence[Dict[str, Any]], t
     "chat.completion", "created", "model", "choices": [{"index", "message": {"role":
     "assistant", "content"}, "logprobs", "finish_reason"}], "usage"}; with stream=True an
     iterator of "chat.completion.chunk" dicts: first a delta {"role": "assistant"}, then
-    {"content": piece} deltas, then an empty delta with the finish_reason."""
+    {"content": piece} deltas, then an empty delta with the finish_reason and the "usage"."""
     _unsupported(logprobs=None if not logprobs else logprobs, frequency_penalty=frequency_penalty,
                  presence_penalty=presence_penalty, typical_p=typical_p, mirostat_mode=mirostat_mode,
                  grammar=grammar, logit_bias=logit_bias)
@@ -117,7 +119,7 @@ def create_chat_completion(model: "Model", messages: Sequence[Dict[str, Any]], t
         yield chunk({"role": "assistant"}, None)
         for piece in pieces:
             yield chunk({"content": piece}, None)
-        yield chunk({}, gen.finish_reason)
+        yield {**chunk({}, gen.finish_reason), "usage": _usage(len(gen.prompt_tokens), len(gen.completion_tokens))}
 
     return chunks()
 

@@ -132,6 +132,18 @@ int main(void) {
         cp.ffn_mode = TS_FFN_MODE_PREDICTED;
         struct ts_context * c2 = ts_context_new(m, &cp, err, sizeof(err));
         CHECK(c2 == NULL && strstr(err, "predictor"), "predicted mode without predictors: %s", err);
+        // a context whose KV cache cannot be had is an error naming the sizes, never an abort
+        // (2^31-1 positions of this model: 2 x 16 x 4 bytes each, 256 GiB; skipped on a
+        // machine that large, where it would be allocated)
+        const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+        if (pages > 0 && page > 0 && (double) pages * (double) page < 250.0 * (1u << 30)) {
+            cp.ffn_mode = TS_FFN_MODE_AUTO;
+            cp.n_ctx = 2147483647;
+            struct ts_context * big = ts_context_new(m, &cp, err, sizeof(err));
+            CHECK(big == NULL && strstr(err, "KV cache") && strstr(err, "2147483647") && strstr(err, "MiB"),
+                  "huge context not refused with the sizes: %s", err);
+            ts_context_free(big);
+        }
         ts_context_free(c);
         ts_model_free(m);
     }

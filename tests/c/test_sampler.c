@@ -230,6 +230,24 @@ static void test_errors(void) {
     p = plain(1.0f, 1);
     p.repeat_penalty = 0.0f;
     CHECK(ts_sampler_new(&p, err, sizeof(err)) == NULL && strstr(err, "repeat_penalty"), "penalty 0 accepted: %s", err);
+    p = plain(-0.5f, 1);
+    CHECK(ts_sampler_new(&p, err, sizeof(err)) == NULL && strstr(err, "temperature") && strstr(err, "-0.5"),
+          "negative temperature accepted: %s", err);
+    p = plain(INFINITY, 1);
+    CHECK(ts_sampler_new(&p, err, sizeof(err)) == NULL && strstr(err, "temperature"), "inf temperature accepted: %s", err);
+    p = plain(1.0f, 1);
+    p.top_p = 7.0f;
+    CHECK(ts_sampler_new(&p, err, sizeof(err)) == NULL && strstr(err, "top_p") && strstr(err, "7"),
+          "top_p 7 accepted: %s", err);
+    p = plain(1.0f, 1);
+    p.min_p = -0.1f;
+    CHECK(ts_sampler_new(&p, err, sizeof(err)) == NULL && strstr(err, "min_p"), "min_p -0.1 accepted: %s", err);
+    p = plain(0.0f, 1);
+    p.top_p = 1.0f;
+    p.min_p = 1.0f;
+    struct ts_sampler * edge = ts_sampler_new(&p, err, sizeof(err));
+    CHECK(edge != NULL, "the range ends (temp 0, top_p 1, min_p 1) refused: %s", err);
+    ts_sampler_free(edge);
     p = plain(1.0f, 1);
     p.repeat_last_n = -1;
     CHECK(ts_sampler_new(&p, err, sizeof(err)) == NULL && strstr(err, "repeat_last_n"), "last_n -1 accepted: %s", err);

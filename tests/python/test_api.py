@@ -393,6 +393,7 @@ def test_completion_dict_shapes(model):
     u = out["usage"]
     assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
     assert model(PROMPT, max_tokens=5, temperature=0)["choices"][0]["text"] == c["text"]  # __call__
+    c_usage = model.create_completion(PROMPT, max_tokens=5, temperature=0)["usage"]
     echo = model.create_completion(PROMPT, max_tokens=5, temperature=0, echo=True)
     assert echo["choices"][0]["text"] == PROMPT + c["text"]
     chunks = list(model.create_completion(PROMPT, max_tokens=5, temperature=0, stream=True))
@@ -400,6 +401,7 @@ def test_completion_dict_shapes(model):
     assert "".join(ch["choices"][0]["text"] for ch in chunks) == c["text"]
     assert [ch["choices"][0]["finish_reason"] for ch in chunks][-1] == c["finish_reason"]
     assert all(ch["choices"][0]["finish_reason"] is None for ch in chunks[:-1])
+    assert chunks[-1]["usage"] == c_usage and all("usage" not in ch for ch in chunks[:-1])
     with pytest.raises(ValueError, match="frequency_penalty"):
         model.create_completion(PROMPT, frequency_penalty=0.5)
 
@@ -416,6 +418,7 @@ def test_chat_completion_dict_shapes(model):
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
     assert chunks[-1]["choices"][0]["delta"] == {} and chunks[-1]["choices"][0]["finish_reason"] == c["finish_reason"]
     assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks) == c["message"]["content"]
+    assert chunks[-1]["usage"] == out["usage"] and all("usage" not in ch for ch in chunks[:-1])
 
 
 # ---- statistics, reset, life cycle --------------------------------------------------------

@@ -64,14 +64,15 @@ def test_wheel_contents(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("turbosparse/__init__.py", "turbosparse/model.py", "turbosparse/py.typed",
                    "turbosparse/_turbosparse_cffi.py", "turbosparse/lib/libggml-sparse.so", "turbosparse/bin/ts-main",
-                   "turbosparse/convert/cli.py"):
+                   "turbosparse/convert/cli.py", "turbosparse/server/app.py"):
         assert needed in names, f"{needed} is not in {wheel.name}"
     meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
     text = zipfile.ZipFile(wheel).read(meta).decode()
     assert "Requires-Dist: libggml-python" in text
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     points = zipfile.ZipFile(wheel).read(entry).decode()
-    assert "ts-main" in points and "convert-turbosparse" in points
+    assert "ts-main" in points and "convert-turbosparse" in points and "ts-server" in points
+    assert "Provides-Extra: server" in text
 
 
 def test_fresh_venv_generates(venv, tmp_path):
@@ -103,3 +104,10 @@ def test_fresh_venv_generates(venv, tmp_path):
     r = run(["ts-main", "-m", model, "-p", PROMPT, "-n", "4", "--temp", "0"], tmp_path, env=env)
     assert "stats:" in r.stdout + r.stderr
     assert "turbosparse.Model" in run([py, "-m", "turbosparse"], tmp_path, env=env).stdout
+    # installed without the server extra: ts-server says what to install (or, should the venv
+    # have the web packages through some other dependency, fails on the missing model instead
+    # of starting)
+    r = subprocess.run(["ts-server", "-m", str(tmp_path / "none.gguf")], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "pip install 'turbosparse[server]'" in r.stderr or "none.gguf" in r.stderr, r.stderr
