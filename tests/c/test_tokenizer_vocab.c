@@ -126,6 +126,11 @@ int main(int argc, char ** argv) {
         return 2;
     }
     if (argv[1][0] == '\0') {
+        const char * ci = getenv("CI");
+        if (ci && strcmp(ci, "true") == 0) {
+            fprintf(stderr, "CI must run llama.cpp's tokenizer vectors: TS_LLAMACPP_MODELS is not set\n");
+            return 1;
+        }
         printf("skipped: no llama.cpp models/ folder given (configure with -DTS_LLAMACPP_MODELS=DIR; "
                "tests/run.sh does)\n");
         return 77;
