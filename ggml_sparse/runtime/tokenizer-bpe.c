@@ -60,8 +60,8 @@ bool ts_bpe_load(struct ts_tokenizer * tok, const struct gguf_context * ctx, cha
     // pre-tokenizer
     const int64_t k_pre = gguf_find_key(ctx, "tokenizer.ggml.pre");
     if (k_pre < 0 || gguf_get_kv_type(ctx, k_pre) != GGUF_TYPE_STRING) {
-        set_err(err, err_size, "tokenizer.ggml.pre is %s: a byte-level BPE vocabulary needs its pre-tokenizer named "
-                "(llama.cpp's 'default' guess is not supported)", k_pre < 0 ? "missing" : "not a string");
+        set_err(err, err_size, "tokenizer.ggml.pre is %s: a byte-level BPE vocabulary (tokenizer.ggml.model 'gpt2') "
+                "needs its pre-tokenizer named (llama.cpp's 'default' guess is not supported)", k_pre < 0 ? "missing" : "not a string");
         return false;
     }
     const char * pre = gguf_get_val_str(ctx, k_pre);

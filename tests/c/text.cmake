@@ -2,6 +2,7 @@
 # with the sentencepiece library, so they live in tests/python/test_tokenizer.py.
 ts_add_test(test_sampler SOURCES test_sampler.c LIBS ggml-sparse)
 ts_add_test(test_tokenizer SOURCES test_tokenizer.c LIBS ggml-sparse)
+ts_add_test(test_tokenizer_bpe SOURCES test_tokenizer_bpe.c LIBS ggml-sparse)
 
 # llama.cpp's tokenizer vectors (models/ggml-vocab-*.gguf with .inp/.out). They are not in this
 # repository (the vocabularies are 1.7-7.8 MB each): tests/run.sh downloads the llama-cpp-python
