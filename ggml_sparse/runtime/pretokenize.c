@@ -282,24 +282,31 @@ static size_t m_trailing_ws(const struct piece * p, size_t pos) {  // \s+$ (the 
 }
 
 
+// One regex of llama.cpp's regex_exprs lists
+enum stage {
+    S_GPT2, S_LLAMA3, S_QWEN2, S_DIGIT, S_NEWLINE, S_DS_LETTERS, S_DS_PUNCT, S_TRAILING_WS, S_DS_CJK, S_DIGITS,
+    S_END = -1,
+};
+
 // Runs one stage over all pieces: in[0..n_in) -> out, returns the new count.
-static size_t stage(const uint32_t * cps, const uint32_t * in, size_t n_in, uint32_t * out, int which) {
+static size_t stage(const uint32_t * cps, const uint32_t * in, size_t n_in, uint32_t * out, enum stage which) {
     struct piece p = { cps, 0, 0, 0, out, 0 };
     size_t start = 0;
     for (size_t i = 0; i < n_in; i++) {
         p.ini = p.prev_end = start;
         p.end = start + in[i];
         switch (which) {
-            case 0: split_gpt2(&p); break;
-            case 1: split_llama3(&p, 3); break;
-            case 2: split_llama3(&p, 1); break;
-            case 3: split_regex(&p, m_digit); break;
-            case 4: split_regex(&p, m_newline); break;
-            case 5: split_regex(&p, m_ds_letters); break;
-            case 6: split_regex(&p, m_ds_punct); break;
-            case 7: split_regex(&p, m_trailing_ws); break;
-            case 8: split_regex(&p, m_ds_cjk); break;
-            case 9: split_regex(&p, m_digits); break;
+            case S_GPT2: split_gpt2(&p); break;
+            case S_LLAMA3: split_llama3(&p, 3); break;
+            case S_QWEN2: split_llama3(&p, 1); break;
+            case S_DIGIT: split_regex(&p, m_digit); break;
+            case S_NEWLINE: split_regex(&p, m_newline); break;
+            case S_DS_LETTERS: split_regex(&p, m_ds_letters); break;
+            case S_DS_PUNCT: split_regex(&p, m_ds_punct); break;
+            case S_TRAILING_WS: split_regex(&p, m_trailing_ws); break;
+            case S_DS_CJK: split_regex(&p, m_ds_cjk); break;
+            case S_DIGITS: split_regex(&p, m_digits); break;
+            case S_END: break;
         }
         start = p.end;
     }
@@ -309,13 +316,14 @@ static size_t stage(const uint32_t * cps, const uint32_t * in, size_t n_in, uint
 size_t ts_pretokenize(enum ts_pretok kind, const uint32_t * cps, size_t n, uint32_t * lens, uint32_t * scratch) {
     if (n == 0) return 0;
     // stages as in llama.cpp's regex_exprs for the kind
-    static const int GPT2[] = { 0, -1 }, LLAMA3[] = { 1, -1 }, QWEN2[] = { 2, -1 }, STARCODER[] = { 3, 0, -1 },
-                     DEEPSEEK[] = { 4, 5, 6, 7, 8, 9, -1 };
-    const int * stages = kind == TS_PRETOK_GPT2 ? GPT2 : kind == TS_PRETOK_LLAMA3 ? LLAMA3
+    static const enum stage GPT2[] = { S_GPT2, S_END }, LLAMA3[] = { S_LLAMA3, S_END },
+                            QWEN2[] = { S_QWEN2, S_END }, STARCODER[] = { S_DIGIT, S_GPT2, S_END },
+                            DEEPSEEK[] = { S_NEWLINE, S_DS_LETTERS, S_DS_PUNCT, S_TRAILING_WS, S_DS_CJK, S_DIGITS, S_END };
+    const enum stage * stages = kind == TS_PRETOK_GPT2 ? GPT2 : kind == TS_PRETOK_LLAMA3 ? LLAMA3
                        : kind == TS_PRETOK_QWEN2 ? QWEN2 : kind == TS_PRETOK_STARCODER ? STARCODER : DEEPSEEK;
     // ping-pong between lens and scratch, ending in lens
     int n_stages = 0;
-    while (stages[n_stages] >= 0) n_stages++;
+    while (stages[n_stages] != S_END) n_stages++;
     uint32_t * bufs[2] = { n_stages % 2 ? scratch : lens, n_stages % 2 ? lens : scratch };
     bufs[0][0] = (uint32_t) n;
     size_t count = 1;
