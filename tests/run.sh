@@ -35,7 +35,7 @@ $PY -c "import torch" 2>/dev/null || $PY -m pip install -q --disable-pip-version
 VOCAB_DIR="$PWD/build/llamacpp-vocab"
 if [ ! -f "$VOCAB_DIR/ggml-vocab-starcoder.gguf.out" ]; then
     step "llama.cpp tokenizer vectors (llama-cpp-python==0.3.36 sdist)"
-    $PY -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: --no-build-isolation \
+    $PY -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
         llama-cpp-python==0.3.36 -d build/llamacpp-sdist
     mkdir -p "$VOCAB_DIR"
     tar -xzf build/llamacpp-sdist/llama_cpp_python-0.3.36.tar.gz -C "$VOCAB_DIR" --strip-components=4 \
