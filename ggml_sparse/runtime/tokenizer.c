@@ -1,8 +1,7 @@
-// SentencePiece BPE tokenizer from GGUF metadata. See tokenizer.h for the normaliser
-// assumption and the special-token rules. The encoder follows SentencePiece's BPE model step
-// by step (same symbol split, same merge order: best score first, leftmost on ties), because
-// anything else gives different ids on some input.
-#include "tokenizer.h"
+// The tokenizer's vocabulary from GGUF metadata (what every kind shares: token texts, types,
+// special ids, the piece -> id map), the choice of kind, and decoding (ids -> text, streaming).
+// The encoders are tokenizer-spm.c (SentencePiece) and tokenizer-bpe.c (byte-level BPE).
+#include "tokenizer-impl.h"
 
 #include "gguf.h"
 
@@ -11,29 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct ts_tokenizer {
-    struct ts_tokenizer_info info;
-
-    char    ** text;       // token texts, NUL-terminated, in one allocation (text_pool)
-    uint32_t * text_len;
-    float    * scores;
-    uint8_t  * types;      // enum ts_token_type
-    char     * text_pool;
-
-    // piece -> id. merge_id: the id SentencePiece's BPE merges see (normal, user-defined,
-    // unused pieces); reserved_id: control, unknown and byte pieces, which lookups of a final
-    // piece see first.
-    struct tok_slot { uint32_t hash; int32_t merge_id; int32_t reserved_id; } * slots;
-    uint32_t slot_mask;
-
-    int32_t byte_id[256];  // <0xXX> token per byte, -1 when missing
-    int     n_byte_tokens;
-
-    // control and user-defined tokens, bucketed by first byte and longest first in each
-    // bucket, so the first match found at a position is the longest one.
-    int32_t * special;
-    int32_t   special_start[257];
-};
 
 static void set_err(char * err, size_t err_size, const char * fmt, ...) {
     if (!err || err_size == 0) return;
@@ -43,21 +19,12 @@ static void set_err(char * err, size_t err_size, const char * fmt, ...) {
     va_end(ap);
 }
 
-static uint32_t hash_bytes(const char * s, size_t n) {
-    uint32_t h = 2166136261u;  // FNV-1a
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char) s[i];
-        h *= 16777619u;
-    }
-    return h;
-}
-
 static bool is_mergeable_type(int t) {
     return t == TS_TOKEN_NORMAL || t == TS_TOKEN_USER_DEFINED || t == TS_TOKEN_UNUSED || t == TS_TOKEN_UNDEFINED;
 }
 
-static struct tok_slot * find_slot(const struct ts_tokenizer * tok, const char * s, size_t n) {
-    const uint32_t h = hash_bytes(s, n);
+struct tok_slot * ts_tok_find_slot(const struct ts_tokenizer * tok, const char * s, size_t n) {
+    const uint32_t h = ts_hash_bytes(TS_HASH_INIT, s, n);
     for (uint32_t i = h & tok->slot_mask;; i = (i + 1) & tok->slot_mask) {
         struct tok_slot * slot = &tok->slots[i];
         if (slot->merge_id < 0 && slot->reserved_id < 0) return slot;  // empty: not present
@@ -169,8 +136,14 @@ struct ts_tokenizer * ts_tokenizer_from_gguf(const struct gguf_context * ctx, ch
         return NULL;
     }
     const char * model = gguf_get_val_str(ctx, k_model);
-    if (strcmp(model, "llama") != 0) {
-        set_err(err, err_size, "tokenizer.ggml.model '%s' is not supported (only 'llama', SentencePiece)", model);
+    enum ts_tok_kind kind;
+    if (strcmp(model, "llama") == 0) {
+        kind = TS_TOK_SPM;
+    } else if (strcmp(model, "gpt2") == 0) {
+        kind = TS_TOK_BPE;
+    } else {
+        set_err(err, err_size, "tokenizer.ggml.model '%s' is not supported (only 'llama', SentencePiece, and "
+                "'gpt2', byte-level BPE)", model);
         return NULL;
     }
 
@@ -194,7 +167,10 @@ struct ts_tokenizer * ts_tokenizer_from_gguf(const struct gguf_context * ctx, ch
     info->bos_id = info->eos_id = info->eot_id = info->unk_id = info->pad_id = -1;
     info->add_bos = true;
     info->add_eos = false;
-    info->add_space_prefix = true;
+    // llama.cpp's defaults: BPE vocabularies add no dummy prefix; BOS as the file says (the
+    // pre-tokenizer may change it, see ts_bpe_load)
+    info->add_space_prefix = kind == TS_TOK_SPM;
+    tok->kind = kind;
 
     tok->text     = calloc((size_t) n_vocab, sizeof(char *));
     tok->text_len = calloc((size_t) n_vocab, sizeof(uint32_t));
@@ -247,8 +223,8 @@ struct ts_tokenizer * ts_tokenizer_from_gguf(const struct gguf_context * ctx, ch
     for (uint32_t i = 0; i < cap; i++) tok->slots[i] = (struct tok_slot) { 0, -1, -1 };
     tok->slot_mask = cap - 1;
     for (int32_t id = 0; id < info->n_vocab; id++) {
-        struct tok_slot * slot = find_slot(tok, tok->text[id], tok->text_len[id]);
-        slot->hash = hash_bytes(tok->text[id], tok->text_len[id]);
+        struct tok_slot * slot = ts_tok_find_slot(tok, tok->text[id], tok->text_len[id]);
+        slot->hash = ts_hash_bytes(TS_HASH_INIT, tok->text[id], tok->text_len[id]);
         // first id wins on duplicates, as the first one is what a lookup must return
         if (is_mergeable_type(tok->types[id])) {
             if (slot->merge_id < 0) slot->merge_id = id;
@@ -275,6 +251,10 @@ struct ts_tokenizer * ts_tokenizer_from_gguf(const struct gguf_context * ctx, ch
     info->byte_fallback = n_bytes == 256;
     tok->n_byte_tokens = n_bytes;
 
+    if (kind == TS_TOK_BPE) {
+        info->add_bos = false;  // llama.cpp's default for BPE; ts_bpe_load sets it for Llama 3
+        if (!ts_bpe_load(tok, ctx, err, err_size)) goto fail;
+    }
     if (!read_opt_id(ctx, "tokenizer.ggml.bos_token_id", info->n_vocab, &info->bos_id, err, err_size) ||
         !read_opt_id(ctx, "tokenizer.ggml.eos_token_id", info->n_vocab, &info->eos_id, err, err_size) ||
         !read_opt_id(ctx, "tokenizer.ggml.eot_token_id", info->n_vocab, &info->eot_id, err, err_size) ||
@@ -293,7 +273,7 @@ struct ts_tokenizer * ts_tokenizer_from_gguf(const struct gguf_context * ctx, ch
             }
         }
     }
-    if (info->unk_id < 0 && !info->byte_fallback) {
+    if (kind == TS_TOK_SPM && info->unk_id < 0 && !info->byte_fallback) {
         set_err(err, err_size, "the vocabulary has no unknown token and only %d of the 256 byte tokens: "
                 "some text could not be tokenized", n_bytes);
         goto fail;
@@ -353,6 +333,7 @@ void ts_tokenizer_free(struct ts_tokenizer * tok) {
     free(tok->text_pool);
     free(tok->slots);
     free(tok->special);
+    ts_bpe_free(tok);
     free(tok);
 }
 
@@ -368,7 +349,7 @@ enum ts_token_type ts_token_get_type(const struct ts_tokenizer * tok, int32_t id
 
 int32_t ts_token_lookup(const struct ts_tokenizer * tok, const char * text, size_t len) {
     if (!tok || !text || len == 0 || len > (size_t) tok->info.max_piece_bytes) return -1;
-    const struct tok_slot * slot = find_slot(tok, text, len);
+    const struct tok_slot * slot = ts_tok_find_slot(tok, text, len);
     return slot->reserved_id >= 0 ? slot->reserved_id : slot->merge_id;
 }
 
@@ -378,32 +359,23 @@ bool ts_token_is_eog(const struct ts_tokenizer * tok, int32_t id) {
 
 // ---- UTF-8 --------------------------------------------------------------------------------
 
-static int utf8_lead_len(unsigned char c) {  // SentencePiece's OneCharLen
-    static const unsigned char len[16] = { 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4 };
-    return len[c >> 4];
-}
-
-static bool is_trail(unsigned char c) { return (c & 0xC0) == 0x80; }
-
-// Length of the valid UTF-8 character at s (strict: no overlongs, surrogates or > U+10FFFF),
-// 0 when invalid.
-static int utf8_valid_len(const unsigned char * s, size_t n) {
+int ts_utf8_valid_len(const unsigned char * s, size_t n) {
     if (n == 0) return 0;
     const unsigned char c = s[0];
     uint32_t cp;
     if (c < 0x80) return 1;
     if ((c & 0xE0) == 0xC0) {
-        if (n < 2 || !is_trail(s[1])) return 0;
+        if (n < 2 || !ts_is_trail(s[1])) return 0;
         cp = ((uint32_t) (c & 0x1F) << 6) | (s[1] & 0x3F);
         return cp >= 0x80 ? 2 : 0;
     }
     if ((c & 0xF0) == 0xE0) {
-        if (n < 3 || !is_trail(s[1]) || !is_trail(s[2])) return 0;
+        if (n < 3 || !ts_is_trail(s[1]) || !ts_is_trail(s[2])) return 0;
         cp = ((uint32_t) (c & 0x0F) << 12) | ((uint32_t) (s[1] & 0x3F) << 6) | (s[2] & 0x3F);
         return cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF) ? 3 : 0;
     }
     if ((c & 0xF8) == 0xF0) {
-        if (n < 4 || !is_trail(s[1]) || !is_trail(s[2]) || !is_trail(s[3])) return 0;
+        if (n < 4 || !ts_is_trail(s[1]) || !ts_is_trail(s[2]) || !ts_is_trail(s[3])) return 0;
         cp = ((uint32_t) (c & 0x07) << 18) | ((uint32_t) (s[1] & 0x3F) << 12) | ((uint32_t) (s[2] & 0x3F) << 6) |
              (s[3] & 0x3F);
         return cp >= 0x10000 && cp <= 0x10FFFF ? 4 : 0;
@@ -411,279 +383,13 @@ static int utf8_valid_len(const unsigned char * s, size_t n) {
     return 0;
 }
 
-static const char SPACE_SYMBOL[] = "\xe2\x96\x81";  // U+2581, SentencePiece's escaped space
-static const char REPLACEMENT[]  = "\xef\xbf\xbd";  // U+FFFD
-static const char UNK_SURFACE[]  = " \xe2\x81\x87 ";  // " ⁇ ", SentencePiece's default unk_surface
-
-// Longest control/user-defined token whose text starts s; -1 when none.
-static int32_t match_special(const struct ts_tokenizer * tok, const char * s, size_t n) {
+int32_t ts_match_special(const struct ts_tokenizer * tok, const char * s, size_t n) {
     const unsigned char c = (unsigned char) s[0];
     for (int i = tok->special_start[c]; i < tok->special_start[c + 1]; i++) {
         const int32_t id = tok->special[i];
         if (tok->text_len[id] <= n && memcmp(tok->text[id], s, tok->text_len[id]) == 0) return id;
     }
     return -1;
-}
-
-// ---- encoding -----------------------------------------------------------------------------
-
-struct symbol {
-    int32_t  prev, next;  // linked list of live symbols; -1 at the ends
-    uint32_t start, len;  // bytes of the normalized text; len 0 = merged into its left neighbour
-    bool     frozen;      // a special token: never merged
-};
-
-struct pair {
-    float    score;
-    int32_t  left, right;
-    uint32_t size;
-};
-
-struct encoder {
-    const struct ts_tokenizer * tok;
-    bool            special;
-    const char    * norm;
-    struct symbol * sym;
-    struct pair   * heap;
-    int             n_heap, cap_heap;
-    int32_t       * out;
-    int             n_out, cap_out;
-    struct { int32_t id; uint32_t left_len; } * unused_split;  // rev_merge of unused pieces
-    int             n_unused, cap_unused;
-    bool            oom;
-};
-
-static bool grow(void ** p, int * cap, int need, size_t elem) {
-    if (need <= *cap) return true;
-    int c = *cap ? *cap : 64;
-    while (c < need) c *= 2;
-    void * q = realloc(*p, (size_t) c * elem);
-    if (!q) return false;
-    *p = q;
-    *cap = c;
-    return true;
-}
-
-static bool pair_before(const struct pair * a, const struct pair * b) {
-    return a->score > b->score || (a->score == b->score && a->left < b->left);
-}
-
-static void heap_push(struct encoder * e, struct pair p) {
-    if (!grow((void **) &e->heap, &e->cap_heap, e->n_heap + 1, sizeof(struct pair))) {
-        e->oom = true;
-        return;
-    }
-    int i = e->n_heap++;
-    while (i > 0) {
-        const int parent = (i - 1) / 2;
-        if (!pair_before(&p, &e->heap[parent])) break;
-        e->heap[i] = e->heap[parent];
-        i = parent;
-    }
-    e->heap[i] = p;
-}
-
-static struct pair heap_pop(struct encoder * e) {
-    const struct pair top = e->heap[0];
-    const struct pair last = e->heap[--e->n_heap];
-    int i = 0;
-    for (;;) {
-        int best = 2 * i + 1;
-        if (best >= e->n_heap) break;
-        if (best + 1 < e->n_heap && pair_before(&e->heap[best + 1], &e->heap[best])) best++;
-        if (!pair_before(&e->heap[best], &last)) break;
-        e->heap[i] = e->heap[best];
-        i = best;
-    }
-    if (e->n_heap > 0) e->heap[i] = last;
-    return top;
-}
-
-// The id a BPE merge may produce for this text, or -1.
-static int32_t merge_id(const struct encoder * e, const char * s, size_t n) {
-    if (n > (size_t) e->tok->info.max_piece_bytes) return -1;
-    const struct tok_slot * slot = find_slot(e->tok, s, n);
-    const int32_t id = slot->merge_id;
-    if (id >= 0 && !e->special && e->tok->types[id] == TS_TOKEN_USER_DEFINED) return -1;  // plain text
-    return id;
-}
-
-static void maybe_add_pair(struct encoder * e, int32_t left, int32_t right) {
-    if (left < 0 || right < 0 || e->sym[left].frozen || e->sym[right].frozen) return;
-    const uint32_t size = e->sym[left].len + e->sym[right].len;
-    const char * s = e->norm + e->sym[left].start;
-    const int32_t id = merge_id(e, s, size);
-    if (id < 0) return;
-    heap_push(e, (struct pair) { e->tok->scores[id], left, right, size });
-    if (e->tok->types[id] == TS_TOKEN_UNUSED) {
-        // An unused piece is split back into the two pieces it was last made from.
-        int i = 0;
-        while (i < e->n_unused && e->unused_split[i].id != id) i++;
-        if (i == e->n_unused) {
-            if (!grow((void **) &e->unused_split, &e->cap_unused, i + 1, sizeof(*e->unused_split))) {
-                e->oom = true;
-                return;
-            }
-            e->n_unused++;
-        }
-        e->unused_split[i].id = id;
-        e->unused_split[i].left_len = e->sym[left].len;
-    }
-}
-
-static void emit(struct encoder * e, int32_t id) {
-    if (!grow((void **) &e->out, &e->cap_out, e->n_out + 1, sizeof(int32_t))) {
-        e->oom = true;
-        return;
-    }
-    e->out[e->n_out++] = id;
-}
-
-// PieceToId: reserved pieces first, then mergeable ones; -1 = unknown.
-static int32_t final_id(const struct encoder * e, const char * s, size_t n) {
-    if (n > (size_t) e->tok->info.max_piece_bytes) return -1;
-    const struct tok_slot * slot = find_slot(e->tok, s, n);
-    const int32_t id = slot->reserved_id >= 0 ? slot->reserved_id : slot->merge_id;
-    if (id >= 0 && !e->special) {
-        const int t = e->tok->types[id];
-        if (t == TS_TOKEN_CONTROL || t == TS_TOKEN_USER_DEFINED) return -1;
-    }
-    return id;
-}
-
-static void emit_piece(struct encoder * e, const char * s, size_t n, bool * prev_unk, int depth) {
-    const struct ts_tokenizer * tok = e->tok;
-    int32_t id = final_id(e, s, n);
-    if (id >= 0 && tok->types[id] == TS_TOKEN_UNUSED && depth < 64) {
-        for (int i = 0; i < e->n_unused; i++) {
-            if (e->unused_split[i].id == id) {
-                const uint32_t l = e->unused_split[i].left_len;
-                emit_piece(e, s, l, prev_unk, depth + 1);
-                emit_piece(e, s + l, n - l, prev_unk, depth + 1);
-                return;
-            }
-        }
-    }
-    if (id < 0) id = tok->info.unk_id;
-    const bool is_unk = id == tok->info.unk_id;
-    if (is_unk && tok->n_byte_tokens > 0) {
-        // byte fallback; a byte without its token is unknown, as SentencePiece's PieceToId
-        for (size_t i = 0; i < n; i++) {
-            const int32_t b = tok->byte_id[(unsigned char) s[i]];
-            emit(e, b >= 0 ? b : tok->info.unk_id);
-        }
-    } else if (!(is_unk && *prev_unk)) {
-        // without byte fallback, SentencePiece merges a run of unknown pieces into one
-        emit(e, id);
-    }
-    *prev_unk = is_unk;
-}
-
-// SentencePiece's normaliser with the identity rule (see tokenizer.h): dummy prefix, ' ' ->
-// U+2581, invalid UTF-8 -> U+FFFD per byte; special tokens are copied as they are.
-static size_t normalize(const struct ts_tokenizer * tok, const char * text, size_t len, bool special, char * norm) {
-    size_t n = 0;
-    if (len == 0) return 0;
-    if (tok->info.add_space_prefix) {
-        memcpy(norm, SPACE_SYMBOL, 3);
-        n = 3;
-    }
-    size_t i = 0;
-    while (i < len) {
-        if (special) {
-            const int32_t id = match_special(tok, text + i, len - i);
-            if (id >= 0) {
-                memcpy(norm + n, text + i, tok->text_len[id]);
-                n += tok->text_len[id];
-                i += tok->text_len[id];
-                continue;
-            }
-        }
-        const int cl = utf8_valid_len((const unsigned char *) text + i, len - i);
-        if (cl == 0) {
-            memcpy(norm + n, REPLACEMENT, 3);
-            n += 3;
-            i += 1;
-        } else if (text[i] == ' ') {
-            memcpy(norm + n, SPACE_SYMBOL, 3);
-            n += 3;
-            i += 1;
-        } else {
-            memcpy(norm + n, text + i, (size_t) cl);
-            n += (size_t) cl;
-            i += (size_t) cl;
-        }
-    }
-    return n;
-}
-
-int ts_tokenize(const struct ts_tokenizer * tok, const char * text, size_t len, bool add_bos, bool special,
-                int32_t * out, int n_max) {
-    if (!tok || (!text && len > 0) || n_max < 0 || (!out && n_max > 0)) return TS_TOKENIZE_ERROR;
-    // every input byte becomes at most 3 normalized bytes; symbol indices are int32
-    if (len > (size_t) (INT32_MAX / 4)) return TS_TOKENIZE_ERROR;
-
-    struct encoder e = { .tok = tok, .special = special };
-    char * norm = malloc(3 + 3 * len + 1);
-    e.sym = malloc((3 + 3 * len + 1) * sizeof(struct symbol));
-    if (!norm || !e.sym) {
-        free(norm);
-        free(e.sym);
-        return TS_TOKENIZE_ERROR;
-    }
-    e.norm = norm;
-
-    if (add_bos && tok->info.bos_id >= 0) emit(&e, tok->info.bos_id);
-
-    const size_t n_norm = normalize(tok, text, len, special, norm);
-
-    // Split into characters (special tokens whole and frozen), as SentencePiece's BPE model.
-    int32_t n_sym = 0;
-    for (size_t i = 0; i < n_norm;) {
-        int32_t sid = special ? match_special(tok, norm + i, n_norm - i) : -1;
-        size_t cl = sid >= 0 ? tok->text_len[sid] : (size_t) utf8_lead_len((unsigned char) norm[i]);
-        if (cl > n_norm - i) cl = n_norm - i;
-        e.sym[n_sym] = (struct symbol) { n_sym - 1, -1, (uint32_t) i, (uint32_t) cl, sid >= 0 };
-        if (n_sym > 0) e.sym[n_sym - 1].next = n_sym;
-        n_sym++;
-        i += cl;
-    }
-
-    for (int32_t i = 1; i < n_sym; i++) maybe_add_pair(&e, i - 1, i);
-
-    while (e.n_heap > 0 && !e.oom) {
-        const struct pair top = heap_pop(&e);
-        struct symbol * l = &e.sym[top.left];
-        struct symbol * r = &e.sym[top.right];
-        if (l->len == 0 || r->len == 0 || l->len + r->len != top.size) continue;  // stale
-        l->len += r->len;
-        l->next = r->next;
-        if (r->next >= 0) e.sym[r->next].prev = top.left;
-        r->len = 0;
-        maybe_add_pair(&e, l->prev, top.left);
-        maybe_add_pair(&e, top.left, l->next);
-    }
-
-    bool prev_unk = false;
-    for (int32_t i = n_sym > 0 ? 0 : -1; i >= 0 && !e.oom; i = e.sym[i].next) {
-        emit_piece(&e, norm + e.sym[i].start, e.sym[i].len, &prev_unk, 0);
-    }
-
-    int result;
-    if (e.oom) {
-        result = TS_TOKENIZE_ERROR;
-    } else if (e.n_out > n_max) {
-        result = -e.n_out;
-    } else {
-        if (e.n_out > 0) memcpy(out, e.out, (size_t) e.n_out * sizeof(int32_t));
-        result = e.n_out;
-    }
-    free(norm);
-    free(e.sym);
-    free(e.heap);
-    free(e.out);
-    free(e.unused_split);
-    return result;
 }
 
 // ---- decoding -----------------------------------------------------------------------------
@@ -705,20 +411,20 @@ static void put(struct sink * k, const char * s, size_t n) {
 // the whole run at once, because a character is only judged once all its bytes are there.
 static void drain(struct ts_utf8_stream * s, struct sink * k, bool final) {
     while (s->n_pending > 0) {
-        const int need = utf8_lead_len(s->pending[0]);
+        const int need = ts_utf8_lead_len(s->pending[0]);
         int used = 1;
         if (s->n_pending < need) {
             bool may_complete = !final;
-            for (int i = 1; i < s->n_pending; i++) may_complete = may_complete && is_trail(s->pending[i]);
+            for (int i = 1; i < s->n_pending; i++) may_complete = may_complete && ts_is_trail(s->pending[i]);
             if (may_complete) break;
-            put(k, REPLACEMENT, 3);
+            put(k, TS_REPLACEMENT, 3);
         } else {
-            const int cl = utf8_valid_len(s->pending, (size_t) need);
+            const int cl = ts_utf8_valid_len(s->pending, (size_t) need);
             if (cl > 0) {
                 put(k, (const char *) s->pending, (size_t) cl);
                 used = cl;
             } else {
-                put(k, REPLACEMENT, 3);
+                put(k, TS_REPLACEMENT, 3);
             }
         }
         memmove(s->pending, s->pending + used, (size_t) (s->n_pending - used));
@@ -732,7 +438,7 @@ static void put_piece(const struct ts_tokenizer * tok, int32_t id, bool render_s
     const int t = tok->types[id];
     if (t == TS_TOKEN_CONTROL && !render_special) return;
     if ((t == TS_TOKEN_UNKNOWN || id == tok->info.unk_id) && !render_special) {
-        put(k, UNK_SURFACE, sizeof(UNK_SURFACE) - 1);
+        put(k, TS_UNK_SURFACE, sizeof(TS_UNK_SURFACE) - 1);
         return;
     }
     const char * s = tok->text[id];
@@ -741,13 +447,13 @@ static void put_piece(const struct ts_tokenizer * tok, int32_t id, bool render_s
         put(k, s, n);
         return;
     }
-    if (strip && n >= 3 && memcmp(s, SPACE_SYMBOL, 3) == 0) {
+    if (strip && n >= 3 && memcmp(s, TS_SPACE_SYMBOL, 3) == 0) {
         s += 3;
         n -= 3;
     }
     size_t run = 0;  // bytes copied verbatim since the last ▁
     for (size_t i = 0; i < n;) {
-        if (i + 3 <= n && memcmp(s + i, SPACE_SYMBOL, 3) == 0) {
+        if (i + 3 <= n && memcmp(s + i, TS_SPACE_SYMBOL, 3) == 0) {
             put(k, s + i - run, run);
             put(k, " ", 1);
             run = 0;
@@ -760,10 +466,26 @@ static void put_piece(const struct ts_tokenizer * tok, int32_t id, bool render_s
     put(k, s + n - run, run);
 }
 
+// Byte-level BPE, as llama.cpp's token_to_piece: a normal token is the bytes its text encodes,
+// a user-defined one its text as stored, a control or unknown one its text when render_special
+// and nothing otherwise, and any other type nothing.
+static bool bpe_is_bytes(const struct ts_tokenizer * tok, int32_t id) { return tok->types[id] == TS_TOKEN_NORMAL; }
+
+static void put_bpe_piece(const struct ts_tokenizer * tok, int32_t id, bool render_special, struct sink * k) {
+    const int t = tok->types[id];
+    if (t == TS_TOKEN_NORMAL) {
+        put(k, tok->bpe_bytes[id], tok->bpe_bytes_len[id]);
+    } else if (t == TS_TOKEN_USER_DEFINED || (render_special && (t == TS_TOKEN_CONTROL || t == TS_TOKEN_UNKNOWN))) {
+        put(k, tok->text[id], tok->text_len[id]);
+    }
+}
+
 int ts_token_piece(const struct ts_tokenizer * tok, int32_t id, bool render_special, char * buf, int size) {
     if (id < 0 || id >= tok->info.n_vocab) return 0;
     struct sink k = { buf, size < 0 ? 0 : size, 0 };
-    if (tok->types[id] == TS_TOKEN_BYTE) {
+    if (tok->kind == TS_TOK_BPE) {
+        put_bpe_piece(tok, id, render_special, &k);
+    } else if (tok->types[id] == TS_TOKEN_BYTE) {
         const char b = (char) parse_byte_piece(tok->text[id], tok->text_len[id]);
         put(&k, &b, 1);
     } else {
@@ -780,6 +502,20 @@ void ts_utf8_stream_init(struct ts_utf8_stream * s, const struct ts_tokenizer * 
 }
 
 static void stream_step(struct ts_utf8_stream * s, const struct ts_tokenizer * tok, int32_t id, struct sink * k) {
+    if (tok->kind == TS_TOK_BPE) {
+        if (bpe_is_bytes(tok, id)) {
+            // a character may span tokens: its bytes wait in pending until it is complete
+            const char * b = tok->bpe_bytes[id];
+            for (uint32_t i = 0; i < tok->bpe_bytes_len[id]; i++) {
+                s->pending[s->n_pending++] = (unsigned char) b[i];
+                drain(s, k, false);
+            }
+        } else {
+            drain(s, k, true);  // a special token ends the byte run
+            put_bpe_piece(tok, id, s->render_special, k);
+        }
+        return;
+    }
     if (tok->types[id] == TS_TOKEN_BYTE) {
         s->pending[s->n_pending++] = (unsigned char) parse_byte_piece(tok->text[id], tok->text_len[id]);
         drain(s, k, false);
@@ -787,7 +523,7 @@ static void stream_step(struct ts_utf8_stream * s, const struct ts_tokenizer * t
     }
     drain(s, k, true);  // a byte run ends at any other token
     const int before = k->n;
-    const bool starts_with_space = tok->text_len[id] >= 3 && memcmp(tok->text[id], SPACE_SYMBOL, 3) == 0;
+    const bool starts_with_space = tok->text_len[id] >= 3 && memcmp(tok->text[id], TS_SPACE_SYMBOL, 3) == 0;
     const bool is_text = tok->types[id] != TS_TOKEN_CONTROL && tok->types[id] != TS_TOKEN_UNKNOWN &&
                          id != tok->info.unk_id;
     put_piece(tok, id, s->render_special, s->strip_space, k);
@@ -827,4 +563,11 @@ int ts_detokenize(const struct ts_tokenizer * tok, const int32_t * ids, int n_id
     }
     drain(&s, &k, true);
     return k.n <= k.size ? k.n : -k.n;
+}
+
+int ts_tokenize(const struct ts_tokenizer * tok, const char * text, size_t len, bool add_bos, bool special,
+                int32_t * out, int n_max) {
+    if (!tok) return TS_TOKENIZE_ERROR;
+    return tok->kind == TS_TOK_BPE ? ts_bpe_tokenize(tok, text, len, add_bos, special, out, n_max)
+                                   : ts_spm_tokenize(tok, text, len, add_bos, special, out, n_max);
 }

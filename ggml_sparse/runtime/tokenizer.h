@@ -1,5 +1,8 @@
-// SentencePiece (llama-style, `tokenizer.ggml.model` = "llama") tokenizer read from a GGUF's
-// tokenizer.ggml.* keys, giving the ids SentencePiece's BPE model gives.
+// The tokenizer read from a GGUF's tokenizer.ggml.* keys. Two kinds:
+//  - SentencePiece (`tokenizer.ggml.model` = "llama"), giving the ids SentencePiece's BPE model
+//    gives (tokenizer-spm.c; the rest of this comment up to "Byte-level BPE" is about it);
+//  - byte-level BPE ("gpt2", Llama 3, Qwen2, GPT-2, StarCoder, SmolLM, DeepSeek-LLM), giving
+//    the ids llama.cpp gives (tokenizer-bpe.c, pretokenize.c).
 //
 // Normaliser assumption: Llama/Mistral vocabularies are trained with an identity normaliser
 // (no NFKC, no collapsing of whitespace), byte fallback and a dummy prefix. So the only text
@@ -18,6 +21,15 @@
 // at special tokens and give every text fragment its own prefix ([<|im_start|>, U+2581user]);
 // to build that, tokenize each fragment with special=false and put the ids of the special
 // tokens (ts_token_lookup) between them.
+//
+// Byte-level BPE follows llama.cpp (llama-vocab.cpp) rather than SentencePiece: the text is cut
+// at special tokens first, longest token text first (user-defined tokens always; control and
+// unknown tokens only with special=true), then each plain fragment is pre-tokenized by the
+// rules `tokenizer.ggml.pre` names and merged by `tokenizer.ggml.merges` rank. No dummy prefix.
+// Invalid UTF-8 in the input becomes U+FFFD per byte, as llama.cpp. Decoding gives each normal
+// token's bytes (a character split over tokens is printed once complete, by the streaming
+// decoder), user-defined tokens as stored, control tokens only with render_special; no
+// clean-up of spaces (what llama.cpp's token_to_piece, and so llama-cli, prints).
 #pragma once
 
 #include <stdbool.h>

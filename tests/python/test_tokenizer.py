@@ -418,7 +418,9 @@ def test_bad_files_name_the_problem(sp, tmp_path):
             Tok(path)
         return str(e.value)
 
-    assert "gpt2" in err_of(write_tokenizer_gguf(tmp_path / "a.gguf", sp, model="gpt2"))
+    assert "'bert'" in err_of(write_tokenizer_gguf(tmp_path / "a.gguf", sp, model="bert"))
+    # a byte-level BPE vocabulary without its pre-tokenizer (or merges) is refused, naming the key
+    assert "tokenizer.ggml.pre" in err_of(write_tokenizer_gguf(tmp_path / "a2.gguf", sp, model="gpt2"))
     assert "tokenizer.ggml.model" in err_of(write_tokenizer_gguf(tmp_path / "b.gguf", sp, drop=("model",)))
     assert "tokenizer.ggml.tokens" in err_of(write_tokenizer_gguf(tmp_path / "c.gguf", sp, drop=("tokens",)))
     short = _types(sp, USER_DEFINED)[:-1]
