@@ -35,7 +35,10 @@ $PY -c "import torch" 2>/dev/null || $PY -m pip install -q --disable-pip-version
 VOCAB_DIR="$PWD/build/llamacpp-vocab"
 if [ ! -f "$VOCAB_DIR/ggml-vocab-starcoder.gguf.out" ]; then
     step "llama.cpp tokenizer vectors (llama-cpp-python==0.3.36 sdist)"
-    $PY -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+    # --no-build-isolation: pip reads the sdist's metadata with the scikit-build-core installed
+    # here; with isolation, --no-binary :all: also builds its build requirements (cmake) from source
+    $PY -m pip install -q --disable-pip-version-check "scikit-build-core>=0.10"
+    $PY -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: --no-build-isolation \
         llama-cpp-python==0.3.36 -d build/llamacpp-sdist
     mkdir -p "$VOCAB_DIR"
     tar -xzf build/llamacpp-sdist/llama_cpp_python-0.3.36.tar.gz -C "$VOCAB_DIR" --strip-components=4 \
