@@ -222,20 +222,13 @@ struct symbol {
     uint32_t start, len;  // bytes of the encoded word; len 0 = merged into its left neighbour
 };
 
-struct pair {
-    int32_t  rank;
-    int32_t  left, right;
-    uint32_t size;
-};
-
 struct encoder {
     const struct ts_tokenizer * tok;
     char          * word;  // the current word, byte-encoded
     int             n_word, cap_word;
     struct symbol * sym;
     int             cap_sym;
-    struct pair   * heap;
-    int             n_heap, cap_heap;
+    struct ts_merge_queue merges;
     int32_t       * out;
     int             n_out, cap_out;
     bool            oom;
@@ -249,46 +242,14 @@ static void emit(struct encoder * e, int32_t id) {
     e->out[e->n_out++] = id;
 }
 
-static bool pair_before(const struct pair * a, const struct pair * b) {
-    return a->rank < b->rank || (a->rank == b->rank && a->left < b->left);
-}
-
-static void heap_push(struct encoder * e, struct pair p) {
-    if (!ts_grow((void **) &e->heap, &e->cap_heap, e->n_heap + 1, sizeof(struct pair))) {
-        e->oom = true;
-        return;
-    }
-    int i = e->n_heap++;
-    while (i > 0) {
-        const int parent = (i - 1) / 2;
-        if (!pair_before(&p, &e->heap[parent])) break;
-        e->heap[i] = e->heap[parent];
-        i = parent;
-    }
-    e->heap[i] = p;
-}
-
-static struct pair heap_pop(struct encoder * e) {
-    const struct pair top = e->heap[0];
-    const struct pair last = e->heap[--e->n_heap];
-    int i = 0;
-    for (;;) {
-        int best = 2 * i + 1;
-        if (best >= e->n_heap) break;
-        if (best + 1 < e->n_heap && pair_before(&e->heap[best + 1], &e->heap[best])) best++;
-        if (!pair_before(&e->heap[best], &last)) break;
-        e->heap[i] = e->heap[best];
-        i = best;
-    }
-    if (e->n_heap > 0) e->heap[i] = last;
-    return top;
-}
-
 static void maybe_add_pair(struct encoder * e, int32_t left, int32_t right) {
     if (left < 0 || right < 0) return;
     const struct symbol * l = &e->sym[left], * r = &e->sym[right];
     const int32_t rank = merge_rank(e->tok, e->word + l->start, l->len, e->word + r->start, r->len);
-    if (rank >= 0) heap_push(e, (struct pair) { rank, left, right, l->len + r->len });
+    // lower rank first: priority -rank (exact in a double)
+    if (rank >= 0 && !ts_merge_push(&e->merges, (struct ts_merge) { -(double) rank, left, right, l->len + r->len })) {
+        e->oom = true;
+    }
 }
 
 // BPE on e->word (llm_tokenizer_bpe_session::tokenize for one word)
@@ -315,10 +276,10 @@ static void encode_word(struct encoder * e) {
         n_sym++;
         i += cl;
     }
-    e->n_heap = 0;
+    e->merges.n = 0;
     for (int32_t i = 1; i < n_sym; i++) maybe_add_pair(e, i - 1, i);
-    while (e->n_heap > 0 && !e->oom) {
-        const struct pair top = heap_pop(e);
+    while (e->merges.n > 0 && !e->oom) {
+        const struct ts_merge top = ts_merge_pop(&e->merges);
         struct symbol * l = &e->sym[top.left];
         struct symbol * r = &e->sym[top.right];
         // stale: both still live and adjacent means the same text exactly when the size is the same
@@ -453,7 +414,7 @@ int ts_bpe_tokenize(const struct ts_tokenizer * tok, const char * text, size_t l
     free(f);
     free(e.word);
     free(e.sym);
-    free(e.heap);
+    free(e.merges.heap);
     free(e.out);
     return result;
 }

@@ -85,6 +85,22 @@ int32_t ts_match_special(const struct ts_tokenizer * tok, const char * s, size_t
 // Growable arrays of the encoders
 bool ts_grow(void ** p, int * cap, int need, size_t elem);
 
+// The queue of candidate merges both encoders run (SentencePiece and BPE): a binary heap
+// whose top is the highest priority (SentencePiece: the merged piece's score; BPE: minus
+// the merge's rank, exact in a double), ties going to the leftmost pair. size is the two
+// symbols' combined length when queued: an entry whose symbols changed since is stale.
+struct ts_merge {
+    double   priority;
+    int32_t  left, right;
+    uint32_t size;
+};
+struct ts_merge_queue {
+    struct ts_merge * heap;
+    int               n, cap;
+};
+bool ts_merge_push(struct ts_merge_queue * q, struct ts_merge m); // false: out of memory
+struct ts_merge ts_merge_pop(struct ts_merge_queue * q);           // q->n > 0
+
 // SentencePiece encoder (tokenizer-spm.c), the contract of ts_tokenize
 int ts_spm_tokenize(const struct ts_tokenizer * tok, const char * text, size_t len, bool add_bos, bool special,
                     int32_t * out, int n_max);

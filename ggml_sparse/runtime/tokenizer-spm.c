@@ -15,19 +15,12 @@ struct symbol {
     bool     frozen;      // a special token: never merged
 };
 
-struct pair {
-    float    score;
-    int32_t  left, right;
-    uint32_t size;
-};
-
 struct encoder {
     const struct ts_tokenizer * tok;
     bool            special;
     const char    * norm;
     struct symbol * sym;
-    struct pair   * heap;
-    int             n_heap, cap_heap;
+    struct ts_merge_queue merges;
     int32_t       * out;
     int             n_out, cap_out;
     struct { int32_t id; uint32_t left_len; } * unused_split;  // rev_merge of unused pieces
@@ -46,38 +39,36 @@ bool ts_grow(void ** p, int * cap, int need, size_t elem) {
     return true;
 }
 
-static bool pair_before(const struct pair * a, const struct pair * b) {
-    return a->score > b->score || (a->score == b->score && a->left < b->left);
+static bool merge_before(const struct ts_merge * a, const struct ts_merge * b) {
+    return a->priority > b->priority || (a->priority == b->priority && a->left < b->left);
 }
 
-static void heap_push(struct encoder * e, struct pair p) {
-    if (!ts_grow((void **) &e->heap, &e->cap_heap, e->n_heap + 1, sizeof(struct pair))) {
-        e->oom = true;
-        return;
-    }
-    int i = e->n_heap++;
+bool ts_merge_push(struct ts_merge_queue * q, struct ts_merge m) {
+    if (!ts_grow((void **) &q->heap, &q->cap, q->n + 1, sizeof(struct ts_merge))) return false;
+    int i = q->n++;
     while (i > 0) {
         const int parent = (i - 1) / 2;
-        if (!pair_before(&p, &e->heap[parent])) break;
-        e->heap[i] = e->heap[parent];
+        if (!merge_before(&m, &q->heap[parent])) break;
+        q->heap[i] = q->heap[parent];
         i = parent;
     }
-    e->heap[i] = p;
+    q->heap[i] = m;
+    return true;
 }
 
-static struct pair heap_pop(struct encoder * e) {
-    const struct pair top = e->heap[0];
-    const struct pair last = e->heap[--e->n_heap];
+struct ts_merge ts_merge_pop(struct ts_merge_queue * q) {
+    const struct ts_merge top = q->heap[0];
+    const struct ts_merge last = q->heap[--q->n];
     int i = 0;
     for (;;) {
         int best = 2 * i + 1;
-        if (best >= e->n_heap) break;
-        if (best + 1 < e->n_heap && pair_before(&e->heap[best + 1], &e->heap[best])) best++;
-        if (!pair_before(&e->heap[best], &last)) break;
-        e->heap[i] = e->heap[best];
+        if (best >= q->n) break;
+        if (best + 1 < q->n && merge_before(&q->heap[best + 1], &q->heap[best])) best++;
+        if (!merge_before(&q->heap[best], &last)) break;
+        q->heap[i] = q->heap[best];
         i = best;
     }
-    if (e->n_heap > 0) e->heap[i] = last;
+    if (q->n > 0) q->heap[i] = last;
     return top;
 }
 
@@ -96,7 +87,10 @@ static void maybe_add_pair(struct encoder * e, int32_t left, int32_t right) {
     const char * s = e->norm + e->sym[left].start;
     const int32_t id = merge_id(e, s, size);
     if (id < 0) return;
-    heap_push(e, (struct pair) { e->tok->scores[id], left, right, size });
+    if (!ts_merge_push(&e->merges, (struct ts_merge) { e->tok->scores[id], left, right, size })) {
+        e->oom = true;
+        return;
+    }
     if (e->tok->types[id] == TS_TOKEN_UNUSED) {
         // An unused piece is split back into the two pieces it was last made from.
         int i = 0;
@@ -233,8 +227,8 @@ int ts_spm_tokenize(const struct ts_tokenizer * tok, const char * text, size_t l
 
     for (int32_t i = 1; i < n_sym; i++) maybe_add_pair(&e, i - 1, i);
 
-    while (e.n_heap > 0 && !e.oom) {
-        const struct pair top = heap_pop(&e);
+    while (e.merges.n > 0 && !e.oom) {
+        const struct ts_merge top = ts_merge_pop(&e.merges);
         struct symbol * l = &e.sym[top.left];
         struct symbol * r = &e.sym[top.right];
         if (l->len == 0 || r->len == 0 || l->len + r->len != top.size) continue;  // stale
@@ -262,7 +256,7 @@ int ts_spm_tokenize(const struct ts_tokenizer * tok, const char * text, size_t l
     }
     free(norm);
     free(e.sym);
-    free(e.heap);
+    free(e.merges.heap);
     free(e.out);
     free(e.unused_split);
     return result;
