@@ -63,6 +63,21 @@ static size_t add(struct piece * p, size_t end) {  // ends the current word at e
 #define IS_WS(f) ((f) & TS_UCP_WHITESPACE)
 
 // llama.cpp's unicode_regex_split_custom_gpt2
+// The last alternatives of the GPT-2 and Llama-3 patterns at pos, where n_ws white-space code
+// points start: '\s+(?!\S)' (all but the last one when more follow), '\s+', else the code
+// point alone. Ends the word; returns the new position.
+static size_t split_ws_tail(struct piece * p, size_t pos, size_t n_ws) {
+    if (n_ws > 1 && cpt(p, pos + n_ws) != OUT_OF_RANGE) {
+        pos += n_ws - 1;
+    } else if (n_ws > 0) {
+        pos += n_ws;
+    } else {
+        pos++;
+    }
+    add(p, pos);
+    return pos;
+}
+
 static void split_gpt2(struct piece * p) {
     for (size_t pos = p->ini; pos < p->end;) {
         const uint32_t c = cpt(p, pos);
@@ -99,17 +114,7 @@ static void split_gpt2(struct piece * p) {
         }
         size_t n_ws = 0;
         while (IS_WS(flg(p, pos + n_ws))) n_ws++;
-        if (n_ws > 1 && cpt(p, pos + n_ws) != OUT_OF_RANGE) {  // '\s+(?!\S)': leave the last one
-            pos += n_ws - 1;
-            add(p, pos);
-            continue;
-        }
-        if (n_ws > 0) {  // '\s+'
-            pos += n_ws;
-            add(p, pos);
-            continue;
-        }
-        add(p, ++pos);  // no match: the code point alone
+        pos = split_ws_tail(p, pos, n_ws);
     }
 }
 
@@ -172,17 +177,7 @@ static void split_llama3(struct piece * p, size_t max_digits) {
             add(p, pos);
             continue;
         }
-        if (n_ws > 1 && cpt(p, pos + n_ws) != OUT_OF_RANGE) {  // '\s+(?!\S)'
-            pos += n_ws - 1;
-            add(p, pos);
-            continue;
-        }
-        if (n_ws > 0) {  // '\s+'
-            pos += n_ws;
-            add(p, pos);
-            continue;
-        }
-        add(p, ++pos);
+        pos = split_ws_tail(p, pos, n_ws);
     }
 }
 
