@@ -95,9 +95,16 @@ struct batch_args {
 
 static int64_t call_rows = BATCH_CALL_ROWS; // BENCH_CALL_ROWS=n: rows per dot_rows_batch call
 
+static bool blocked; // BENCH_BLOCKED=1: the whole matrix through ts_dot_rows_blocked, as src/matmul.c
+
 static void run_batch(void * p) {
     const struct batch_args * b = p;
     const size_t row_bytes = ts_row_size(b->type, b->n);
+    if (blocked) {
+        ts_dot_rows_blocked(b->K, b->type, b->n, b->w, row_bytes, b->x, b->x_stride, b->n_tok, NULL, b->n_rows,
+                            b->out, b->n_rows);
+        return;
+    }
     for (int64_t r = 0; r < b->n_rows; r += call_rows) {
         const int64_t nr = b->n_rows - r < call_rows ? b->n_rows - r : call_rows;
         b->K->dot_rows_batch(b->type, b->n, (const char *) b->w + (size_t) r * row_bytes, row_bytes,
@@ -172,24 +179,35 @@ static void bench_axpy_batch(void) {
 }
 
 static void bench_batch(void) {
-    const enum ts_type types[] = { TS_TYPE_Q4_0, TS_TYPE_Q8_0, TS_TYPE_F16 };
+    const enum ts_type types[] = { TS_TYPE_Q4_0, TS_TYPE_Q8_0, TS_TYPE_F16, TS_TYPE_F32 };
     const int64_t row_counts[] = { 4096, 14336 };
     const int64_t toks[] = { 1, 4, 16, 64, 128 };
     const int64_t n = N_EMBD, max_tok = 128;
-    float * xf = malloc((size_t) (n * max_tok) * sizeof(float));
-    for (int64_t k = 0; k < n * max_tok; k++) xf[k] = rng_sym();
+    // BENCH_XPAD=k: k floats of padding after each token's activations (a stride of exactly
+    // 16 KB puts every token's same columns in the same L1 sets)
+    const int64_t xs = n + (getenv("BENCH_XPAD") ? atoll(getenv("BENCH_XPAD")) : 0);
+    float * xf = malloc((size_t) (xs * max_tok) * sizeof(float));
+    for (int64_t k = 0; k < xs * max_tok; k++) xf[k] = rng_sym();
     const size_t q_stride = ts_row_size(TS_TYPE_Q8_0, n);
     char * xq = malloc(q_stride * (size_t) max_tok);
-    for (int64_t t = 0; t < max_tok; t++) ts_quantize_row_q8_0_ref(xf + t * n, (ts_block_q8_0 *) (xq + t * q_stride), n);
+    for (int64_t t = 0; t < max_tok; t++) ts_quantize_row_q8_0_ref(xf + t * xs, (ts_block_q8_0 *) (xq + t * q_stride), n);
     float * out = malloc((size_t) (14336 * max_tok) * sizeof(float));
     const char * only = getenv("BENCH_ISA"); // e.g. avx512: one table only
     if (getenv("BENCH_CALL_ROWS")) call_rows = atoll(getenv("BENCH_CALL_ROWS"));
     if (call_rows < 1) call_rows = BATCH_CALL_ROWS;
-    printf("\ndot_rows_batch: %lld rows a call\n", (long long) call_rows);
+    blocked = getenv("BENCH_BLOCKED") != NULL;
+    const bool quick = getenv("BENCH_QUICK") != NULL; // 4096 rows, 16 and 128 tokens, no per-token loop
+    const char * only_type = getenv("BENCH_TYPE"); // e.g. f16: one weight type only
+    if (blocked) {
+        printf("\ndot_rows_batch: whole matrix through ts_dot_rows_blocked\n");
+    } else {
+        printf("\ndot_rows_batch: %lld rows a call\n", (long long) call_rows);
+    }
 
     printf("%-5s %-8s %6s %5s %12s %9s %12s %9s %8s\n", "type", "isa", "rows", "n_tok",
            "batch us", "GOP/s", "per-tok us", "GOP/s", "speedup");
     for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+        if (only_type && strcmp(only_type, ts_type_name(types[ti])) != 0) continue;
         for (size_t ri = 0; ri < 2; ri++) {
             const int64_t n_rows = row_counts[ri];
             void * w = random_matrix(types[ti], n_rows, n);
@@ -198,10 +216,12 @@ static void bench_batch(void) {
                 if (!K || (only && strcmp(only, K->name) != 0)) continue;
                 for (size_t k = 0; k < sizeof(toks) / sizeof(toks[0]); k++) {
                     const bool quant = ts_dot_type(types[ti]) == TS_TYPE_Q8_0;
+                    if (quick && (n_rows != 4096 || (toks[k] != 16 && toks[k] != 128))) continue;
                     struct batch_args b = { K, types[ti], n, n_rows, toks[k], w, quant ? (const void *) xq : (const void *) xf,
-                                            quant ? q_stride : (size_t) n * sizeof(float), out };
+                                            quant ? q_stride : (size_t) xs * sizeof(float), out };
                     const double tb = time_best(0.3, 3, run_batch, &b);
-                    const double tp = time_best(0.3, 3, run_per_token, &b);
+                    if (quick && (n_rows != 4096 || (toks[k] != 16 && toks[k] != 128))) continue;
+                    const double tp = quick ? 1e30 : time_best(0.3, 3, run_per_token, &b);
                     const double ops = 2.0 * (double) n_rows * (double) n * (double) toks[k];
                     printf("%-5s %-8s %6lld %5lld %12.1f %9.1f %12.1f %9.1f %8.2f\n", ts_type_name(types[ti]), K->name,
                            (long long) n_rows, (long long) toks[k], tb * 1e6, ops / tb * 1e-9, tp * 1e6, ops / tp * 1e-9, tp / tb);
