@@ -1,0 +1,45 @@
+// kquant-group.h: the two K-quant (Q4_K, Q6_K) primitives each SIMD table takes from its
+// <isa>-kquants.c file, with the same contracts as simd-drivers.h's dot_group / axpy_group:
+//
+//   dot_group:  out[r] = dot(rows[r], x) for r < R (1..4), x in Q8_K super-blocks; any float
+//               order (tested within tolerance of the scalar reference), but each row's result
+//               depends only on that row and x (not on R or the group's other rows), so that
+//               batches give dot_rows' bits.
+//   axpy_group: for c in [c0, c1) (multiples of 64), y[c] gets the FMA chain of ts-kernels.h
+//               for rows r = 0..R-1 in order: bit-identical to the scalar reference.
+//
+// `next` holds rows of a later group, prefetched at the offsets being read. The including
+// file defines TS_KQ(name) to give the functions its ISA's prefix.
+// Not a public header.
+#pragma once
+
+#include "ts-kernels.h"
+
+void TS_KQ(dot_group)(enum ts_type type, int R, const char * const * rows, const char * const * next,
+                      int64_t n, const void * x, float * out);
+void TS_KQ(axpy_group)(enum ts_type type, int R, const char * const * rows, const char * const * next,
+                       const float * a, int64_t c0, int64_t c1, float * y);
+
+// Per-row constants of a K-quant block's 64-column unit, computed in plain C so that every
+// ISA multiplies the same floats: s[i] = a * (d * sc) for the unit's sub-blocks (Q4_K: two of
+// 32 columns; Q6_K: four of 16), m[i] = a * (dmin * min) (Q4_K only).
+static inline void ts_kq_unit_scales(enum ts_type type, const char * row, int64_t c, float a, float s[4], float m[2]) {
+    const int64_t b = c / TS_QK_K;
+    const int e0 = (int) (c % TS_QK_K);
+    if (type == TS_TYPE_Q4_K) {
+        const ts_block_q4_K * blk = (const ts_block_q4_K *) row + b;
+        const float d = ts_fp16_to_fp32(blk->d), dmin = ts_fp16_to_fp32(blk->dmin);
+        for (int i = 0; i < 2; i++) {
+            int sc, mn;
+            ts_q4_K_scale_min(blk->scales, e0 / 32 + i, &sc, &mn);
+            s[i] = a * (d * (float) sc);
+            m[i] = a * (dmin * (float) mn);
+        }
+    } else {
+        const ts_block_q6_K * blk = (const ts_block_q6_K *) row + b;
+        const float d = ts_fp16_to_fp32(blk->d);
+        for (int i = 0; i < 4; i++) {
+            s[i] = a * (d * (float) blk->scales[e0 / 16 + i]);
+        }
+    }
+}
