@@ -44,6 +44,8 @@ static bool matmul_type(enum ggml_type type, enum ts_type * out) {
         case GGML_TYPE_BF16: *out = TS_TYPE_BF16; return true;
         case GGML_TYPE_Q8_0: *out = TS_TYPE_Q8_0; return true;
         case GGML_TYPE_Q4_0: *out = TS_TYPE_Q4_0; return true;
+        case GGML_TYPE_Q4_K: *out = TS_TYPE_Q4_K; return true;
+        case GGML_TYPE_Q6_K: *out = TS_TYPE_Q6_K; return true;
         default:             return false;
     }
 }
@@ -72,7 +74,7 @@ static bool check_matmul(const struct ggml_tensor * w, const struct ggml_tensor 
     }
     enum ts_type tt;
     if (!matmul_type(w->type, &tt)) {
-        return fail(err, err_size, "W (%s): type %s has no turbosparse kernel (f32, f16, bf16, q8_0, q4_0)",
+        return fail(err, err_size, "W (%s): type %s has no turbosparse kernel (f32, f16, bf16, q8_0, q4_0, q4_K, q6_K)",
                     name_of(w, "W"), ggml_type_name(w->type));
     }
     if (w->ne[2] != 1 || w->ne[3] != 1 || !ggml_is_contiguous(w)) {
@@ -124,12 +126,11 @@ static void matmul_compute(struct ggml_tensor * dst, int ith, int nth, void * us
 
     const void * xd = x->data;
     size_t x_stride = x->nb[1];
-    if (ts_dot_type(tt) == TS_TYPE_Q8_0) {
-        x_stride = ts_row_size(TS_TYPE_Q8_0, n);
+    if (ts_dot_type(tt) != TS_TYPE_F32) {
+        x_stride = ts_row_size(ts_dot_type(tt), n);
         char * q = ts_scratch(x_stride * (size_t) T);
         for (int64_t t = 0; t < T; t++) {
-            k->quantize_q8_0((const float *) ((const char *) x->data + t * x->nb[1]),
-                             (ts_block_q8_0 *) (q + t * x_stride), n);
+            ts_quantize_dot(k, tt, (const float *) ((const char *) x->data + t * x->nb[1]), q + t * x_stride, n);
         }
         xd = q;
     }

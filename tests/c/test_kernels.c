@@ -74,7 +74,7 @@ static void make_kquant_row(enum ts_type type, enum data_mode mode, int64_t n, c
                 v = ldexpf(rng_sym(), mode == DATA_WIDE ? (int) (rng_u64() % 29) - 24 : -(int) (rng_u64() % 5) - 4);
             }
             const uint16_t d = ts_fp32_to_fp16(v);
-            memcpy(blk + (type == TS_TYPE_Q4_K ? 2 * h : offsetof(ts_block_q6_K, d)), &d, 2);
+            memcpy(blk + (type == TS_TYPE_Q4_K ? (size_t) (2 * h) : offsetof(ts_block_q6_K, d)), &d, 2);
         }
         if (zero_block && b == 0) { // a block whose scales are all zero
             if (type == TS_TYPE_Q4_K) memset(blk, 0, 16);
