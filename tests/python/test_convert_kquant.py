@@ -131,4 +131,4 @@ def test_kquant_kernels_agree_with_ggml_in_the_runtime(tmp_path: Path) -> None:
                       ("exact", {"TURBOSPARSE_MATMUL": "ours"})):
         got = logits_in_subprocess(path, mode, tmp_path / "got.npy", env)
         err = float(np.max(np.abs(got - ggml)) / np.max(np.abs(ggml)))
-        assert err < 1e-3, (mode, env, err)
+        assert err < 1e-4, (mode, env, err)  # measured ~3e-7
