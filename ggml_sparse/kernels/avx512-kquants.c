@@ -195,31 +195,41 @@ static ALWAYS_INLINE void unit_quants(enum ts_type type, const char * row, int64
     }
 }
 
+// Per super-block: each row's sub-block scalars once (ts_kq_block_scales), then the block's
+// 64-column units in [c0, c1): y loaded once per unit, every row's FMA chain step in row order.
 static ALWAYS_INLINE void axpy_kq(enum ts_type type, int R, const char * const * rows, const char * const * next,
                                   const float * a, int64_t c0, int64_t c1, float * y) {
     const size_t bs = type == TS_TYPE_Q4_K ? sizeof(ts_block_q4_K) : sizeof(ts_block_q6_K);
-    for (int64_t c = c0; c < c1; c += 64) {
-        // a quarter of the super-block's bytes per unit: every line gets prefetched
-        prefetch_span(R, next, (size_t) (c / TS_QK_K) * bs + (size_t) (c % TS_QK_K) / 64 * (bs / 4), 64);
-        __m512 yv[4];
-        for (int v = 0; v < 4; v++) {
-            yv[v] = _mm512_loadu_ps(y + c + 16 * v);
-        }
+    for (int64_t b = c0 / TS_QK_K; b * TS_QK_K < c1; b++) {
+        const int64_t cs = b * TS_QK_K > c0 ? b * TS_QK_K : c0;
+        const int64_t ce = (b + 1) * TS_QK_K < c1 ? (b + 1) * TS_QK_K : c1;
+        prefetch_span(R, next, (size_t) b * bs, bs);
+        float s[4][16], m[4][8];
         for (int r = 0; r < R; r++) {
-            float s[4], m[2];
-            ts_kq_unit_scales(type, rows[r], c, a[r], s, m);
-            __m512 w[4];
-            unit_quants(type, rows[r], c, w);
+            ts_kq_block_scales(type, rows[r], b, a[r], s[r], m[r]);
+        }
+        for (int64_t c = cs; c < ce; c += 64) {
+            const int u = (int) (c % TS_QK_K) / 64;
+            __m512 yv[4];
             for (int v = 0; v < 4; v++) {
-                if (type == TS_TYPE_Q4_K) {
-                    yv[v] = _mm512_fmadd_ps(_mm512_set1_ps(s[v / 2]), w[v], _mm512_sub_ps(yv[v], _mm512_set1_ps(m[v / 2])));
-                } else {
-                    yv[v] = _mm512_fmadd_ps(_mm512_set1_ps(s[v]), w[v], yv[v]);
+                yv[v] = _mm512_loadu_ps(y + c + 16 * v);
+            }
+            for (int r = 0; r < R; r++) {
+                const float * sr = s[r];
+                const float * mr = m[r];
+                __m512 w[4];
+                unit_quants(type, rows[r], c, w);
+                for (int v = 0; v < 4; v++) {
+                    if (type == TS_TYPE_Q4_K) {
+                        yv[v] = _mm512_fmadd_ps(_mm512_set1_ps(sr[2 * u + v / 2]), w[v], _mm512_sub_ps(yv[v], _mm512_set1_ps(mr[2 * u + v / 2])));
+                    } else {
+                        yv[v] = _mm512_fmadd_ps(_mm512_set1_ps(sr[4 * u + v]), w[v], yv[v]);
+                    }
                 }
             }
-        }
-        for (int v = 0; v < 4; v++) {
-            _mm512_storeu_ps(y + c + 16 * v, yv[v]);
+            for (int v = 0; v < 4; v++) {
+                _mm512_storeu_ps(y + c + 16 * v, yv[v]);
+            }
         }
     }
 }

@@ -20,26 +20,24 @@ void TS_KQ(dot_group)(enum ts_type type, int R, const char * const * rows, const
 void TS_KQ(axpy_group)(enum ts_type type, int R, const char * const * rows, const char * const * next,
                        const float * a, int64_t c0, int64_t c1, float * y);
 
-// Per-row constants of a K-quant block's 64-column unit, computed in plain C so that every
-// ISA multiplies the same floats: s[i] = a * (d * sc) for the unit's sub-blocks (Q4_K: two of
-// 32 columns; Q6_K: four of 16), m[i] = a * (dmin * min) (Q4_K only).
-static inline void ts_kq_unit_scales(enum ts_type type, const char * row, int64_t c, float a, float s[4], float m[2]) {
-    const int64_t b = c / TS_QK_K;
-    const int e0 = (int) (c % TS_QK_K);
+// Per-row constants of super-block b of a row, computed in plain C so that every ISA multiplies
+// the same floats: s[i] = a * (d * sc_i) for the block's sub-blocks (Q4_K: 8 of 32 columns;
+// Q6_K: 16 of 16), m[i] = a * (dmin * min_i) (Q4_K only). d * sc and dmin * min are exact.
+static inline void ts_kq_block_scales(enum ts_type type, const char * row, int64_t b, float a, float s[16], float m[8]) {
     if (type == TS_TYPE_Q4_K) {
         const ts_block_q4_K * blk = (const ts_block_q4_K *) row + b;
         const float d = ts_fp16_to_fp32(blk->d), dmin = ts_fp16_to_fp32(blk->dmin);
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < 8; i++) {
             int sc, mn;
-            ts_q4_K_scale_min(blk->scales, e0 / 32 + i, &sc, &mn);
+            ts_q4_K_scale_min(blk->scales, i, &sc, &mn);
             s[i] = a * (d * (float) sc);
             m[i] = a * (dmin * (float) mn);
         }
     } else {
         const ts_block_q6_K * blk = (const ts_block_q6_K *) row + b;
         const float d = ts_fp16_to_fp32(blk->d);
-        for (int i = 0; i < 4; i++) {
-            s[i] = a * (d * (float) blk->scales[e0 / 16 + i]);
+        for (int i = 0; i < 16; i++) {
+            s[i] = a * (d * (float) blk->scales[i]);
         }
     }
 }

@@ -162,30 +162,41 @@ static ALWAYS_INLINE void unit_quants(enum ts_type type, const char * row, int64
     }
 }
 
+// Per super-block: each row's sub-block scalars once (ts_kq_block_scales), then the block's
+// 64-column units in [c0, c1): y loaded once per unit, every row's FMA chain step in row order.
 static ALWAYS_INLINE void axpy_kq(enum ts_type type, int R, const char * const * rows, const char * const * next,
                                   const float * a, int64_t c0, int64_t c1, float * y) {
     const size_t bs = type == TS_TYPE_Q4_K ? sizeof(ts_block_q4_K) : sizeof(ts_block_q6_K);
-    for (int64_t c = c0; c < c1; c += 64) {
-        prefetch_span(R, next, (size_t) (c / TS_QK_K) * bs + (size_t) (c % TS_QK_K) / 64 * (bs / 4), 64);
-        float32x4_t yv[16];
-        for (int v = 0; v < 16; v++) {
-            yv[v] = vld1q_f32(y + c + 4 * v);
-        }
+    for (int64_t b = c0 / TS_QK_K; b * TS_QK_K < c1; b++) {
+        const int64_t cs = b * TS_QK_K > c0 ? b * TS_QK_K : c0;
+        const int64_t ce = (b + 1) * TS_QK_K < c1 ? (b + 1) * TS_QK_K : c1;
+        prefetch_span(R, next, (size_t) b * bs, bs);
+        float s[4][16], m[4][8];
         for (int r = 0; r < R; r++) {
-            float s[4], m[2];
-            ts_kq_unit_scales(type, rows[r], c, a[r], s, m);
-            float32x4_t w[16];
-            unit_quants(type, rows[r], c, w);
+            ts_kq_block_scales(type, rows[r], b, a[r], s[r], m[r]);
+        }
+        for (int64_t c = cs; c < ce; c += 64) {
+            const int u = (int) (c % TS_QK_K) / 64;
+            float32x4_t yv[16];
             for (int v = 0; v < 16; v++) {
-                if (type == TS_TYPE_Q4_K) {
-                    yv[v] = vfmaq_f32(vsubq_f32(yv[v], vdupq_n_f32(m[v / 8])), vdupq_n_f32(s[v / 8]), w[v]);
-                } else {
-                    yv[v] = vfmaq_f32(yv[v], vdupq_n_f32(s[v / 4]), w[v]);
+                yv[v] = vld1q_f32(y + c + 4 * v);
+            }
+            for (int r = 0; r < R; r++) {
+                const float * sr = s[r];
+                const float * mr = m[r];
+                float32x4_t w[16];
+                unit_quants(type, rows[r], c, w);
+                for (int v = 0; v < 16; v++) {
+                    if (type == TS_TYPE_Q4_K) {
+                        yv[v] = vfmaq_f32(vsubq_f32(yv[v], vdupq_n_f32(mr[2 * u + v / 8])), vdupq_n_f32(sr[2 * u + v / 8]), w[v]);
+                    } else {
+                        yv[v] = vfmaq_f32(yv[v], vdupq_n_f32(sr[4 * u + v / 4]), w[v]);
+                    }
                 }
             }
-        }
-        for (int v = 0; v < 16; v++) {
-            vst1q_f32(y + c + 4 * v, yv[v]);
+            for (int v = 0; v < 16; v++) {
+                vst1q_f32(y + c + 4 * v, yv[v]);
+            }
         }
     }
 }
