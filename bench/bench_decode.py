@@ -73,6 +73,10 @@ from ts_runtime import BenchError, Context, Model, Runtime, default_lib  # noqa:
 #   cmake --build build --target llama-bench
 # (the full recipe is HOW_TO_BUILD in llama_bench.py, printed by --help).
 REPO = Path(__file__).resolve().parents[1]
+# --types: the weight types a run can compare; PowerInfer's files are made for PI_TYPES, and
+# q4_k_m (llama.cpp's Q4_K_M mix) is our converter's file for llama.cpp and for turbosparse.
+ALL_TYPES = ("q4_0", "f16", "q8_0", "q4_k_m")
+PI_TYPES = ("q4_0", "f16", "q8_0")
 TINY = dict(n_layer=2, n_embd=256, n_ff=1024, n_head=4, n_head_kv=2, n_vocab=1024, rank=64)
 
 
@@ -117,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", type=int, default=128, help="prefill prompt length (default %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported (default %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="threads for both engines (default %(default)s)")
-    p.add_argument("--types", default="q4_0,f16", help="comma list of q4_0, f16, q8_0 (default %(default)s)")
+    p.add_argument("--types", default="q4_0,f16",
+                   help="comma list of q4_0, f16, q8_0, q4_k_m (default %(default)s). q4_k_m: llama.cpp's Q4_K_M mix "
+                        "written by our converter for both engines (PowerInfer's files are made for the others)")
     p.add_argument("--densities", default="0.10,0.25", help="predicted densities (default %(default)s)")
     p.add_argument("--natural-densities", default="0.10,0.25",
                    help="natural dReLU densities of the synthetic models: ~10%% is TurboSparse-Mistral-like, ~25%% "
@@ -240,6 +246,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     apply_quick(args, argv)
     types = [t.strip() for t in args.types.split(",") if t.strip()]
+    unknown = [t for t in types if t not in ALL_TYPES]
+    if unknown:
+        log(f"--types: unknown type(s) {', '.join(unknown)} (known: {', '.join(ALL_TYPES)})")
+        return 2
     densities = [float(d) for d in args.densities.split(",")]
     naturals = [float(d) for d in args.natural_densities.split(",")]
     styles = [s.strip() for s in args.styles.split(",") if s.strip()]
@@ -282,8 +292,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         drelu_hf, swiglu_hf = write_checkpoints(root, shape, log)
         cals[natural] = get_calibration(root, drelu_hf, densities, args.calib_tokens)
         prompts[natural] = prompt_file(root, drelu_hf, args.prompt)
-        pi_files = (make_pi_files(pi, root, drelu_hf, WEIGHTS_SHARD, shape.n_layer, types, log)
-                    if pi is not None else {})
+        pi_types = [q for q in types if q in PI_TYPES]
+        pi_files = (make_pi_files(pi, root, drelu_hf, WEIGHTS_SHARD, shape.n_layer, pi_types, log)
+                    if pi is not None and pi_types else {})
         for q in types:
             swiglu = convert(swiglu_hf, root / f"swiglu-{q}.gguf", q)
             if q in pi_files:  # turbosparse reads PowerInfer's bytes, as a user who imports them

@@ -1,10 +1,10 @@
 """One FFN layer of the Mistral-7B shape: the sparse ops against ggml's dense FFN.
 
-    python bench/bench_ffn.py [--json FILE] [--repeats N] [--types q4_0,f16] [--threads 2]
+    python bench/bench_ffn.py [--json FILE] [--repeats N] [--types q4_0,q4_K,f16] [--threads 2]
                               [--batch T [--sub-batch auto,1,4,16]]
 
-n_embd 4096, n_ff 14336, predictor rank 1024, batch 1 (or T tokens). For each weight type (Q4_0, F16; the
-predictor in the same type) and each row below, the sparse graph and ggml's dense FFN (three
+n_embd 4096, n_ff 14336, predictor rank 1024, batch 1 (or T tokens). For each weight type (Q4_0, Q4_K
+(every FFN matrix in Q4_K: the bulk type of llama.cpp's Q4_K_M mix), F16; the predictor in the same type) and each row below, the sparse graph and ggml's dense FFN (three
 ggml_mul_mat + ggml's activation ops, standard-layout down) on the same weights are timed
 in the same process, interleaved call by call (round robin over the rows, each sparse call
 followed by a dense one), and the medians are compared:
@@ -184,7 +184,7 @@ def bench_type(type_: str, n_threads: int, repeats: int, pool: G.ThreadPool, flu
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", metavar="FILE", help="write the rows as a JSON list")
-    ap.add_argument("--types", default="q4_0,f16")
+    ap.add_argument("--types", default="q4_0,q4_K,f16", help="comma list of ggml type names (default %(default)s)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=25)
     ap.add_argument("--stat", choices=["median", "min"], default="median",

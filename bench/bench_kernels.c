@@ -11,7 +11,8 @@
 //
 // `bench_kernels batch` runs only the prompt-processing tables (bench_batch, bench_axpy_batch
 // below), `bench_kernels axpy` only the latter; BENCH_ISA=avx512
-// limits it to one kernel table.
+// limits it (and the single-token rows) to one kernel table. K-quant rows (q4_K, q6_K) are
+// random quant and scale bytes: no K quantiser in the kernels (speed does not depend on values).
 //
 // "cold": a new random active set every call, so most gathered rows come from DRAM (the
 // matrices are larger than the caches); "hot": the same set each call (rows mostly cached).
@@ -44,6 +45,16 @@ static double now_s(void) {
 static void * random_matrix(enum ts_type type, int64_t n_rows, int64_t n) {
     const size_t row_bytes = ts_row_size(type, n);
     char * w = malloc(row_bytes * (size_t) n_rows);
+    if (ts_is_kquant(type)) { // random quant and scale bytes, small super-block scales (no K quantiser here)
+        const size_t bs = ts_row_size(type, TS_QK_K);
+        for (size_t i = 0; i < row_bytes * (size_t) n_rows; i++) w[i] = (char) rng_u64();
+        for (size_t b = 0; b < row_bytes * (size_t) n_rows / bs; b++) {
+            const uint16_t d = ts_fp32_to_fp16(rng_sym() * 0.01f);
+            memcpy(w + b * bs + (type == TS_TYPE_Q6_K ? bs - 2 : 0), &d, 2);
+            if (type == TS_TYPE_Q4_K) memcpy(w + b * bs + 2, &d, 2);
+        }
+        return w;
+    }
     float * tmp = malloc((size_t) n * sizeof(float));
     for (int64_t i = 0; i < n_rows; i++) {
         for (int64_t k = 0; k < n; k++) tmp[k] = rng_sym();
@@ -244,13 +255,15 @@ int main(int argc, char ** argv) {
         bench_axpy_batch();
         return 0;
     }
-    const enum ts_type types[] = { TS_TYPE_Q4_0, TS_TYPE_F16 };
+    const enum ts_type types[] = { TS_TYPE_Q4_0, TS_TYPE_Q4_K, TS_TYPE_Q6_K, TS_TYPE_F16 };
     int32_t (*sets)[N_ACTIVE] = malloc(sizeof(int32_t) * N_ACTIVE * N_SETS);
     for (int s = 0; s < N_SETS; s++) random_subset(sets[s]);
     float * xf = malloc(N_EMBD * sizeof(float));
     for (int k = 0; k < N_EMBD; k++) xf[k] = rng_sym();
     ts_block_q8_0 * xq = malloc(ts_row_size(TS_TYPE_Q8_0, N_EMBD));
     ts_quantize_row_q8_0_ref(xf, xq, N_EMBD);
+    ts_block_q8_K * xk = malloc(ts_row_size(TS_TYPE_Q8_K, N_EMBD));
+    ts_quantize_row_q8_K_ref(xf, xk, N_EMBD);
     float * a = malloc(N_ACTIVE * sizeof(float));
     for (int j = 0; j < N_ACTIVE; j++) a[j] = rng_sym();
     float * out = malloc(N_ACTIVE * sizeof(float));
@@ -258,16 +271,18 @@ int main(int argc, char ** argv) {
     float * y_ff = malloc(N_FF * sizeof(float));
 
     printf("%-5s %-8s %-16s %-5s %10s %8s\n", "type", "isa", "kernel", "set", "us/call", "GB/s");
-    for (int ti = 0; ti < 2; ti++) {
+    for (int ti = 0; ti < 4; ti++) {
         const enum ts_type type = types[ti];
         const size_t row_bytes = ts_row_size(type, N_EMBD);
         void * w_gate = random_matrix(type, N_FF, N_EMBD);
         void * w_up   = random_matrix(type, N_FF, N_EMBD);
         void * w_down = random_matrix(type, N_FF, N_EMBD); // neuron-major: row i = neuron i
-        const void * x = ts_dot_type(type) == TS_TYPE_F32 ? (const void *) xf : (const void *) xq;
+        const void * x = ts_dot_type(type) == TS_TYPE_F32 ? (const void *) xf
+                       : ts_dot_type(type) == TS_TYPE_Q8_K ? (const void *) xk : (const void *) xq;
         for (int isa = 0; isa < TS_ISA_COUNT; isa++) {
             const struct ts_kernels * K = ts_kernels_for((enum ts_isa) isa);
-            if (!K) continue;
+            const char * only = getenv("BENCH_ISA");
+            if (!K || (only && strcmp(only, K->name) != 0)) continue;
             for (int kernel = 0; kernel < 3; kernel++) {
                 for (int cold = 1; cold >= 0; cold--) {
                     const int reps = isa == TS_ISA_SCALAR ? 8 : 64;
@@ -299,7 +314,7 @@ int main(int argc, char ** argv) {
         }
         free(w_gate); free(w_up); free(w_down);
     }
-    free(sets); free(xf); free(xq); free(a); free(out); free(y); free(y_ff);
+    free(sets); free(xf); free(xq); free(xk); free(a); free(out); free(y); free(y_ff);
     bench_batch();
     bench_axpy_batch();
     return 0;

@@ -177,6 +177,7 @@ static inline size_t ts_cu_x_bytes(enum ts_type type, int64_t n) {
 static inline const char * ts_check_rows(enum ts_type type, int64_t n, size_t row_bytes, int64_t n_rows,
                                          int64_t T) {
     if ((unsigned) type >= TS_TYPE_COUNT) return "type: not a ts_type";
+    if (type == TS_TYPE_Q4_K || type == TS_TYPE_Q6_K || type == TS_TYPE_Q8_K) return "type: K-quants have no CUDA kernels (CPU only)";
     if (n <= 0 || n % ts_cu_block(type) != 0) return "n: not a positive whole number of the type's blocks (32 for q8_0/q4_0)";
     if (n > INT32_MAX) return "n: above 2^31";
     if (row_bytes < ts_cu_row_size(type, n)) return "row_bytes: smaller than a row";

@@ -10,6 +10,7 @@
 #include <math.h>
 #include <string.h>
 
+#define TS_KQ(name) ts_avx2_kq_##name // avx2-kquants.c
 #include "simd-drivers.h"
 #include "x86-helpers.h"
 
@@ -366,6 +367,10 @@ static ALWAYS_INLINE void axpy_batch_chunk(enum ts_type type, const void * w_t, 
 static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
                             const int32_t * idx, const float * a, int64_t a_stride, int64_t n_idx,
                             int64_t n_tok, int64_t c0, int64_t c1, float * y, int64_t y_stride) {
+    if (ts_is_kquant(type)) {
+        drv_kq_axpy_rows_batch(type, n, w_t, row_bytes, idx, a, a_stride, n_idx, n_tok, c0, c1, y, y_stride);
+        return;
+    }
     if (n_tok == 1) {
         drv_axpy_rows(type, n, w_t, row_bytes, idx, a, n_idx, c0, c1, y);
         return;

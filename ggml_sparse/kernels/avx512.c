@@ -12,6 +12,7 @@
 #include <math.h>
 #include <string.h>
 
+#define TS_KQ(name) ts_avx512_kq_##name // avx512-kquants.c
 #include "simd-drivers.h"
 #include "x86-helpers.h"
 
@@ -769,7 +770,9 @@ static void dot_rows(enum ts_type type, int64_t n, const void * w, size_t row_by
 static void dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                            const void * x, size_t x_stride, int64_t n_tok,
                            const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
-    if (is_quant(type) && n_tok <= Q16_FEW && n / TS_QK <= Q16_MAX_BLOCKS) {
+    if (ts_is_kquant(type)) {
+        drv_kq_dot_rows_batch(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
+    } else if (is_quant(type) && n_tok <= Q16_FEW && n / TS_QK <= Q16_MAX_BLOCKS) {
         q16_dot_rows_few(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
     } else if (is_quant(type)) {
         q16_dot_rows_batch(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
@@ -993,6 +996,10 @@ static ALWAYS_INLINE void axpy_batch_cols(enum ts_type type, const void * w_t, s
 static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
                             const int32_t * idx, const float * a, int64_t a_stride, int64_t n_idx,
                             int64_t n_tok, int64_t c0, int64_t c1, float * y, int64_t y_stride) {
+    if (ts_is_kquant(type)) {
+        drv_kq_axpy_rows_batch(type, n, w_t, row_bytes, idx, a, a_stride, n_idx, n_tok, c0, c1, y, y_stride);
+        return;
+    }
     if (n_tok == 1) {
         drv_axpy_rows(type, n, w_t, row_bytes, idx, a, n_idx, c0, c1, y);
         return;

@@ -5,14 +5,18 @@
 #include <math.h>
 #include <string.h>
 
-static const char * const TYPE_NAMES[TS_TYPE_COUNT] = { "f32", "f16", "bf16", "q8_0", "q4_0" };
+static const char * const TYPE_NAMES[TS_TYPE_COUNT] = { "f32", "f16", "bf16", "q8_0", "q4_0", "q4_K", "q6_K", "q8_K" };
 
 const char * ts_type_name(enum ts_type type) {
     return (unsigned) type < TS_TYPE_COUNT ? TYPE_NAMES[type] : "unknown";
 }
 
 size_t ts_block_size(enum ts_type type) {
-    return (type == TS_TYPE_Q8_0 || type == TS_TYPE_Q4_0) ? TS_QK : 1;
+    switch (type) {
+        case TS_TYPE_Q8_0: case TS_TYPE_Q4_0: return TS_QK;
+        case TS_TYPE_Q4_K: case TS_TYPE_Q6_K: case TS_TYPE_Q8_K: return TS_QK_K;
+        default: return 1;
+    }
 }
 
 size_t ts_row_size(enum ts_type type, int64_t n) {
@@ -22,16 +26,23 @@ size_t ts_row_size(enum ts_type type, int64_t n) {
         case TS_TYPE_BF16: return (size_t) n * 2;
         case TS_TYPE_Q8_0: return (size_t) (n / TS_QK) * sizeof(ts_block_q8_0);
         case TS_TYPE_Q4_0: return (size_t) (n / TS_QK) * sizeof(ts_block_q4_0);
+        case TS_TYPE_Q4_K: return (size_t) (n / TS_QK_K) * sizeof(ts_block_q4_K);
+        case TS_TYPE_Q6_K: return (size_t) (n / TS_QK_K) * sizeof(ts_block_q6_K);
+        case TS_TYPE_Q8_K: return (size_t) (n / TS_QK_K) * sizeof(ts_block_q8_K);
         default:           return 0;
     }
 }
 
 enum ts_type ts_dot_type(enum ts_type type) {
-    return (type == TS_TYPE_Q8_0 || type == TS_TYPE_Q4_0) ? TS_TYPE_Q8_0 : TS_TYPE_F32;
+    switch (type) {
+        case TS_TYPE_Q8_0: case TS_TYPE_Q4_0: return TS_TYPE_Q8_0;
+        case TS_TYPE_Q4_K: case TS_TYPE_Q6_K: return TS_TYPE_Q8_K;
+        default: return TS_TYPE_F32;
+    }
 }
 
 bool ts_row_ok(enum ts_type type, int64_t n) {
-    return (unsigned) type < TS_TYPE_COUNT && n > 0 && n % (int64_t) ts_block_size(type) == 0;
+    return (unsigned) type < TS_TYPE_COUNT && type != TS_TYPE_Q8_K && n > 0 && n % (int64_t) ts_block_size(type) == 0;
 }
 
 // ---- conversions ------------------------------------------------------------------------
@@ -120,6 +131,52 @@ void ts_quantize_row_q4_0_ref(const float * x, ts_block_q4_0 * y, int64_t n) {
     }
 }
 
+// ggml's nearest_int: round to nearest, ties to even, by the float addition of 1.5 * 2^23.
+static inline int nearest_int(float f) {
+    const float v = f + 12582912.0f;
+    int i;
+    memcpy(&i, &v, 4);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+void ts_quantize_row_q8_K_ref(const float * x, ts_block_q8_K * y, int64_t n) {
+    for (int64_t b = 0; b < n / TS_QK_K; b++) {
+        const float * xb = x + b * TS_QK_K;
+        float amax = 0.0f, max = 0.0f; // max keeps its sign: the scale maps it to -127
+        for (int j = 0; j < TS_QK_K; j++) {
+            if (fabsf(xb[j]) > amax) {
+                amax = fabsf(xb[j]);
+                max  = xb[j];
+            }
+        }
+        if (amax == 0.0f) {
+            memset(&y[b], 0, sizeof(y[b]));
+            continue;
+        }
+        const float iscale = -127.0f / max;
+        for (int j = 0; j < TS_QK_K; j++) {
+            const int v = nearest_int(iscale * xb[j]);
+            y[b].qs[j] = (int8_t) (v < 127 ? v : 127);
+        }
+        for (int g = 0; g < TS_QK_K / 16; g++) {
+            int sum = 0;
+            for (int j = 0; j < 16; j++) {
+                sum += y[b].qs[16 * g + j];
+            }
+            y[b].bsums[g] = (int16_t) sum;
+        }
+        y[b].d = 1.0f / iscale;
+    }
+}
+
+void ts_quantize_dot(const struct ts_kernels * k, enum ts_type type, const float * x, void * y, int64_t n) {
+    switch (ts_dot_type(type)) {
+        case TS_TYPE_Q8_0: k->quantize_q8_0(x, y, n); break;
+        case TS_TYPE_Q8_K: ts_quantize_row_q8_K_ref(x, y, n); break;
+        default:           memcpy(y, x, (size_t) n * sizeof(float)); break;
+    }
+}
+
 void ts_from_float(enum ts_type type, const float * x, void * y, int64_t n) {
     switch (type) {
         case TS_TYPE_F32:  memcpy(y, x, (size_t) n * 4); break;
@@ -127,6 +184,7 @@ void ts_from_float(enum ts_type type, const float * x, void * y, int64_t n) {
         case TS_TYPE_BF16: for (int64_t i = 0; i < n; i++) ((uint16_t *) y)[i] = ts_fp32_to_bf16(x[i]); break;
         case TS_TYPE_Q8_0: ts_quantize_row_q8_0_ref(x, y, n); break;
         case TS_TYPE_Q4_0: ts_quantize_row_q4_0_ref(x, y, n); break;
+        case TS_TYPE_Q8_K: ts_quantize_row_q8_K_ref(x, y, n); break;
         default: break;
     }
 }
@@ -151,6 +209,34 @@ void ts_to_float(enum ts_type type, const void * x, float * y, int64_t n) {
                     y[b * TS_QK + j]             = d * ((blk->qs[j] & 0x0F) - 8);
                     y[b * TS_QK + j + TS_QK / 2] = d * ((blk->qs[j] >> 4) - 8);
                 }
+            }
+            break;
+        case TS_TYPE_Q4_K:
+            for (int64_t b = 0; b < n / TS_QK_K; b++) {
+                const ts_block_q4_K * blk = (const ts_block_q4_K *) x + b;
+                const float d = ts_fp16_to_fp32(blk->d), dmin = ts_fp16_to_fp32(blk->dmin);
+                for (int e = 0; e < TS_QK_K; e++) {
+                    int sc, m;
+                    ts_q4_K_scale_min(blk->scales, e / 32, &sc, &m);
+                    const uint8_t byte = blk->qs[32 * (e / 64) + e % 32];
+                    const int q = (e % 64) < 32 ? byte & 0x0F : byte >> 4;
+                    y[b * TS_QK_K + e] = (d * (float) sc) * (float) q - dmin * (float) m;
+                }
+            }
+            break;
+        case TS_TYPE_Q6_K:
+            for (int64_t b = 0; b < n / TS_QK_K; b++) {
+                const ts_block_q6_K * blk = (const ts_block_q6_K *) x + b;
+                const float d = ts_fp16_to_fp32(blk->d);
+                for (int e = 0; e < TS_QK_K; e++) {
+                    y[b * TS_QK_K + e] = (d * (float) blk->scales[e / 16]) * (float) (ts_q6_K_quant(blk, e) - 32);
+                }
+            }
+            break;
+        case TS_TYPE_Q8_K:
+            for (int64_t b = 0; b < n / TS_QK_K; b++) {
+                const ts_block_q8_K * blk = (const ts_block_q8_K *) x + b;
+                for (int e = 0; e < TS_QK_K; e++) y[b * TS_QK_K + e] = blk->d * blk->qs[e];
             }
             break;
         default: break;

@@ -9,10 +9,53 @@ static const void * row_at(const void * w, size_t row_bytes, const int32_t * idx
     return (const char *) w + (size_t) i * row_bytes;
 }
 
-// dot(row, x) for one row; x is f32 for float rows and Q8_0 blocks for quantised rows.
+// K-quant rows against Q8_K activations: per super-block an exact integer sum (the
+// sub-blocks' scaled dot products; Q4_K's mins meet the activations' 16-element sums), then
+// one f32 multiply-add per super-block (Q4_K: two, scale and min).
+static float dot_row_q4_K(int64_t n, const ts_block_q4_K * w, const ts_block_q8_K * x) {
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / TS_QK_K; b++) {
+        int sumi = 0, summ = 0;
+        for (int s = 0; s < 8; s++) {
+            int sc, m;
+            ts_q4_K_scale_min(w[b].scales, s, &sc, &m);
+            int p = 0;
+            for (int l = 0; l < 32; l++) {
+                const uint8_t byte = w[b].qs[32 * (s / 2) + l];
+                p += (s % 2 ? byte >> 4 : byte & 0x0F) * x[b].qs[32 * s + l];
+            }
+            sumi += sc * p;
+            summ += m * (x[b].bsums[2 * s] + x[b].bsums[2 * s + 1]);
+        }
+        sum += (x[b].d * ts_fp16_to_fp32(w[b].d)) * (float) sumi;
+        sum -= (x[b].d * ts_fp16_to_fp32(w[b].dmin)) * (float) summ;
+    }
+    return sum;
+}
+
+static float dot_row_q6_K(int64_t n, const ts_block_q6_K * w, const ts_block_q8_K * x) {
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / TS_QK_K; b++) {
+        int sumi = 0;
+        for (int g = 0; g < 16; g++) {
+            int p = 0;
+            for (int l = 0; l < 16; l++) {
+                p += (ts_q6_K_quant(&w[b], 16 * g + l) - 32) * x[b].qs[16 * g + l];
+            }
+            sumi += w[b].scales[g] * p;
+        }
+        sum += (x[b].d * ts_fp16_to_fp32(w[b].d)) * (float) sumi;
+    }
+    return sum;
+}
+
+// dot(row, x) for one row; x is f32 for float rows, Q8_0 blocks for Q8_0/Q4_0 rows and
+// Q8_K super-blocks for K-quant rows.
 static float dot_row(enum ts_type type, int64_t n, const void * row, const void * x) {
     float sum = 0.0f;
     switch (type) {
+        case TS_TYPE_Q4_K: return dot_row_q4_K(n, row, x);
+        case TS_TYPE_Q6_K: return dot_row_q6_K(n, row, x);
         case TS_TYPE_F32: {
             const float * w = row; const float * v = x;
             for (int64_t k = 0; k < n; k++) sum += w[k] * v[k];
@@ -88,6 +131,30 @@ static int64_t gate_up_exact(enum ts_type type, enum ts_act act, int64_t n,
     return n_active;
 }
 
+// The K-quant rows' FMA chains (ts-kernels.h), columns [c0, c1) (multiples of 64).
+static void axpy_row_q4_K(const ts_block_q4_K * row, float aj, int64_t c0, int64_t c1, float * y) {
+    for (int64_t c = c0; c < c1; c++) {
+        const ts_block_q4_K * blk = row + c / TS_QK_K;
+        const int e = (int) (c % TS_QK_K);
+        int sc, m;
+        ts_q4_K_scale_min(blk->scales, e / 32, &sc, &m);
+        const float s  = aj * (ts_fp16_to_fp32(blk->d) * (float) sc);
+        const float mn = aj * (ts_fp16_to_fp32(blk->dmin) * (float) m);
+        const uint8_t byte = blk->qs[32 * (e / 64) + e % 32];
+        const int q = (e % 64) < 32 ? byte & 0x0F : byte >> 4;
+        y[c] = fmaf(s, (float) q, y[c] - mn);
+    }
+}
+
+static void axpy_row_q6_K(const ts_block_q6_K * row, float aj, int64_t c0, int64_t c1, float * y) {
+    for (int64_t c = c0; c < c1; c++) {
+        const ts_block_q6_K * blk = row + c / TS_QK_K;
+        const int e = (int) (c % TS_QK_K);
+        const float s = aj * (ts_fp16_to_fp32(blk->d) * (float) blk->scales[e / 16]);
+        y[c] = fmaf(s, (float) (ts_q6_K_quant(blk, e) - 32), y[c]);
+    }
+}
+
 static void axpy_rows(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
                       const int32_t * idx, const float * a, int64_t n_idx,
                       int64_t c0, int64_t c1, float * y) {
@@ -99,6 +166,8 @@ static void axpy_rows(enum ts_type type, int64_t n, const void * w_t, size_t row
         const void * row = row_at(w_t, row_bytes, idx, j);
         const float aj = a[j];
         switch (type) {
+            case TS_TYPE_Q4_K: axpy_row_q4_K(row, aj, c0, c1, y); break;
+            case TS_TYPE_Q6_K: axpy_row_q6_K(row, aj, c0, c1, y); break;
             case TS_TYPE_F32:
                 for (int64_t c = c0; c < c1; c++) y[c] = fmaf(aj, ((const float *) row)[c], y[c]);
                 break;

@@ -14,6 +14,7 @@
 #pragma once
 
 #include "ts-kernels.h"
+#include "kquant-group.h" // the K-quant primitives: the including file defines TS_KQ first
 
 #include <string.h>
 
@@ -148,6 +149,60 @@ static int64_t drv_gate_up_exact(enum ts_type type, enum ts_act act, int64_t n,
     return n_active;
 }
 
+// K-quant batches: each group of rows meets every token through the same dot_group call as
+// drv_dot_rows makes (so every result is dot_rows' bits) while the group's rows sit in L1.
+static void drv_kq_dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                                  const void * x, size_t x_stride, int64_t n_tok,
+                                  const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
+    const int64_t ahead = drv_ahead(row_bytes);
+    for (int64_t j = 0; j < n_idx; j += TS_GROUP) {
+        const int R = (int) drv_min(TS_GROUP, n_idx - j);
+        const char * rows[TS_GROUP];
+        const char * next[TS_GROUP];
+        for (int r = 0; r < TS_GROUP; r++) {
+            rows[r] = drv_row(w, row_bytes, idx, j + (r < R ? r : R - 1));
+            next[r] = drv_row(w, row_bytes, idx, drv_min(j + ahead + r, n_idx - 1));
+        }
+        for (int64_t t = 0; t < n_tok; t++) {
+            dot_group(type, R, rows, t == 0 ? next : rows, n, (const char *) x + (size_t) t * x_stride,
+                      out + t * out_stride + j);
+        }
+    }
+}
+
+// The K-quant down projection of a batch: per slice of KQ_BATCH_COLS columns, each token's
+// axpy_rows chains over all rows (the slice's blocks of the rows stay in L2 across tokens).
+// Each column's chain is the one drv_axpy_rows makes: bit-identical per token.
+#define KQ_BATCH_COLS 256
+
+static void drv_kq_axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
+                                   const int32_t * idx, const float * a, int64_t a_stride, int64_t n_idx,
+                                   int64_t n_tok, int64_t c0, int64_t c1, float * y, int64_t y_stride) {
+    (void) n;
+    if (c1 <= c0) {
+        return;
+    }
+    for (int64_t t = 0; t < n_tok; t++) {
+        memset(y + t * y_stride + c0, 0, (size_t) (c1 - c0) * sizeof(float));
+    }
+    const int64_t ahead = drv_ahead(row_bytes);
+    for (int64_t cc = c0; cc < c1; cc += KQ_BATCH_COLS) {
+        const int64_t ce = drv_min(cc + KQ_BATCH_COLS, c1);
+        for (int64_t t = 0; t < n_tok; t++) {
+            for (int64_t j = 0; j < n_idx; j += TS_GROUP) {
+                const int R = (int) drv_min(TS_GROUP, n_idx - j);
+                const char * rows[TS_GROUP];
+                const char * next[TS_GROUP];
+                for (int r = 0; r < TS_GROUP; r++) {
+                    rows[r] = drv_row(w_t, row_bytes, idx, j + (r < R ? r : R - 1));
+                    next[r] = drv_row(w_t, row_bytes, idx, drv_min(j + ahead + r, n_idx - 1));
+                }
+                axpy_group(type, R, rows, next, a + t * a_stride + j, cc, ce, y + t * y_stride);
+            }
+        }
+    }
+}
+
 static void drv_axpy_rows(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
                           const int32_t * idx, const float * a, int64_t n_idx,
                           int64_t c0, int64_t c1, float * y) {
@@ -194,6 +249,7 @@ static void dot_group(enum ts_type type, int R, const char * const * rows, const
         case TS_TYPE_BF16: TS_FOR_R(R, TS_DOT_FLOAT, TS_TYPE_BF16, rows, next, n, x, out); break;      \
         case TS_TYPE_Q8_0: TS_FOR_R(R, TS_DOT_QUANT, TS_TYPE_Q8_0, rows, next, n, x, out); break;      \
         case TS_TYPE_Q4_0: TS_FOR_R(R, TS_DOT_QUANT, TS_TYPE_Q4_0, rows, next, n, x, out); break;      \
+        case TS_TYPE_Q4_K: case TS_TYPE_Q6_K: TS_KQ(dot_group)(type, R, rows, next, n, x, out); break; \
         default: break;                                                                               \
     }                                                                                                 \
 }                                                                                                     \
@@ -205,6 +261,7 @@ static void axpy_group(enum ts_type type, int R, const char * const * rows, cons
         case TS_TYPE_BF16: TS_FOR_R(R, axpy_float, TS_TYPE_BF16, rows, next, a, c0, c1, y); break;     \
         case TS_TYPE_Q8_0: TS_FOR_R(R, axpy_quant, TS_TYPE_Q8_0, rows, next, a, c0, c1, y); break;     \
         case TS_TYPE_Q4_0: TS_FOR_R(R, axpy_quant, TS_TYPE_Q4_0, rows, next, a, c0, c1, y); break;     \
+        case TS_TYPE_Q4_K: case TS_TYPE_Q6_K: TS_KQ(axpy_group)(type, R, rows, next, a, c0, c1, y); break; \
         default: break;                                                                               \
     }                                                                                                 \
 }
@@ -230,6 +287,10 @@ static void drv_dot_rows_batch_tiled(enum ts_type type, int64_t n, const void * 
                                      const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) { \
     if (n_tok == 1) {                                                                                      \
         drv_dot_rows(type, n, w, row_bytes, x, idx, n_idx, out);                                           \
+        return;                                                                                            \
+    }                                                                                                      \
+    if (ts_is_kquant(type)) {                                                                              \
+        drv_kq_dot_rows_batch(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);     \
         return;                                                                                            \
     }                                                                                                      \
     const int64_t ahead = drv_ahead(row_bytes);                                                            \

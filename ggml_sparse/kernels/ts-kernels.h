@@ -12,7 +12,8 @@
 //     vector (length n_embd), i.e. the down projection stored neuron-major (SPEC §1).
 //   - The activation vector x that meets a weight row in a dot product is given in the
 //     row type's "dot type" (ts_dot_type): f32 for F32/F16/BF16 rows, Q8_0 blocks for
-//     Q8_0/Q4_0 rows, exactly as ggml quantises activations for those types.
+//     Q8_0/Q4_0 rows, Q8_K super-blocks for Q4_K/Q6_K rows, exactly as ggml quantises
+//     activations for those types (ts_quantize_dot).
 //   - Neuron lists (idx) are int32, ascending, without duplicates.
 #pragma once
 
@@ -30,6 +31,9 @@ enum ts_type {
     TS_TYPE_BF16 = 2,
     TS_TYPE_Q8_0 = 3,
     TS_TYPE_Q4_0 = 4,
+    TS_TYPE_Q4_K = 5,
+    TS_TYPE_Q6_K = 6,
+    TS_TYPE_Q8_K = 7, // the dot type of Q4_K/Q6_K (activations only: no kernel takes it as weights)
     TS_TYPE_COUNT
 };
 
@@ -52,6 +56,40 @@ enum ts_isa {
 typedef struct { uint16_t d; int8_t  qs[TS_QK];     } ts_block_q8_0; // x = d * q
 typedef struct { uint16_t d; uint8_t qs[TS_QK / 2]; } ts_block_q4_0; // x = d * (q - 8); qs[j]: lo nibble = x[j], hi = x[j+16]
 
+// K-quant super-blocks, byte-identical to ggml's block_q4_K / block_q6_K / block_q8_K.
+#define TS_QK_K 256
+// Q4_K: eight sub-blocks of 32, x = d * sc[s] * q - dmin * m[s], q in 0..15; sc and m are
+// 6-bit, packed in `scales` (ts_q4_K_scale_min); qs[32 c + l]: lo nibble = x[64 c + l], hi =
+// x[64 c + 32 + l].
+typedef struct { uint16_t d; uint16_t dmin; uint8_t scales[12]; uint8_t qs[TS_QK_K / 2]; } ts_block_q4_K;
+// Q6_K: sixteen sub-blocks of 16, x = d * scales[e / 16] * (q - 32), q in 0..63 of four low
+// bits in ql and two high bits in qh; element e = 128 h + 32 k + l (k < 4, l < 32): low bits
+// in ql[64 h + 32 (k & 1) + l] (lo nibble for k < 2, hi for k >= 2), high bits are bits
+// 2k..2k+1 of qh[32 h + l].
+typedef struct { uint8_t ql[TS_QK_K / 2]; uint8_t qh[TS_QK_K / 4]; int8_t scales[TS_QK_K / 16]; uint16_t d; } ts_block_q6_K;
+// Q8_K: x = d * q (d an f32); bsums[g] = sum of qs[16 g .. 16 g + 15].
+typedef struct { float d; int8_t qs[TS_QK_K]; int16_t bsums[TS_QK_K / 16]; } ts_block_q8_K;
+
+// The 6-bit scale and min of Q4_K sub-block s (0..7), as ggml's get_scale_min_k4.
+static inline void ts_q4_K_scale_min(const uint8_t * scales, int s, int * sc, int * m) {
+    if (s < 4) {
+        *sc = scales[s] & 63;
+        *m  = scales[s + 4] & 63;
+    } else {
+        *sc = (scales[s + 4] & 0x0F) | ((scales[s - 4] >> 6) << 4);
+        *m  = (scales[s + 4] >> 4)   | ((scales[s]     >> 6) << 4);
+    }
+}
+
+// Quant e (0..255, in 0..63) of a Q6_K super-block.
+static inline int ts_q6_K_quant(const ts_block_q6_K * blk, int e) {
+    const int h = e / 128, k = (e % 128) / 32, l = e % 32;
+    const uint8_t lo = blk->ql[64 * h + 32 * (k & 1) + l];
+    return ((k < 2 ? lo & 0x0F : lo >> 4) | (((blk->qh[32 * h + l] >> (2 * k)) & 3) << 4));
+}
+
+static inline bool ts_is_kquant(int type) { return type == TS_TYPE_Q4_K || type == TS_TYPE_Q6_K; }
+
 // Column slices handed to threads by ts_axpy_rows start at multiples of this, so that
 // no element's arithmetic depends on where a slice begins (see axpy_rows).
 #define TS_COL_ALIGN 64
@@ -59,10 +97,10 @@ typedef struct { uint16_t d; uint8_t qs[TS_QK / 2]; } ts_block_q4_0; // x = d * 
 // ---- type facts -------------------------------------------------------------------------
 
 const char * ts_type_name(enum ts_type type);
-size_t       ts_block_size(enum ts_type type);        // elements per block (1 or 32)
+size_t       ts_block_size(enum ts_type type);        // elements per block (1, 32 or 256)
 size_t       ts_row_size(enum ts_type type, int64_t n); // bytes of n elements; n % block == 0
-enum ts_type ts_dot_type(enum ts_type type);          // F32 or Q8_0, see above
-bool         ts_row_ok(enum ts_type type, int64_t n); // n is a whole number of blocks
+enum ts_type ts_dot_type(enum ts_type type);          // F32, Q8_0 or Q8_K, see above
+bool         ts_row_ok(enum ts_type type, int64_t n); // a weight type and n a whole number of its blocks
 
 // ---- scalar conversions (exact, portable) -----------------------------------------------
 
@@ -74,10 +112,20 @@ uint16_t ts_fp32_to_bf16(float f);   // round to nearest even, NaN kept quiet, a
 // Reference quantisers, bit-identical to ggml's quantize_row_*_ref. n % 32 == 0.
 void ts_quantize_row_q8_0_ref(const float * x, ts_block_q8_0 * y, int64_t n);
 void ts_quantize_row_q4_0_ref(const float * x, ts_block_q4_0 * y, int64_t n);
-// Any row type from f32 (F32 copy, F16/BF16 rounding, Q8_0/Q4_0 reference quantisers).
+// Bit-identical to ggml's quantize_row_q8_K_ref (which ggml's CPU backend also uses for
+// activations on x86 and ARM). n % 256 == 0.
+void ts_quantize_row_q8_K_ref(const float * x, ts_block_q8_K * y, int64_t n);
+// Any row type from f32 (F32 copy, F16/BF16 rounding, Q8_0/Q4_0/Q8_K reference quantisers;
+// Q4_K/Q6_K weights are made by ggml's quantiser, not here: the row is left untouched).
 void ts_from_float(enum ts_type type, const float * x, void * y, int64_t n);
 // Any row type to f32.
 void ts_to_float(enum ts_type type, const void * x, float * y, int64_t n);
+
+// An activation row x (n floats) in the dot type of weight type `type`, as the kernels of
+// table k take it (Q8_0: k->quantize_q8_0; Q8_K: the reference; f32: a copy). y holds
+// ts_row_size(ts_dot_type(type), n) bytes.
+struct ts_kernels;
+void ts_quantize_dot(const struct ts_kernels * k, enum ts_type type, const float * x, void * y, int64_t n);
 
 // ---- the 16-row layout of a dense quantised matrix ------------------------------------------
 // Weights only ever read whole (attention, output head, predictor) can be stored for the
@@ -155,9 +203,14 @@ struct ts_kernels {
     //   F32/F16/BF16: y = fma(a[j], w, y) with w the row element as f32;
     //   Q8_0/Q4_0:    y = fma(a[j] * d, (float) q, y) with d the block scale as f32 and
     //                 q the integer quant (q - 8 for Q4_0).
+    //   Q6_K:         y = fma(a[j] * (d * sc), (float) (q - 32), y), d * sc the f32 product
+    //                 of the super-block scale and the sub-block's int8 scale (exact).
+    //   Q4_K:         y = fma(a[j] * (d * sc), (float) q, y - a[j] * (dmin * m)), with the
+    //                 exact f32 products d * sc and dmin * m of the sub-block's 6-bit scale
+    //                 and min: one subtraction and one FMA per row and element.
     // So the result is bit-identical across ISAs and for any split of the columns into
     // slices (c0 a multiple of TS_COL_ALIGN, c1 likewise or == n): thread count never
-    // changes a bit. c0, c1 multiples of 32 for the quantised types.
+    // changes a bit. c0, c1 multiples of 32 for the quantised types (64 for K-quants).
     void (*axpy_rows)(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
                       const int32_t * idx, const float * a, int64_t n_idx,
                       int64_t c0, int64_t c1, float * y);

@@ -44,6 +44,8 @@ static bool matmul_type(enum ggml_type type, enum ts_type * out) {
         case GGML_TYPE_BF16: *out = TS_TYPE_BF16; return true;
         case GGML_TYPE_Q8_0: *out = TS_TYPE_Q8_0; return true;
         case GGML_TYPE_Q4_0: *out = TS_TYPE_Q4_0; return true;
+        case GGML_TYPE_Q4_K: *out = TS_TYPE_Q4_K; return true;
+        case GGML_TYPE_Q6_K: *out = TS_TYPE_Q6_K; return true;
         default:             return false;
     }
 }
@@ -72,7 +74,7 @@ static bool check_matmul(const struct ggml_tensor * w, const struct ggml_tensor 
     }
     enum ts_type tt;
     if (!matmul_type(w->type, &tt)) {
-        return fail(err, err_size, "W (%s): type %s has no turbosparse kernel (f32, f16, bf16, q8_0, q4_0)",
+        return fail(err, err_size, "W (%s): type %s has no turbosparse kernel (f32, f16, bf16, q8_0, q4_0, q4_K, q6_K)",
                     name_of(w, "W"), ggml_type_name(w->type));
     }
     if (w->ne[2] != 1 || w->ne[3] != 1 || !ggml_is_contiguous(w)) {
@@ -124,12 +126,11 @@ static void matmul_compute(struct ggml_tensor * dst, int ith, int nth, void * us
 
     const void * xd = x->data;
     size_t x_stride = x->nb[1];
-    if (ts_dot_type(tt) == TS_TYPE_Q8_0) {
-        x_stride = ts_row_size(TS_TYPE_Q8_0, n);
+    if (ts_dot_type(tt) != TS_TYPE_F32) {
+        x_stride = ts_row_size(ts_dot_type(tt), n);
         char * q = ts_scratch(x_stride * (size_t) T);
         for (int64_t t = 0; t < T; t++) {
-            k->quantize_q8_0((const float *) ((const char *) x->data + t * x->nb[1]),
-                             (ts_block_q8_0 *) (q + t * x_stride), n);
+            ts_quantize_dot(k, tt, (const float *) ((const char *) x->data + t * x->nb[1]), q + t * x_stride, n);
         }
         xd = q;
     }
@@ -191,10 +192,24 @@ struct ggml_tensor * ggml_sparse_matmul(
 //                  Q4_0 1024x14336, T=1       1.46 ms       3.14 ms      1.64 ms
 //                  Q4_0 4096x4096, T=128    138 ms        284 ms       242 ms
 //                  Q8_0 4096x32000, T=1          -         21.6 ms      14.0 ms
-// (ggml's x86 repack has a layout for Q4_0 only; ggml here is the pip AVX2 build.) So:
-//   - AVX-512 table: ours for every type it has (decode and, by far, prompt processing);
+// (ggml's x86 repack has a layout for Q4_0 only; ggml here is the pip AVX2 build.)
+// K-quants (bench/bench_matmul.c, 2 threads unless said, median of 10-200 interleaved runs, the
+// machine heavily shared (load average ~10): absolute times are low, the ratios held):
+//                                        ggml plain      ours
+//   AVX-512 table, Q6_K 4096x32000, T=1     68.0 ms      64.0 ms  (the 7B output head, DRAM)
+//                  Q6_K 4096x4096,  T=1     44.0 ms      36.0 ms
+//                  Q6_K 4096x4096,  T=8     80.0 ms      44.0 ms
+//                  Q6_K 4096x4096,  T=64     295 ms       192 ms
+//                  Q6_K 4096x256 (L2), 1 thread  0.069 ms  0.042 ms;  Q4_K  0.074 vs 0.051 ms
+//                  Q4_K 4096x4096,  T=1     29.7 ms      28.0 ms;   T=64  268 vs 248 ms
+//   AVX2 table,    Q6_K 4096x256 (L2), 1 thread  0.071 ms  0.064 ms;  Q4_K  0.053 vs 0.057 ms
+// ggml has an x86 repacked layout for Q4_K (q4_K_8x8, AVX2), which these runs did not time; none
+// for Q6_K. So:
+//   - AVX-512 table: ours for every type it has (decode and, by far, prompt processing),
+//     except Q4_K, left to ggml's repacked kernels (ours only matched ggml's plain ones);
 //   - AVX2 table: ggml's repacked kernels where ggml has a layout (Q4_0: faster GEMV and GEMM),
-//     ours for Q8_0 (ggml has no x86 layout for it and its plain vec_dot is slower);
+//     ours for Q8_0 (ggml has no x86 layout for it and its plain vec_dot is slower); K-quants
+//     are left to ggml (ours not clearly faster: Q6_K 10% in L2, Q4_K 7% slower);
 //     F32/F16/BF16 are left to ggml (not measured to be faster);
 //   - NEON and scalar: ggml (it has ARM repacks for Q4_0 and Q8_0; ours not measured faster).
 // Where the table has kernels for the 16-row layout (AVX-512: Q8_0, Q4_0), the weights ours
@@ -230,7 +245,7 @@ static bool ours_is_faster(enum ts_type type) {
         return forced >= 1;
     }
     switch (ts_kernels_best()->isa) {
-        case TS_ISA_AVX512: return true;
+        case TS_ISA_AVX512: return type != TS_TYPE_Q4_K;
         case TS_ISA_AVX2:   return type == TS_TYPE_Q8_0;
         default:            return false;
     }

@@ -39,6 +39,8 @@ static bool kernel_type(enum ggml_type type, enum ts_type * out) {
         case GGML_TYPE_BF16: *out = TS_TYPE_BF16; return true;
         case GGML_TYPE_Q8_0: *out = TS_TYPE_Q8_0; return true;
         case GGML_TYPE_Q4_0: *out = TS_TYPE_Q4_0; return true;
+        case GGML_TYPE_Q4_K: *out = TS_TYPE_Q4_K; return true;
+        case GGML_TYPE_Q6_K: *out = TS_TYPE_Q6_K; return true;
         default:             return false;
     }
 }
@@ -459,11 +461,7 @@ static void gu_load_x(struct gu_batch * b, const int32_t * tok, int64_t n_tok) {
     for (int64_t s = 0; s < n_tok; s++) {
         const float * xt = (const float *) ((const char *) b->x->data + tok[s] * b->x->nb[1]);
         char * dst = b->xd + s * b->x_bytes;
-        if (b->r.fast && ts_dot_type(b->r.type) == TS_TYPE_Q8_0) {
-            b->k->quantize_q8_0(xt, (ts_block_q8_0 *) dst, b->n_embd);
-        } else {
-            memcpy(dst, xt, (size_t) b->n_embd * sizeof(float));
-        }
+        ts_quantize_dot(b->k, b->r.type, xt, dst, b->n_embd); // the generic path: r.type F32, a copy
     }
 }
 
@@ -608,8 +606,7 @@ static int64_t gate_up_batch(const struct gate_up_op * op, struct ggml_tensor * 
     };
     const int64_t T   = b.x->ne[1];
     const int64_t cap = sub_batch_cap(op->sub_batch, T);
-    b.x_bytes = b.r.fast && ts_dot_type(b.r.type) == TS_TYPE_Q8_0 ? ts_row_size(TS_TYPE_Q8_0, b.n_embd)
-                                                                  : (size_t) b.n_embd * sizeof(float);
+    b.x_bytes = ts_row_size(ts_dot_type(b.r.type), b.n_embd);
     const size_t ff_i32  = (size_t) b.n_ff * sizeof(int32_t);
     const size_t tile    = (size_t) cap * ROW_CHUNK * sizeof(float);
     const size_t chunk   = ROW_CHUNK * sizeof(int32_t);

@@ -5,6 +5,7 @@
 #include "ts-kernels.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,7 +53,56 @@ static float rng_value(enum data_mode mode) {
     return rng_sym();
 }
 
-static bool is_quant(enum ts_type type) { return type == TS_TYPE_Q8_0 || type == TS_TYPE_Q4_0; }
+static bool is_kquant(enum ts_type type) { return type == TS_TYPE_Q4_K || type == TS_TYPE_Q6_K; }
+static bool is_quant(enum ts_type type) { return type == TS_TYPE_Q8_0 || type == TS_TYPE_Q4_0 || is_kquant(type); }
+
+// A K-quant row of random quant and scale bytes (ggml's quantiser is tested against ours in
+// test_kernels_ggml; here any bytes are valid input). The super-block scales are halves of
+// a magnitude set by the mode: normal 2^-8..2^-4, wide 2^-24..2^4, raw any finite half.
+static void make_kquant_row(enum ts_type type, enum data_mode mode, int64_t n, char * row, bool zero_block) {
+    const size_t bs = ts_row_size(type, TS_QK_K);
+    for (int64_t b = 0; b < n / TS_QK_K; b++) {
+        char * blk = row + (size_t) b * bs;
+        for (size_t k = 0; k < bs; k++) blk[k] = (char) rng_u64();
+        for (int h = 0; h < (type == TS_TYPE_Q4_K ? 2 : 1); h++) {
+            float v;
+            if (mode == DATA_RAW) {
+                uint16_t bits;
+                do { bits = (uint16_t) rng_u64(); } while ((bits & 0x7C00) == 0x7C00); // not inf/NaN
+                v = ts_fp16_to_fp32(bits);
+            } else {
+                v = ldexpf(rng_sym(), mode == DATA_WIDE ? (int) (rng_u64() % 29) - 24 : -(int) (rng_u64() % 5) - 4);
+            }
+            const uint16_t d = ts_fp32_to_fp16(v);
+            memcpy(blk + (type == TS_TYPE_Q4_K ? (size_t) (2 * h) : offsetof(ts_block_q6_K, d)), &d, 2);
+        }
+        if (zero_block && b == 0) { // a block whose scales are all zero
+            if (type == TS_TYPE_Q4_K) memset(blk, 0, 16);
+            else memset(blk + offsetof(ts_block_q6_K, scales), 0, 16);
+        }
+    }
+}
+
+// Element e of a K-quant row exactly (double), and the magnitude of the terms that make it
+// (Q4_K: |d sc q| + |dmin m|): the scale of any float evaluation's rounding errors.
+static double kquant_elem(enum ts_type type, const void * row, int64_t e, double * mag) {
+    if (type == TS_TYPE_Q4_K) {
+        const ts_block_q4_K * blk = (const ts_block_q4_K *) row + e / TS_QK_K;
+        const int k = (int) (e % TS_QK_K);
+        int sc, m;
+        ts_q4_K_scale_min(blk->scales, k / 32, &sc, &m);
+        const uint8_t byte = blk->qs[32 * (k / 64) + k % 32];
+        const int q = (k % 64) < 32 ? byte & 0x0F : byte >> 4;
+        const double a = (double) ts_fp16_to_fp32(blk->d) * sc * q, c = (double) ts_fp16_to_fp32(blk->dmin) * m;
+        *mag = fabs(a) + fabs(c);
+        return a - c;
+    }
+    const ts_block_q6_K * blk = (const ts_block_q6_K *) row + e / TS_QK_K;
+    const int k = (int) (e % TS_QK_K);
+    const double v = (double) ts_fp16_to_fp32(blk->d) * blk->scales[k / 16] * (ts_q6_K_quant(blk, k) - 32);
+    *mag = fabs(v);
+    return v;
+}
 
 // n_rows rows of n elements, row_bytes apart.
 static void * make_rows(enum ts_type type, enum data_mode mode, int64_t n_rows, int64_t n, size_t row_bytes) {
@@ -60,6 +110,10 @@ static void * make_rows(enum ts_type type, enum data_mode mode, int64_t n_rows, 
     float * tmp = malloc((size_t) n * sizeof(float));
     for (int64_t i = 0; i < n_rows; i++) {
         char * row = w + (size_t) i * row_bytes;
+        if (is_kquant(type)) {
+            make_kquant_row(type, mode, n, row, i % 7 == 3);
+            continue;
+        }
         if (mode == DATA_RAW && is_quant(type)) {
             size_t bs = ts_row_size(type, TS_QK);
             for (int64_t b = 0; b < n / TS_QK; b++) {
@@ -97,7 +151,15 @@ static int32_t * make_subset(int64_t n_rows, int64_t * n_idx) {
 // the rounding error any float evaluation order can make).
 static double ref_dot(enum ts_type type, int64_t n, const void * row, const void * x, double * abs_sum) {
     double sum = 0.0, mag = 0.0;
-    if (is_quant(type)) {
+    if (is_kquant(type)) {
+        const ts_block_q8_K * xb = x;
+        for (int64_t e = 0; e < n; e++) {
+            double m;
+            const double xv = (double) xb[e / TS_QK_K].d * xb[e / TS_QK_K].qs[e % TS_QK_K];
+            sum += kquant_elem(type, row, e, &m) * xv;
+            mag += m * fabs(xv);
+        }
+    } else if (is_quant(type)) {
         const ts_block_q8_0 * xb = x;
         for (int64_t b = 0; b < n / TS_QK; b++) {
             uint16_t dw;
@@ -144,9 +206,11 @@ static double act_d(enum ts_act act, double g, double u) {
 static const struct ts_kernels * tables[TS_ISA_COUNT];
 static int n_tables = 0;
 
-static const enum ts_type TYPES[] = { TS_TYPE_F32, TS_TYPE_F16, TS_TYPE_BF16, TS_TYPE_Q8_0, TS_TYPE_Q4_0 };
+static const enum ts_type TYPES[] = { TS_TYPE_F32, TS_TYPE_F16, TS_TYPE_BF16, TS_TYPE_Q8_0, TS_TYPE_Q4_0,
+                                      TS_TYPE_Q4_K, TS_TYPE_Q6_K };
 static const int64_t FLOAT_SIZES[] = { 1, 7, 33, 100, 4096 + 17 };
 static const int64_t QUANT_SIZES[] = { 32, 64, 96, 32 * 15, 4096 + 32 }; // 15: one 8-block step + 7 left
+static const int64_t KQUANT_SIZES[] = { 256, 768, 256 * 17 }; // odd numbers of super-blocks
 
 // ---- conversions and helpers in common.c -----------------------------------------------------------
 
@@ -302,8 +366,8 @@ static void make_dot_case(struct dot_case * c, enum ts_type type, enum data_mode
     float * xf = malloc((size_t) n * sizeof(float));
     for (int64_t k = 0; k < n; k++) xf[k] = rng_value(mode == DATA_RAW ? DATA_NORMAL : mode);
     if (is_quant(type)) {
-        c->x = malloc(ts_row_size(TS_TYPE_Q8_0, n));
-        ts_quantize_row_q8_0_ref(xf, c->x, n);
+        c->x = malloc(ts_row_size(ts_dot_type(type), n));
+        ts_from_float(ts_dot_type(type), xf, c->x, n);
         free(xf);
     } else {
         c->x = xf;
@@ -380,8 +444,9 @@ static void test_dot_and_gate_up(enum ts_type type, enum data_mode mode, int64_t
             for (int64_t b = 0; b < n / (int64_t) ts_block_size(type); b++) {
                 const uint16_t nan16 = type == TS_TYPE_BF16 ? 0x7FC0 : 0x7E00;
                 const float nan32 = NAN;
+                const size_t d_at = type == TS_TYPE_Q6_K ? offsetof(ts_block_q6_K, d) : 0;
                 if (type == TS_TYPE_F32) memcpy(row + (size_t) b * bs, &nan32, 4);
-                else                     memcpy(row + (size_t) b * bs, &nan16, 2); // a half/bf16 or a block scale
+                else                     memcpy(row + (size_t) b * bs + d_at, &nan16, 2); // a half/bf16 or a block scale
             }
         }
     }
@@ -445,8 +510,14 @@ static void test_axpy(enum ts_type type, enum data_mode mode, int64_t n) {
         // the scalar reference against double sums
         for (int64_t c = 0; c < n; c++) { sum[c] = 0; mag[c] = 0; }
         for (int64_t j = 0; j < n_idx; j++) {
-            ts_to_float(type, (char *) w + (size_t) (idx ? idx[j] : j) * row_bytes, wf, n);
-            for (int64_t c = 0; c < n; c++) { sum[c] += (double) a[j] * wf[c]; mag[c] += fabs((double) a[j] * wf[c]); }
+            const char * row = (char *) w + (size_t) (idx ? idx[j] : j) * row_bytes;
+            ts_to_float(type, row, wf, n);
+            for (int64_t c = 0; c < n; c++) {
+                double m = fabs((double) wf[c]);
+                const double v = is_kquant(type) ? kquant_elem(type, row, c, &m) : wf[c];
+                sum[c] += (double) a[j] * v;
+                mag[c] += fabs((double) a[j]) * m;
+            }
         }
         for (int64_t c = 0; c < n; c++) memcpy(&y_ref[c], &sentinel, 4);
         tables[0]->axpy_rows(type, n, w, row_bytes, idx, a, n_idx, 0, n, y_ref);
@@ -503,7 +574,7 @@ static void test_dot_batch(enum ts_type type, int64_t n) {
     const size_t row_bytes = ts_row_size(type, n) + 8;
     void * w = make_rows(type, DATA_NORMAL, n_rows, n, row_bytes);
     const enum ts_type dt = ts_dot_type(type);
-    const size_t x_stride = ts_row_size(dt, n) + (is_quant(type) ? 2 : 12); // unaligned blocks/floats
+    const size_t x_stride = ts_row_size(dt, n) + (is_kquant(type) ? 4 : is_quant(type) ? 2 : 12); // unaligned blocks/floats (Q8_K: its f32 d aligned)
     char * x = make_tokens(dt, n, n_tok_max, x_stride);
     const int64_t out_stride = n_rows + 3;
     float * out = malloc((size_t) (n_tok_max * out_stride) * sizeof(float));
@@ -704,8 +775,9 @@ int main(void) {
     test_quantize();
     for (size_t ti = 0; ti < sizeof(TYPES) / sizeof(TYPES[0]); ti++) {
         const enum ts_type type = TYPES[ti];
-        const int64_t * sizes = is_quant(type) ? QUANT_SIZES : FLOAT_SIZES;
-        const size_t n_sizes = is_quant(type) ? sizeof(QUANT_SIZES) / sizeof(int64_t) : sizeof(FLOAT_SIZES) / sizeof(int64_t);
+        const int64_t * sizes = is_kquant(type) ? KQUANT_SIZES : is_quant(type) ? QUANT_SIZES : FLOAT_SIZES;
+        const size_t n_sizes = is_kquant(type) ? sizeof(KQUANT_SIZES) / sizeof(int64_t)
+                             : is_quant(type) ? sizeof(QUANT_SIZES) / sizeof(int64_t) : sizeof(FLOAT_SIZES) / sizeof(int64_t);
         for (size_t si = 0; si < n_sizes; si++) {
             for (int mode = 0; mode < DATA_COUNT; mode++) {
                 if (mode == DATA_RAW && !is_quant(type)) continue;

@@ -156,11 +156,99 @@ static void test_dots(void) {
     }
 }
 
+// ---- K-quants ---------------------------------------------------------------------------------
+
+// ggml's reference Q8_K quantiser: exported by libggml-base (ggml-quants.h, not an installed
+// header; Q8_K's type traits carry no from_float_ref).
+void quantize_row_q8_K_ref(const float * x, void * y, int64_t k);
+
+// Sum over a row of the magnitudes of the terms of dot(row, x) (Q4_K: the scale and the min
+// parts separately, which can cancel): the scale of any float evaluation's rounding errors.
+static double kquant_mag(enum ts_type type, const void * row, const float * x, int64_t n) {
+    double mag = 0.0;
+    for (int64_t e = 0; e < n; e++) {
+        const int k = (int) (e % TS_QK_K);
+        double t;
+        if (type == TS_TYPE_Q4_K) {
+            const ts_block_q4_K * blk = (const ts_block_q4_K *) row + e / TS_QK_K;
+            int sc, m;
+            ts_q4_K_scale_min(blk->scales, k / 32, &sc, &m);
+            t = fabs((double) ts_fp16_to_fp32(blk->d) * sc * 15) + fabs((double) ts_fp16_to_fp32(blk->dmin) * m);
+        } else {
+            const ts_block_q6_K * blk = (const ts_block_q6_K *) row + e / TS_QK_K;
+            t = fabs((double) ts_fp16_to_fp32(blk->d) * blk->scales[k / 16] * 32);
+        }
+        mag += t * fabs(x[e]);
+    }
+    return mag;
+}
+
+// Q8_K activations byte-identical to ggml's (its reference and its CPU backend's from_float);
+// Q4_K/Q6_K rows made by ggml's quantiser dequantise bit for bit as ggml's to_float, and
+// every table's dot_rows agrees with ggml's vec_dot_q4_K_q8_K / vec_dot_q6_K_q8_K.
+static void test_kquants(void) {
+    const int64_t n = 4096 + 256, n_rows = 6;
+    float * x = malloc((size_t) (n * n_rows) * sizeof(float));
+    for (int mode = 0; mode < 3; mode++) {
+        for (int64_t k = 0; k < n * n_rows; k++) {
+            x[k] = mode == 0 ? rng_sym() : mode == 1 ? rng_wide() : (float) ((int) (rng_u64() % 33) - 16) * 0.25f;
+        }
+        memset(x + 3 * TS_QK_K, 0, TS_QK_K * sizeof(float)); // an all-zero super-block
+        const size_t q8_size = ts_row_size(TS_TYPE_Q8_K, n);
+        CHECK(q8_size == ggml_row_size(GGML_TYPE_Q8_K, n), "q8_K row size");
+        char * ours = malloc(q8_size), * ref = malloc(q8_size), * cpu = malloc(q8_size);
+        for (int64_t r = 0; r < n_rows; r++) {
+            // ggml leaves an all-zero super-block's bsums unwritten (ours are 0): its buffers start at 0
+            memset(ours, 0x55, q8_size); memset(ref, 0, q8_size); memset(cpu, 0, q8_size);
+            ts_quantize_row_q8_K_ref(x + r * n, (ts_block_q8_K *) ours, n);
+            quantize_row_q8_K_ref(x + r * n, ref, n);
+            ggml_get_type_traits_cpu(GGML_TYPE_Q8_K)->from_float(x + r * n, cpu, n);
+            CHECK(memcmp(ours, ref, q8_size) == 0, "q8_K quantiser differs from ggml's reference (mode %d row %lld)", mode, (long long) r);
+            CHECK(memcmp(ours, cpu, q8_size) == 0, "q8_K quantiser differs from ggml's CPU from_float (mode %d row %lld)", mode, (long long) r);
+        }
+        for (int q = 0; q < 2; q++) {
+            const enum ts_type type = q ? TS_TYPE_Q6_K : TS_TYPE_Q4_K;
+            const enum ggml_type gt = q ? GGML_TYPE_Q6_K : GGML_TYPE_Q4_K;
+            const size_t row_size = ts_row_size(type, n);
+            CHECK(row_size == ggml_row_size(gt, n), "%s row size", ts_type_name(type));
+            char * w = malloc(row_size * (size_t) n_rows);
+            ggml_quantize_chunk(gt, x, w, 0, n_rows, n, NULL);
+            float * a = malloc((size_t) n * sizeof(float)), * b = malloc((size_t) n * sizeof(float));
+            float * xf = malloc((size_t) n * sizeof(float));
+            for (int64_t k = 0; k < n; k++) xf[k] = rng_sym();
+            ts_quantize_row_q8_K_ref(xf, (ts_block_q8_K *) ours, n);
+            ts_to_float(TS_TYPE_Q8_K, ours, xf, n);
+            for (int64_t r = 0; r < n_rows; r++) {
+                const char * row = w + r * row_size;
+                ts_to_float(type, row, a, n);
+                ggml_get_type_traits(gt)->to_float(row, b, n);
+                CHECK(memcmp(a, b, (size_t) n * sizeof(float)) == 0, "%s to_float differs from ggml's (mode %d row %lld)",
+                      ts_type_name(type), mode, (long long) r);
+                float theirs = 0.0f;
+                ggml_get_type_traits_cpu(gt)->vec_dot((int) n, &theirs, 0, row, 0, ours, 0, 1);
+                const double tol = 1e-5 * kquant_mag(type, row, xf, n) + 1e-30;
+                for (int isa = 0; isa < TS_ISA_COUNT; isa++) {
+                    const struct ts_kernels * K = ts_kernels_for((enum ts_isa) isa);
+                    if (!K) continue;
+                    float mine = 0.0f;
+                    K->dot_rows(type, n, row, row_size, ours, NULL, 1, &mine);
+                    CHECK(fabs((double) mine - theirs) <= tol, "%s %s mode %d row %lld: %.9g vs ggml %.9g (tol %.3g)",
+                          K->name, ts_type_name(type), mode, (long long) r, mine, theirs, tol);
+                }
+            }
+            free(w); free(a); free(b); free(xf);
+        }
+        free(ours); free(ref); free(cpu);
+    }
+    free(x);
+}
+
 int main(void) {
     rng_state = 0x2545F4914F6CDD1Dull;
     ggml_cpu_init();
     test_conversions();
     test_quantisers();
     test_dots();
+    test_kquants();
     return check_summary("test_kernels_ggml");
 }

@@ -42,7 +42,8 @@ static float frand(void) { // uniform [-1, 1)
     return (float) ((rng_state >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
 }
 
-static const enum ggml_type TYPES[] = { GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0 };
+static const enum ggml_type TYPES[] = { GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0,
+                                        GGML_TYPE_Q4_K, GGML_TYPE_Q6_K };
 
 static enum ts_type ts_type_of(enum ggml_type type) {
     switch (type) {
@@ -50,6 +51,8 @@ static enum ts_type ts_type_of(enum ggml_type type) {
         case GGML_TYPE_F16:  return TS_TYPE_F16;
         case GGML_TYPE_BF16: return TS_TYPE_BF16;
         case GGML_TYPE_Q8_0: return TS_TYPE_Q8_0;
+        case GGML_TYPE_Q4_K: return TS_TYPE_Q4_K;
+        case GGML_TYPE_Q6_K: return TS_TYPE_Q6_K;
         default:             return TS_TYPE_Q4_0;
     }
 }
@@ -112,14 +115,14 @@ static void test_type(enum ggml_type type, int64_t n, int64_t rows) {
     float * y   = malloc(sizeof(float) * (size_t) (rows * T_max));
     float * y1  = malloc(sizeof(float) * (size_t) (rows * T_max));
     float * one = malloc(sizeof(float) * (size_t) rows);
-    ts_block_q8_0 * q = malloc(ts_row_size(TS_TYPE_Q8_0, n));
+    void * q = malloc(ts_row_size(ts_dot_type(tt), n));
     for (size_t ti = 0; ti < sizeof(TS) / sizeof(TS[0]); ti++) {
         const int64_t T = TS[ti];
         for (int64_t i = 0; i < n * T; i++) x[i] = frand() * 2.0f;
         for (int64_t t = 0; t < T; t++) {
-            if (ts_dot_type(tt) == TS_TYPE_Q8_0) {
-                ts_kernels_best()->quantize_q8_0(x + t * n, q, n);
-                ts_to_float(TS_TYPE_Q8_0, q, xd + t * n, n);
+            if (ts_dot_type(tt) != TS_TYPE_F32) {
+                ts_quantize_dot(ts_kernels_best(), tt, x + t * n, q, n);
+                ts_to_float(ts_dot_type(tt), q, xd + t * n, n);
             } else {
                 memcpy(xd + t * n, x + t * n, sizeof(float) * (size_t) n);
             }
@@ -234,10 +237,11 @@ int main(void) {
     printf("test_matmul: kernel table %s\n", ggml_sparse_isa());
     static const int64_t ROWS[] = { 1, 17, 48, 67 }; // 16-row layout: tail only, 1 group + 1, groups only, 4 + 3
     for (size_t ti = 0; ti < sizeof(TYPES) / sizeof(TYPES[0]); ti++) {
+        const bool k = ggml_blck_size(TYPES[ti]) == 256; // K-quants: rows of whole super-blocks
         for (size_t ri = 0; ri < sizeof(ROWS) / sizeof(ROWS[0]); ri++) {
-            test_type(TYPES[ti], 96, ROWS[ri]);
+            test_type(TYPES[ti], k ? 256 : 96, ROWS[ri]);
         }
-        test_type(TYPES[ti], 256, 40);
+        test_type(TYPES[ti], k ? 768 : 256, 40);
     }
     test_errors();
     // the AVX-512 table must have the 16-row layout for both quantised types (6 sizes each)

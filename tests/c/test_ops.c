@@ -62,6 +62,8 @@ static bool ts_type_of(enum ggml_type type, enum ts_type * out) {
         case GGML_TYPE_BF16: *out = TS_TYPE_BF16; return true;
         case GGML_TYPE_Q8_0: *out = TS_TYPE_Q8_0; return true;
         case GGML_TYPE_Q4_0: *out = TS_TYPE_Q4_0; return true;
+        case GGML_TYPE_Q4_K: *out = TS_TYPE_Q4_K; return true;
+        case GGML_TYPE_Q6_K: *out = TS_TYPE_Q6_K; return true;
         default:             return false;
     }
 }
@@ -94,7 +96,7 @@ struct ffn {
     struct ggml_tensor * x, * u, * fc1, * fc2, * w_gate, * w_up, * w_down_t, * w_down;
     // reference copies (f32, row-major as HF: gate/up [n_ff][n_embd], down_t [n_ff][n_embd])
     float * gate, * up, * down_t;
-    float * x_dot; // x as the sparse kernels see it (Q8_0-rounded for Q8_0/Q4_0 weights)
+    float * x_dot; // x as the sparse kernels see it (Q8_0-rounded for Q8_0/Q4_0 weights, Q8_K for Q4_K/Q6_K)
 };
 
 static void ffn_init(struct ffn * f, enum ggml_type type, enum ggml_sparse_ffn_kind kind,
@@ -134,13 +136,13 @@ static void ffn_init(struct ffn * f, enum ggml_type type, enum ggml_sparse_ffn_k
 
     f->x_dot = malloc(sizeof(float) * n_embd * T);
     enum ts_type tt;
-    const bool q8 = ts_type_of(type, &tt) && ts_dot_type(tt) == TS_TYPE_Q8_0;
-    ts_block_q8_0 * blocks = malloc(ts_row_size(TS_TYPE_Q8_0, n_embd));
+    const enum ts_type dt = ts_type_of(type, &tt) ? ts_dot_type(tt) : TS_TYPE_F32;
+    void * blocks = malloc(ts_row_size(dt, n_embd));
     for (int64_t t = 0; t < T; t++) {
         const float * xt = (const float *) f->x->data + t * n_embd;
-        if (q8) {
-            ts_quantize_row_q8_0_ref(xt, blocks, n_embd);
-            ts_to_float(TS_TYPE_Q8_0, blocks, f->x_dot + t * n_embd, n_embd);
+        if (dt != TS_TYPE_F32) {
+            ts_from_float(dt, xt, blocks, n_embd);
+            ts_to_float(dt, blocks, f->x_dot + t * n_embd, n_embd);
         } else {
             memcpy(f->x_dot + t * n_embd, xt, sizeof(float) * n_embd);
         }
@@ -730,7 +732,7 @@ int main(void) {
 
     const enum ggml_type types[] = {
         GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0,
-        GGML_TYPE_Q5_0, GGML_TYPE_Q4_1, GGML_TYPE_Q4_K, GGML_TYPE_Q6_K,
+        GGML_TYPE_Q5_0, GGML_TYPE_Q4_1, GGML_TYPE_Q5_1, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K,
     };
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
         // K-quants need rows of 256; the others get a width whose last column slice is short
@@ -739,7 +741,7 @@ int main(void) {
             test_ffn_case(types[i], GGML_SPARSE_FFN_DRELU, n_embd, 75, T);
             test_ffn_case(types[i], GGML_SPARSE_FFN_REGLU, n_embd, 75, T);
         }
-        test_threshold_extremes(types[i] == GGML_TYPE_Q4_K || types[i] == GGML_TYPE_Q6_K ? GGML_TYPE_Q5_0 : types[i]);
+        test_threshold_extremes(ggml_blck_size(types[i]) == 256 ? GGML_TYPE_Q5_0 : types[i]);
         const int64_t batch_T[] = { 2, 3, 5, 17, 40 };
         for (size_t j = 0; j < sizeof(batch_T) / sizeof(batch_T[0]); j++) {
             test_batch_case(types[i], j % 2 ? GGML_SPARSE_FFN_REGLU : GGML_SPARSE_FFN_DRELU, n_embd, 150, batch_T[j]);

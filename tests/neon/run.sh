@@ -25,7 +25,7 @@ for march in armv8-a armv8.2-a+dotprod; do
     # -ffp-contract=off as in the CMake build: gcc contracts by default on aarch64, and the
     # bit-identity of the down projection relies on only the FMAs the code asks for.
     "$cc" -std=c11 -O2 -static -march="$march" -ffp-contract=off -Wall -Wextra -DTS_HAVE_NEON -I"$k" \
-        "$k/common.c" "$k/dispatch.c" "$k/r16.c" "$k/scalar.c" "$k/neon.c" "$root/tests/c/test_kernels.c" \
+        "$k/common.c" "$k/dispatch.c" "$k/r16.c" "$k/scalar.c" "$k/neon.c" "$k/neon-kquants.c" "$root/tests/c/test_kernels.c" \
         -lm -o "$out/test_kernels"
     "$qemu" -cpu max "$out/test_kernels"
 done

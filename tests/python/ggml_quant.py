@@ -14,7 +14,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 Q = GGMLQuantizationType
 # ggml's enum ggml_type values (ggml.h of libggml-python 0.20.2)
-GGML_TYPE = {Q.F16: 1, Q.Q4_0: 2, Q.Q8_0: 8, Q.Q6_K: 14, Q.BF16: 30}
+GGML_TYPE = {Q.F16: 1, Q.Q4_0: 2, Q.Q5_0: 6, Q.Q5_1: 7, Q.Q8_0: 8, Q.Q4_K: 12, Q.Q5_K: 13, Q.Q6_K: 14, Q.BF16: 30}
 
 
 @lru_cache(maxsize=1)

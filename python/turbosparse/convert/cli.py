@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from .errors import ConvertError
 from .plan import FFN_KINDS, PREDICTOR_INPUTS, ConvertOptions, ModelPlan
+from .kmix import MIXES
 from .qtypes import OUTTYPES, nbytes_of
 
 DESCRIPTION = """\
@@ -37,10 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="import a PowerInfer GGUF (magic PWRI) instead of a checkpoint")
     p.add_argument("--outfile", type=Path,
                    help="output file (default: <model folder>/<name>-<outtype>.gguf, or ./ for --hf-repo)")
-    p.add_argument("--outtype", choices=list(OUTTYPES),
+    p.add_argument("--outtype", choices=list(OUTTYPES) + list(MIXES),
                    help="type of the bulk 2-D weights (default f16; for --from-powerinfer, keep the file's types). "
                         "Norms stay f32, the MoE router at least f16; rows not a multiple of 32 fall back to f16 "
-                        "for q8_0/q4_0; the output head is q8_0 when the outtype is q4_0")
+                        "for q8_0/q4_0; the output head is q8_0 when the outtype is q4_0. q4_k_m, q4_k_s, q5_k_m, "
+                        "q6_k: llama.cpp's K-quant mixes (per-tensor types as llama-quantize chooses them, blocks "
+                        "by ggml's quantiser; docs/convert.md)")
     p.add_argument("--predictor-type", choices=list(OUTTYPES),
                    help="type of the predictor matrices (default: the outtype)")
     p.add_argument("--predictors", metavar="DIR", type=Path,

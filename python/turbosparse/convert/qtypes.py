@@ -1,8 +1,10 @@
 """Output types: which ggml type each tensor gets, and float32 -> that type's bytes.
 
-Quantisation is gguf.quants (a numpy port of ggml's reference quantisers; the tests check
-its blocks byte for byte against libggml's ggml_quantize_chunk). Rows are encoded in chunks
-so the temporaries stay a constant size whatever the tensor.
+Quantisation to q8_0/q4_0 is gguf.quants (a numpy port of ggml's reference quantisers; the
+tests check its blocks byte for byte against libggml's ggml_quantize_chunk); the K-quants and
+their fallbacks (q4_K, q5_K, q6_K, q5_0, q5_1) go through the pinned ggml's own
+ggml_quantize_chunk, so their blocks are llama-quantize's. Rows are encoded in chunks so the
+temporaries stay a constant size whatever the tensor. The K-quant mixes are kmix.py.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 from gguf import quants
 
 from .errors import ConvertError
+from .ggml_quantize import ggml_quantize
 
 Q = GGMLQuantizationType
 
@@ -32,9 +35,16 @@ FILE_TYPES: dict[str, int] = {
     "bf16": int(LlamaFileType.MOSTLY_BF16),
     "q8_0": int(LlamaFileType.MOSTLY_Q8_0),
     "q4_0": int(LlamaFileType.MOSTLY_Q4_0),
+    "q4_k_m": int(LlamaFileType.MOSTLY_Q4_K_M),
+    "q4_k_s": int(LlamaFileType.MOSTLY_Q4_K_S),
+    "q5_k_m": int(LlamaFileType.MOSTLY_Q5_K_M),
+    "q6_k": int(LlamaFileType.MOSTLY_Q6_K),
 }
 
-SUPPORTED = frozenset(OUTTYPES.values())
+# types encoded by ggml's own quantiser (the mixes' types and llama.cpp's fallbacks for them)
+GGML_QUANTISED = frozenset({Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q5_0, Q.Q5_1})
+
+SUPPORTED = frozenset(OUTTYPES.values()) | GGML_QUANTISED
 
 _F16_MAX = 65504.0
 _CHUNK_ELEMENTS = 1 << 22  # 16 MiB of float32 per encoding step
@@ -103,6 +113,9 @@ def encode(data: np.ndarray, qtype: GGMLQuantizationType, where: str) -> np.ndar
         if not np.isfinite(chunk).all():
             check_finite(data, where)
         if qtype == Q.F32:
+            continue
+        if qtype in GGML_QUANTISED:
+            out[r0:r0 + step] = ggml_quantize(chunk, qtype)
             continue
         if qtype == Q.F16:
             peak = float(np.abs(chunk).max()) if chunk.size else 0.0

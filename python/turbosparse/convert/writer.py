@@ -18,6 +18,7 @@ from gguf import GGMLQuantizationType, GGUFWriter
 
 from .errors import ConvertError
 from .plan import ARCH, ModelPlan, OutTensor
+from .kmix import MIXES, mix_types
 from .qtypes import OUTTYPES, choose_type, encode, nbytes_of
 
 # called after each tensor: (tensor name, bytes written for it)
@@ -36,15 +37,19 @@ class WriteResult:
 
 def tensor_types(plan: ModelPlan, outtype: Optional[str], predictor_type: Optional[str]
                  ) -> list[GGMLQuantizationType]:
-    """The type of every tensor of the plan, in order. outtype None keeps raw source types."""
+    """The type of every tensor of the plan, in order. outtype None keeps raw source types;
+    a K-quant mix (kmix.MIXES) gives each tensor llama.cpp's type for it."""
     out: list[GGMLQuantizationType] = []
+    mix = outtype if outtype in MIXES else None
     for t in plan.tensors:
         if outtype is None and t.raw_type is not None:
             out.append(t.raw_type)
             continue
-        bulk = OUTTYPES[outtype or "f16"]
+        bulk = MIXES[mix][1] if mix else OUTTYPES[outtype or "f16"]
         pred = OUTTYPES[predictor_type] if predictor_type else bulk
         out.append(choose_type(t.role, t.shape, bulk, pred))
+    if mix:
+        return mix_types(plan, mix, OUTTYPES[predictor_type] if predictor_type else None, out)
     return out
 
 

@@ -1,0 +1,104 @@
+// bench_matmul.c: the dense product y = W x, ggml's own mul_mat against ggml_sparse_matmul (our
+// kernels), on one weight matrix, in the same run, interleaved. Says which is faster for a
+// type on this CPU: the evidence behind src/matmul.c's policy (ours_is_faster).
+// Not a test: nothing here asserts timings.
+//
+//   cmake --build <build dir> --target bench_matmul
+//   <build dir>/tests/c/bench_matmul [type=q6_K] [rows=32000] [n=4096] [T=1] [threads=2] [reps=20]
+//
+// Default shape: the output head of a 7B Llama/Mistral (PowerInfer's and llama.cpp's quantize
+// put it in q6_K). Several copies of W are cycled through so that each product reads W from
+// DRAM as in decoding (the head is larger than the caches anyway).
+#define _POSIX_C_SOURCE 199309L
+#include "ggml-sparse.h"
+
+#include "ggml.h"
+#include "ggml-cpu.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
+}
+
+static int cmp_double(const void * a, const void * b) {
+    const double x = *(const double *) a, y = *(const double *) b;
+    return (x > y) - (x < y);
+}
+
+enum { N_COPIES = 2 };
+
+int main(int argc, char ** argv) {
+    const char * tname = argc > 1 ? argv[1] : "q6_K";
+    const int64_t rows  = argc > 2 ? atoll(argv[2]) : 32000;
+    const int64_t n     = argc > 3 ? atoll(argv[3]) : 4096;
+    const int64_t T     = argc > 4 ? atoll(argv[4]) : 1;
+    const int threads   = argc > 5 ? atoi(argv[5]) : 2;
+    const int reps      = argc > 6 ? atoi(argv[6]) : 20;
+    enum ggml_type type = GGML_TYPE_COUNT;
+    for (int t = 0; t < GGML_TYPE_COUNT; t++) {
+        if (ggml_get_type_traits((enum ggml_type) t)->type_name && strcmp(ggml_type_name((enum ggml_type) t), tname) == 0) {
+            type = (enum ggml_type) t;
+        }
+    }
+    if (type == GGML_TYPE_COUNT || n % ggml_blck_size(type) != 0) {
+        fprintf(stderr, "bench_matmul: unknown type '%s' or n %lld not a multiple of its block\n", tname, (long long) n);
+        return 2;
+    }
+    ggml_cpu_init();
+    const size_t w_bytes = ggml_row_size(type, n) * (size_t) rows;
+    struct ggml_init_params ip = { .mem_size = N_COPIES * w_bytes + (size_t) (64 << 20) + (size_t) (rows + n) * T * 8,
+                                   .mem_buffer = NULL, .no_alloc = false };
+    struct ggml_context * ctx = ggml_init(ip);
+    float * tmp = malloc((size_t) n * sizeof(float));
+    struct ggml_tensor * w[N_COPIES];
+    for (int c = 0; c < N_COPIES; c++) {
+        w[c] = ggml_new_tensor_2d(ctx, type, n, rows);
+        ggml_set_name(w[c], "output.weight");
+        for (int64_t r = 0; r < rows; r++) {
+            for (int64_t k = 0; k < n; k++) tmp[k] = (float) ((r * 31 + k * 17 + c) % 97) / 97.0f - 0.5f;
+            ggml_quantize_chunk(type, tmp, (char *) w[c]->data + (size_t) r * w[c]->nb[1], 0, 1, n, NULL);
+        }
+    }
+    struct ggml_tensor * x = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n, T);
+    for (int64_t k = 0; k < n * T; k++) ((float *) x->data)[k] = (float) (k % 13) / 13.0f - 0.5f;
+
+    struct ggml_cgraph * g[2][N_COPIES];
+    char err[256] = "";
+    for (int c = 0; c < N_COPIES; c++) {
+        struct ggml_tensor * y_ggml = ggml_mul_mat(ctx, w[c], x);
+        struct ggml_tensor * y_ours = ggml_sparse_matmul(ctx, w[c], x, err, sizeof(err));
+        if (!y_ours) {
+            fprintf(stderr, "bench_matmul: ggml_sparse_matmul refused: %s\n", err);
+            return 1;
+        }
+        g[0][c] = ggml_new_graph(ctx);
+        ggml_build_forward_expand(g[0][c], y_ggml);
+        g[1][c] = ggml_new_graph(ctx);
+        ggml_build_forward_expand(g[1][c], y_ours);
+    }
+    double * t_ms[2] = { malloc(sizeof(double) * reps), malloc(sizeof(double) * reps) };
+    for (int i = -2; i < reps; i++) { // two warm-up rounds
+        for (int who = 0; who < 2; who++) {
+            const double t0 = now_s();
+            ggml_graph_compute_with_ctx(ctx, g[who][(i + 2) % N_COPIES], threads);
+            if (i >= 0) t_ms[who][i] = 1e3 * (now_s() - t0);
+        }
+    }
+    qsort(t_ms[0], reps, sizeof(double), cmp_double);
+    qsort(t_ms[1], reps, sizeof(double), cmp_double);
+    printf("bench_matmul %s %lld x %lld, T=%lld, %d threads, %d reps (kernels: %s)\n", tname, (long long) n,
+           (long long) rows, (long long) T, threads, reps, ggml_sparse_isa());
+    printf("  ggml mul_mat        min %8.3f ms  median %8.3f ms\n", t_ms[0][0], t_ms[0][reps / 2]);
+    printf("  ggml_sparse_matmul  min %8.3f ms  median %8.3f ms\n", t_ms[1][0], t_ms[1][reps / 2]);
+    printf("  ours / ggml (median) %.3f  -> %s\n", t_ms[1][reps / 2] / t_ms[0][reps / 2],
+           t_ms[1][reps / 2] < t_ms[0][reps / 2] ? "ours faster" : "ggml faster");
+    free(tmp); free(t_ms[0]); free(t_ms[1]);
+    ggml_free(ctx);
+    return 0;
+}
