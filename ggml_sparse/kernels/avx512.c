@@ -81,9 +81,9 @@ static ALWAYS_INLINE void dot_float(enum ts_type type, int R, const char * const
     }
     int64_t k = 0;
     for (; k + 32 <= n; k += 32) {
-        prefetch_rows(R, next, (size_t) k * esz);
+        prefetch_rows_l2(R, next, (size_t) k * esz);
         if (esz == 4) {
-            prefetch_rows(R, next, (size_t) k * esz + 64);
+            prefetch_rows_l2(R, next, (size_t) k * esz + 64);
         }
         const __m512 x0 = _mm512_loadu_ps(x + k);
         const __m512 x1 = _mm512_loadu_ps(x + k + 16);
@@ -136,9 +136,9 @@ static ALWAYS_INLINE int64_t dot_q4_0_x8(int R, const char * const * rows, const
     for (; b + 8 <= nb; b += 8) {
         const size_t off = (size_t) b * sizeof(ts_block_q4_0);
         // 144 bytes a step: prefetch points at most 64 bytes apart touch every line
-        prefetch_rows(R, next, off);
-        prefetch_rows(R, next, off + 64);
-        prefetch_rows(R, next, off + 128);
+        prefetch_rows_l2(R, next, off);
+        prefetch_rows_l2(R, next, off + 64);
+        prefetch_rows_l2(R, next, off + 128);
 
         const ts_block_q8_0 * xb = x + b;
         const __m256 dy = _mm256_cvtph_ps(_mm_setr_epi16(
@@ -199,7 +199,7 @@ static ALWAYS_INLINE void dot_quant(enum ts_type type, int R, const char * const
     for (int64_t b = b0; b < n / TS_QK; b++) {
         const size_t off = (size_t) b * bs;
         if ((off & 63) < bs) {
-            prefetch_rows(R, next, off);
+            prefetch_rows_l2(R, next, off);
         }
         const __m256i y     = _mm256_loadu_si256((const __m256i *) x[b].qs);
         const float   dy    = _cvtsh_ss(x[b].d);
@@ -801,7 +801,7 @@ static ALWAYS_INLINE void axpy_float(enum ts_type type, int R, const char * cons
     int64_t c = c0;
     for (; c + 16 <= c1; c += 16) {
         if ((((size_t) c * esz) & 63) == 0) {
-            prefetch_rows(R, next, (size_t) c * esz);
+            prefetch_rows_l2(R, next, (size_t) c * esz);
         }
         __m512 yv = _mm512_loadu_ps(y + c);
         for (int r = 0; r < R; r++) {
