@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -37,7 +38,9 @@ class ProcessError(RuntimeError):
 
 
 def _run(cmd: list[str], env: Optional[dict], timeout: float) -> str:
+    # in a scratch folder: PowerInfer's main writes main.log into its working directory
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace", timeout=timeout,
+                          cwd=tempfile.gettempdir(),
                           stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise ProcessError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2500:]}")
