@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ffn-kind", choices=FFN_KINDS,
                    help="--from-powerinfer only: the FFN kind, when the architecture does not say it "
                         "(default: drelu for bamboo, reglu for llama)")
+    p.add_argument("--sparse-ffn", action="store_true",
+                   help="SwiGLU models: also write the neuron-major down projection ffn_down_t beside ffn_down "
+                        "(down_layout 'both'), which the threshold FFN mode reads; then calibrate with "
+                        "ts-calibrate-sparsity")
     p.add_argument("--name", help="general.name to record (default: the folder or file name)")
     p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -70,6 +74,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--ffn-kind applies to --from-powerinfer only; a checkpoint's config.json says its FFN kind")
     if args.predictors is not None and args.no_predictor:
         p.error("--predictors and --no-predictor contradict each other")
+    if args.sparse_ffn and args.from_powerinfer is not None:
+        p.error("--sparse-ffn applies to SwiGLU checkpoints, not to --from-powerinfer")
     if args.from_powerinfer is not None and args.predictors is not None:
         p.error("--predictors applies to checkpoints, not to --from-powerinfer")
 
@@ -86,7 +92,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     _check_args(parser, args)
     opts = ConvertOptions(outtype=args.outtype, predictor_type=args.predictor_type, predictors_dir=args.predictors,
                           no_predictor=args.no_predictor, predictor_input=args.predictor_input,
-                          threshold=args.threshold, ffn_kind=args.ffn_kind, name=args.name)
+                          threshold=args.threshold, ffn_kind=args.ffn_kind, name=args.name,
+                          sparse_ffn=args.sparse_ffn)
     # imported here so that --help works even where a dependency is broken
     from .progress import Progress, summary
     from .writer import tensor_types, write_plan

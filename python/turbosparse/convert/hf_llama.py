@@ -169,6 +169,10 @@ def build_hf_plan(folder: Path, config: dict[str, Any], opts: ConvertOptions) ->
                            f"supported (supported: {', '.join(arch.ffn_kind_by_act)})")
     hp = read_hparams(config, arch.moe)
     sparse = kind != "swiglu"
+    if opts.sparse_ffn and (kind != "swiglu" or arch.moe):
+        raise ConvertError("--sparse-ffn is for dense SwiGLU models (the threshold FFN mode); this checkpoint is "
+                           f"{'a mixture of experts' if arch.moe else kind}, which needs no such option")
+    both = opts.sparse_ffn  # SwiGLU: ffn_down for dense mode / llama.cpp, ffn_down_t for the threshold mode
     src = _Source(Checkpoint(folder))
     vocab = read_vocab(folder, config)
 
@@ -204,7 +208,7 @@ def build_hf_plan(folder: Path, config: dict[str, Any], opts: ConvertOptions) ->
     plan.u32(KEY_FORMAT_VERSION, FORMAT_VERSION)
     plan.string(KEY_SOURCE_MODEL_TYPE, str(model_type))
     plan.string(KEY_FFN_KIND, kind)
-    plan.string(KEY_DOWN_LAYOUT, "neuron_major" if sparse else "standard")
+    plan.string(KEY_DOWN_LAYOUT, "neuron_major" if sparse else "both" if both else "standard")
     plan.boolean(KEY_PREDICTOR_PRESENT, predictors is not None)
     if sparse:
         plan.string(KEY_PREDICTOR_INPUT, opts.predictor_input or arch.predictor_input)
@@ -309,6 +313,9 @@ def _add_tensors(plan: ModelPlan, src: _Source, hp: HParams, arch: ArchInfo, spa
                       neuron_major, (hp.n_ff, hp.n_embd))
             else:
                 plain(f"{blk}.ffn_down.weight", f"{hf}.mlp.down_proj.weight", (hp.n_embd, hp.n_ff), W)
+                if both:
+                    plain(f"{blk}.ffn_down_t.weight", f"{hf}.mlp.down_proj.weight", (hp.n_embd, hp.n_ff), W,
+                          neuron_major, (hp.n_ff, hp.n_embd))
             if pred is not None:
                 rank = _predictor_rank(pred, hp)
                 for key, shape in (("fc1", (rank, hp.n_embd)), ("fc2", (hp.n_ff, rank))):
