@@ -103,6 +103,8 @@ struct ts_context_params {
     int32_t collect_act_hist; // threshold mode: keep a histogram of |silu(gate)| per layer
                               // (ts_context_act_hist; for calibration). A file without
                               // thresholds then runs with -inf (every neuron) until set.
+    const float * act_thresholds; // threshold mode: n_layer cuts to use instead of the file's
+                                  // (NULL: the file's); copied
 };
 
 // Running statistics since the context was made or reset. A decode of more than one token

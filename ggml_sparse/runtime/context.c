@@ -75,13 +75,20 @@ struct ts_context * ts_context_new(struct ts_model * model, const struct ts_cont
                      "file has none: add it (and thresholds) with ts-calibrate-sparsity, or convert with --sparse-ffn");
             return NULL;
         }
-        if (!h->has_act_thresholds && !params->collect_act_hist) {
+        if (!h->has_act_thresholds && !params->collect_act_hist && !params->act_thresholds) {
             snprintf(err, err_size, "FFN mode 'threshold' needs per-layer activation thresholds "
                      "(turbosparse.act_threshold.values), and this file has none: run ts-calibrate-sparsity on it");
             return NULL;
         }
-    } else if (params->collect_act_hist) {
-        snprintf(err, err_size, "collect_act_hist needs FFN mode 'threshold' (got '%s')", mode_name(mode));
+        for (int il = 0; params->act_thresholds && il < h->n_layer; il++) {
+            if (isnan(params->act_thresholds[il])) {
+                snprintf(err, err_size, "act_thresholds[%d] is NaN", il);
+                return NULL;
+            }
+        }
+    } else if (params->collect_act_hist || params->act_thresholds) {
+        snprintf(err, err_size, "%s needs FFN mode 'threshold' (got '%s')",
+                 params->collect_act_hist ? "collect_act_hist" : "act_thresholds", mode_name(mode));
         return NULL;
     }
     int32_t n_ctx = params->n_ctx > 0 ? params->n_ctx : (h->n_ctx_train < 4096 ? h->n_ctx_train : 4096);
@@ -113,7 +120,8 @@ struct ts_context * ts_context_new(struct ts_model * model, const struct ts_cont
             return NULL;
         }
         for (int il = 0; il < h->n_layer; il++) {
-            c->act_thresholds[il] = h->has_act_thresholds ? c->model->act_thresholds[il] : -INFINITY;
+            c->act_thresholds[il] = params->act_thresholds ? params->act_thresholds[il]
+                                  : h->has_act_thresholds ? c->model->act_thresholds[il] : -INFINITY;
         }
     }
 

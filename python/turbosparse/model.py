@@ -174,6 +174,8 @@ class Model(Closeable):
         seed: seeds the sampling of every generation that is not given its own seed, so a
             program rerun gives the same text; None draws fresh randomness.
         use_mmap: keep the weights in the memory-mapped file (False reads them into RAM).
+        act_thresholds: threshold mode: one cut on |silu(gate)| per layer instead of the
+            file's (set_act_thresholds() changes them later).
         collect_act_hist: threshold mode: keep per-layer histograms of |silu(gate)|
             (act_histograms(); for calibration); a file without thresholds then runs with
             -inf thresholds (every neuron) until set_act_thresholds().
@@ -185,7 +187,8 @@ class Model(Closeable):
 
     def __init__(self, path: Optional[PathLike] = None, *, n_ctx: Optional[int] = None,
                  n_threads: Optional[int] = None, ffn_mode: str = "auto", threshold: Optional[float] = None,
-                 seed: Optional[int] = None, use_mmap: bool = True, collect_act_hist: bool = False) -> None:
+                 seed: Optional[int] = None, use_mmap: bool = True, collect_act_hist: bool = False,
+                 act_thresholds: Optional[Sequence[float]] = None) -> None:
         self._model: Any = None
         self._ctx: Any = None
         self._tok: Optional[Tokenizer] = None
@@ -212,6 +215,9 @@ class Model(Closeable):
                 raise ValueError(f"threshold must be finite (got {threshold})")
             cp.use_threshold, cp.threshold = 1, float(threshold)
         cp.collect_act_hist = 1 if collect_act_hist else 0
+        cuts = ffi.new("float[]", [float(t) for t in act_thresholds]) if act_thresholds is not None else ffi.NULL
+        cp.act_thresholds = cuts  # copied by ts_context_new
+        n_cuts = len(act_thresholds) if act_thresholds is not None else None
         self._seed_rng = random.Random(check_seed(seed)) if seed is not None else random.SystemRandom()
 
         mp = ffi.new("struct ts_model_params *")
@@ -222,6 +228,10 @@ class Model(Closeable):
         if model == ffi.NULL:
             raise ModelLoadError(ffi.string(err).decode("utf-8", "replace") or f"{self.path}: cannot load")
         self._model = model
+        if n_cuts is not None and n_cuts != self._c_n_layer():
+            n_layer = self._c_n_layer()
+            self.close()
+            raise ValueError(f"act_thresholds: {n_cuts} values for {n_layer} layers")
         ctx = lib.ts_context_new(model, cp, err, 1024)
         if ctx == ffi.NULL:
             self.close()

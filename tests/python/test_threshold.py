@@ -243,3 +243,50 @@ def test_errors(tmp_path):
         with_thresholds(rpath, tmp_path / "r2.gguf", [0.1, 0.1])
     with pytest.raises(ConvertError, match="2 layers"):
         with_thresholds(path, tmp_path / "x.gguf", [0.1])
+
+
+def corpus(n_words: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "it", "ran", "far", "away", "into", "hills",
+             "where", "no", "one", "could", "see", "quick", "brown", "fox", "jumps", "over", "lazy", "dog"]
+    return " ".join(rng.choice(words, n_words))
+
+
+@pytest.mark.parametrize("target", [0.4, 0.6])
+def test_calibration_reaches_target_on_held_out(tmp_path, target):
+    """ts-calibrate-sparsity's calibrate() on a tiny SwiGLU checkpoint (a plain llama.cpp file:
+    ffn_down_t is added): the held-out sparsity is within 2 points of the target on average and
+    4 points in every layer, the file runs in auto mode as 'threshold', and the written cuts
+    are the ones reported."""
+    from turbosparse.calibrate import calibrate
+    cfg, held, path = make(tmp_path, "q8_0", plain_llamacpp=True)
+    out = tmp_path / "cal.gguf"
+    r = calibrate(path, target, corpus(1500, 0), outfile=out, n_ctx=64, n_threads=1, progress=False)
+    assert abs(r.mean_held_out - target) <= 0.02, r.held_out_sparsity
+    assert all(abs(s - target) <= 0.04 for s in r.held_out_sparsity), r.held_out_sparsity
+    assert r.n_held_tokens >= 32 and r.n_cal_tokens >= 256
+    model = Model(out)
+    ctx = Context(model)
+    assert lib_mode(ctx) == 3
+    from runtime_api import ffi, lib
+    buf = ffi.new("float[]", cfg.n_layer)
+    assert lib.ts_context_get_act_thresholds(ctx.ptr, buf, cfg.n_layer) == 0
+    assert list(buf) == pytest.approx(r.thresholds, rel=0, abs=0)
+
+
+def test_calibration_errors(tmp_path):
+    from turbosparse.calibrate import CalibrateError, calibrate, main
+    cfg, held, path = make(tmp_path, "f32", plain_llamacpp=True)
+    with pytest.raises(CalibrateError, match="need at least"):
+        calibrate(path, 0.4, corpus(40, 1), outfile=tmp_path / "o.gguf", progress=False)
+    with pytest.raises(CalibrateError, match="target"):
+        calibrate(path, 1.5, corpus(1500, 1), outfile=tmp_path / "o.gguf", progress=False)
+    rcfg = tiny_config("reglu")
+    rpath = tmp_path / "reglu.gguf"
+    write_gguf(rpath, rcfg, random_weights(rcfg, 1))
+    with pytest.raises(CalibrateError, match="SwiGLU"):
+        calibrate(rpath, 0.4, corpus(1500, 1), outfile=tmp_path / "o.gguf", progress=False)
+    text = tmp_path / "t.txt"
+    text.write_text(corpus(1500, 1))
+    assert main([str(rpath), "--target", "0.4", "--text", str(text), "--quiet"]) == 1
+    assert not (tmp_path / "o.gguf").exists()

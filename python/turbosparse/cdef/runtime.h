@@ -69,6 +69,7 @@ struct ts_context_params {
     float   threshold;
     int32_t kv_f32;
     int32_t collect_act_hist;
+    const float * act_thresholds;
 };
 struct ts_stats {
     int64_t n_prompt_tokens;

@@ -214,7 +214,7 @@ def build_hf_plan(folder: Path, config: dict[str, Any], opts: ConvertOptions) ->
         plan.string(KEY_PREDICTOR_INPUT, opts.predictor_input or arch.predictor_input)
         plan.f32(KEY_PREDICTOR_THRESHOLD, opts.threshold if opts.threshold is not None else (threshold or 0.0))
 
-    _add_tensors(plan, src, hp, arch, sparse, predictors)
+    _add_tensors(plan, src, hp, arch, sparse, predictors, both)
 
     leftover = [n for n in src.ckpt.names() if n not in src.used and not n.endswith(_IGNORED_SUFFIXES)
                 and not (".predictor." in n and (opts.no_predictor or opts.predictors_dir is not None))]
@@ -277,7 +277,8 @@ def _predictor_rank(p: dict[str, SourceTensor], hp: HParams) -> int:
 
 
 def _add_tensors(plan: ModelPlan, src: _Source, hp: HParams, arch: ArchInfo, sparse: bool,
-                 predictors: Optional[Predictors]) -> None:
+                 predictors: Optional[Predictors], both: bool = False) -> None:
+    """both: a SwiGLU model's down projection twice, ffn_down and ffn_down_t (--sparse-ffn)."""
     W, N = Role.WEIGHT, Role.NORM
     q_rows, kv_rows = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
 
