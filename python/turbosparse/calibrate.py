@@ -61,6 +61,20 @@ def cut_for_target(hist: np.ndarray, target: float, edge: Callable[[int], float]
     return edge(b), float(below[b])
 
 
+def default_outfile(path: Path) -> Path:
+    """MODEL itself when it already holds ffn_down_t (one of ours); else a copy beside it,
+    <stem>.threshold.gguf: adding ffn_down_t makes a file llama.cpp refuses (it counts the
+    tensors it expects), and a llama.cpp file should stay one."""
+    from gguf import GGUFReader
+
+    from .convert.sparse_ffn import down_layout
+    try:
+        layout = down_layout(GGUFReader(path))
+    except (ValueError, OSError):
+        return path  # not a GGUF: calibrate() reports it
+    return path if layout != "standard" else path.with_name(path.stem + ".threshold.gguf")
+
+
 def split_tokens(tokens: list[int], held_out: float) -> tuple[list[int], list[int]]:
     n_held = int(round(len(tokens) * held_out))
     return tokens[:len(tokens) - n_held], tokens[len(tokens) - n_held:]
@@ -92,8 +106,8 @@ def calibrate(path: Path, target: float, text: str, *, outfile: Optional[Path] =
         raise CalibrateError(f"--passes {passes}: at least 1")
     if n_ctx < 16:
         raise CalibrateError(f"--ctx-size {n_ctx}: at least 16")
-    out = Path(outfile) if outfile is not None else Path(path)
-    if outfile is not None and out.exists() and not force and out.resolve() != Path(path).resolve():
+    out = Path(outfile) if outfile is not None else default_outfile(Path(path))
+    if out.exists() and not force and out.resolve() != Path(path).resolve():
         raise CalibrateError(f"{out} exists; pass --force to overwrite it")
     try:
         reader = GGUFReader(path)
@@ -168,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="SwiGLU GGUF model (a llama.cpp file or one of ours)")
     p.add_argument("--target", type=float, required=True, help="share of FFN neurons to skip per layer, e.g. 0.4")
     p.add_argument("--text", type=Path, required=True, help="UTF-8 calibration text")
-    p.add_argument("--outfile", "-o", type=Path, help="write here (default: replace MODEL, atomically)")
+    p.add_argument("--outfile", "-o", type=Path,
+                   help="write here (default: replace MODEL atomically when it already has ffn_down_t, else "
+                        "MODEL_STEM.threshold.gguf beside it: llama.cpp refuses files with the added tensors)")
     p.add_argument("--held-out", type=float, default=0.2, help="share of the text kept for the report (default 0.2)")
     p.add_argument("--ctx-size", "-c", type=int, default=256, help="tokens per chunk (default 256)")
     p.add_argument("--threads", "-t", type=int, help="threads (default: the online CPUs)")

@@ -103,9 +103,9 @@ int32_t ts_decode(struct ts_context * ctx, const int32_t * tokens, int32_t n,
                   float * logits, int32_t logits_all);
 void ts_context_abort(struct ts_context * ctx);
 const char * ts_context_error(const struct ts_context * ctx);
-void ts_context_get_stats(const struct ts_context * ctx, struct ts_stats * stats);
 int32_t ts_context_set_act_thresholds(struct ts_context * ctx, const float * thresholds, int32_t n);
 int32_t ts_context_get_act_thresholds(const struct ts_context * ctx, float * thresholds, int32_t n);
 int32_t ts_context_layer_stats(const struct ts_context * ctx, int32_t il, int64_t * computed, int64_t * total);
 int32_t ts_context_act_hist(const struct ts_context * ctx, int32_t il, int64_t * counts, int32_t n_bins);
 float   ts_act_hist_edge(int32_t bin);
+void ts_context_get_stats(const struct ts_context * ctx, struct ts_stats * stats);
