@@ -290,3 +290,27 @@ def test_calibration_errors(tmp_path):
     text.write_text(corpus(1500, 1))
     assert main([str(rpath), "--target", "0.4", "--text", str(text), "--quiet"]) == 1
     assert not (tmp_path / "o.gguf").exists()
+
+
+def test_ts_main_and_perplexity_run_the_threshold_mode(tmp_path):
+    """ts-main --ffn-mode threshold runs a calibrated file (and says so; auto picks it), refuses
+    an uncalibrated one with the reason; ts-perplexity reports the mode with its per-layer share."""
+    from test_ts_main import run
+    from turbosparse.perplexity import main as ppl_main
+    cfg, held, path = make(tmp_path, "q8_0", plain_llamacpp=True)
+    cal = with_thresholds(path, tmp_path / "cal.gguf", [0.05, 0.05])
+    for mode in ("threshold", None):
+        r = run("-m", str(cal), "-p", "ab", "-n", "4", "--temp", "0", *(("--ffn-mode", mode) if mode else ()))
+        assert r.returncode == 0, r.stderr
+        assert "mode threshold" in r.stderr
+    r = run("-m", str(path), "-p", "ab", "-n", "4", "--ffn-mode", "threshold")
+    assert r.returncode != 0 and "ffn_down_t" in r.stderr
+    text = tmp_path / "t.txt"
+    text.write_text(corpus(300, 2))
+    js = tmp_path / "p.json"
+    assert ppl_main(["-m", str(cal), "-f", str(text), "-c", "32", "-t", "1", "--chunks", "3", "--json", str(js)]) == 0
+    import json
+    res = {r["mode"]: r for r in json.loads(js.read_text())["results"]}
+    assert set(res) == {"dense", "threshold"}
+    assert 0.0 < res["threshold"]["computed_share"] < 1.0 and res["dense"]["computed_share"] == 1.0
+    assert len(res["threshold"]["layers"]) == cfg.n_layer
