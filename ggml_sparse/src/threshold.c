@@ -4,9 +4,10 @@
 // reads only those neurons' rows. The gate and silu are ggml nodes before this one.
 //
 // Threads split the neurons: thread ith owns [n_ff ith / nth, n_ff (ith + 1) / nth) of every
-// token, gathers the selected rows of its share and runs dot_rows on them, so each a[i] is
-// one dot_rows result times s[i] whoever computes it. Weight types without a kernel are
-// dequantised a row at a time and go through the F32 kernel.
+// token, gathers the selected rows of its share and runs dot_rows on them (a prompt's tokens
+// in sub-batches through dot_rows_batch, which gives the same bits), so each a[i] is one
+// dot_rows result times s[i] whoever computes it and however the tokens are batched. Weight
+// types without a kernel are dequantised a row at a time and go through the F32 kernel.
 #include "ggml-sparse.h"
 #include "ts-kernels.h"
 #include "scratch.h"
@@ -61,6 +62,51 @@ static int32_t hist_bin(float v) {
     return (int32_t) (bits >> 16);
 }
 
+// Tokens per sub-batch of a prompt (T > 1): a sub-batch reads each row of its union once
+// (dot_rows_batch) instead of once per token. At 50% sparsity the union of 32 tokens is
+// nearly every row of the share, so it computes about twice the products it keeps, for a
+// 16x cut in row reads; batch kernels give dot_rows' bits, so results do not change.
+#define SUB_BATCH 32
+
+struct up_share {
+    const struct ts_kernels * k;
+    enum ts_type type;
+    bool fast, q8;
+    ggml_to_float_t to_float;
+    int64_t n_embd;
+    size_t x_bytes;
+    const struct ggml_tensor * w, * x, * s;
+    struct ggml_tensor * a;
+};
+
+static const float * row_of(const struct ggml_tensor * t, int64_t i) {
+    return (const float *) ((const char *) t->data + i * t->nb[1]);
+}
+
+static void load_x(const struct up_share * u, int64_t t, void * dst) {
+    if (u->q8) u->k->quantize_q8_0(row_of(u->x, t), (ts_block_q8_0 *) dst, u->n_embd);
+    else       memcpy(dst, row_of(u->x, t), (size_t) u->n_embd * sizeof(float));
+}
+
+// One token, neurons idx[0..n_sel): a[idx[j]] = s[idx[j]] * dot(W_up[idx[j]], x_t).
+static void up_one(const struct up_share * u, int64_t t, const int32_t * idx, int64_t n_sel,
+                   void * xd, float * out, float * deq) {
+    const float * st = row_of(u->s, t);
+    float * at = (float *) row_of(u->a, t);
+    if (u->fast) {
+        load_x(u, t, xd);
+        u->k->dot_rows(u->type, u->n_embd, u->w->data, u->w->nb[1], xd, idx, n_sel, out);
+    } else {
+        for (int64_t j = 0; j < n_sel; j++) {
+            u->to_float((const char *) u->w->data + (size_t) idx[j] * u->w->nb[1], deq, u->n_embd);
+            u->k->dot_rows(TS_TYPE_F32, u->n_embd, deq, 0, row_of(u->x, t), NULL, 1, out + j);
+        }
+    }
+    for (int64_t j = 0; j < n_sel; j++) {
+        at[idx[j]] = st[idx[j]] * out[j];
+    }
+}
+
 // dst a [n_ff, T]; src: w_up [n_embd, n_ff], x [n_embd, T], s [n_ff, T].
 static void up_threshold_compute(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
     const struct up_threshold_op * op = userdata;
@@ -69,50 +115,67 @@ static void up_threshold_compute(struct ggml_tensor * dst, int ith, int nth, voi
     const int64_t i0 = n_ff * ith / nth, i1 = n_ff * (ith + 1) / nth;
     if (i1 <= i0) return;
 
-    const struct ts_kernels * k = ts_kernels_best();
-    enum ts_type type;
-    const bool fast = kernel_type(w->type, &type);
-    const bool q8 = fast && ts_dot_type(type) == TS_TYPE_Q8_0;
-    const ggml_to_float_t to_float = fast ? NULL : ggml_get_type_traits(w->type)->to_float;
-    const size_t x_bytes = q8 ? ts_row_size(TS_TYPE_Q8_0, n_embd) : (size_t) n_embd * sizeof(float);
-    const size_t share = (size_t) (i1 - i0);
-    char * cur = ts_scratch(ts_carve_size(x_bytes) + ts_carve_size(share * sizeof(int32_t)) +
-                            ts_carve_size(share * sizeof(float)) +
-                            ts_carve_size(fast ? 0 : (size_t) n_embd * sizeof(float)));
-    void    * xd  = ts_carve(&cur, x_bytes);
-    int32_t * idx = ts_carve(&cur, share * sizeof(int32_t));
-    float   * u   = ts_carve(&cur, share * sizeof(float));
-    float   * deq = ts_carve(&cur, fast ? 0 : (size_t) n_embd * sizeof(float));
+    struct up_share u = { .k = ts_kernels_best(), .n_embd = n_embd, .w = w, .x = x, .s = s, .a = dst };
+    u.fast = kernel_type(w->type, &u.type);
+    u.q8 = u.fast && ts_dot_type(u.type) == TS_TYPE_Q8_0;
+    u.to_float = u.fast ? NULL : ggml_get_type_traits(w->type)->to_float;
+    u.x_bytes = u.q8 ? ts_row_size(TS_TYPE_Q8_0, n_embd) : (size_t) n_embd * sizeof(float);
+    const int64_t share = i1 - i0;
+    const int64_t cap = u.fast && T > 1 ? (T < SUB_BATCH ? T : SUB_BATCH) : 1;
+    char * cur = ts_scratch(ts_carve_size((size_t) cap * u.x_bytes) + ts_carve_size((size_t) share * sizeof(int32_t)) +
+                            ts_carve_size((size_t) (cap * share) * sizeof(float)) +
+                            ts_carve_size((size_t) share) +
+                            ts_carve_size(u.fast ? 0 : (size_t) n_embd * sizeof(float)));
+    char    * xd   = ts_carve(&cur, (size_t) cap * u.x_bytes);
+    int32_t * idx  = ts_carve(&cur, (size_t) share * sizeof(int32_t));
+    float   * out  = ts_carve(&cur, (size_t) (cap * share) * sizeof(float));
+    uint8_t * used = ts_carve(&cur, (size_t) share);
+    float   * deq  = ts_carve(&cur, u.fast ? 0 : (size_t) n_embd * sizeof(float));
 
     int64_t n_computed = 0;
-    for (int64_t t = 0; t < T; t++) {
-        const float * xt = (const float *) ((const char *) x->data + t * x->nb[1]);
-        const float * st = (const float *) ((const char *) s->data + t * s->nb[1]);
-        float       * at = (float *) ((char *) dst->data + t * dst->nb[1]);
+    for (int64_t t0 = 0; t0 < T; t0 += cap) {
+        const int64_t n_tok = T - t0 < cap ? T - t0 : cap;
+        // selection (and zeros elsewhere) for the sub-batch's tokens; the union of their rows
+        memset(used, 0, (size_t) share);
         int64_t n_sel = 0;
-        for (int64_t i = i0; i < i1; i++) {
-            if (fabsf(st[i]) >= op->threshold) idx[n_sel++] = (int32_t) i;
-            at[i] = 0.0f;
-        }
-        if (op->hist) {
+        for (int64_t t = t0; t < t0 + n_tok; t++) {
+            const float * st = row_of(s, t);
+            float * at = (float *) row_of(dst, t);
             for (int64_t i = i0; i < i1; i++) {
-                __atomic_fetch_add(&op->hist->counts[hist_bin(st[i])], 1, __ATOMIC_RELAXED);
+                const bool in = fabsf(st[i]) >= op->threshold;
+                at[i] = 0.0f;
+                used[i - i0] |= in;
+                n_sel += in;
+            }
+            if (op->hist) {
+                for (int64_t i = i0; i < i1; i++) {
+                    __atomic_fetch_add(&op->hist->counts[hist_bin(st[i])], 1, __ATOMIC_RELAXED);
+                }
             }
         }
         n_computed += n_sel;
         if (n_sel == 0) continue;
-        if (fast) {
-            if (q8) k->quantize_q8_0(xt, (ts_block_q8_0 *) xd, n_embd);
-            else    memcpy(xd, xt, (size_t) n_embd * sizeof(float));
-            k->dot_rows(type, n_embd, w->data, w->nb[1], xd, idx, n_sel, u);
-        } else {
-            for (int64_t j = 0; j < n_sel; j++) {
-                to_float((const char *) w->data + (size_t) idx[j] * w->nb[1], deq, n_embd);
-                k->dot_rows(TS_TYPE_F32, n_embd, deq, 0, xt, NULL, 1, u + j);
+        if (n_tok == 1) {
+            int64_t m = 0;
+            for (int64_t i = i0; i < i1; i++) {
+                if (used[i - i0]) idx[m++] = (int32_t) i;
             }
+            up_one(&u, t0, idx, m, xd, out, deq);
+            continue;
         }
-        for (int64_t j = 0; j < n_sel; j++) {
-            at[idx[j]] = st[idx[j]] * u[j];
+        int64_t n_union = 0;
+        for (int64_t i = i0; i < i1; i++) {
+            if (used[i - i0]) idx[n_union++] = (int32_t) i;
+        }
+        for (int64_t j = 0; j < n_tok; j++) load_x(&u, t0 + j, xd + j * u.x_bytes);
+        u.k->dot_rows_batch(u.type, n_embd, w->data, w->nb[1], xd, u.x_bytes, n_tok, idx, n_union, out, n_union);
+        for (int64_t j = 0; j < n_tok; j++) {
+            const float * st = row_of(s, t0 + j);
+            float * at = (float *) row_of(dst, t0 + j);
+            for (int64_t m = 0; m < n_union; m++) {
+                const int32_t i = idx[m];
+                if (fabsf(st[i]) >= op->threshold) at[i] = st[i] * out[j * n_union + m];
+            }
         }
     }
     if (op->stats) {
