@@ -314,3 +314,26 @@ def test_ts_main_and_perplexity_run_the_threshold_mode(tmp_path):
     assert set(res) == {"dense", "threshold"}
     assert 0.0 < res["threshold"]["computed_share"] < 1.0 and res["dense"]["computed_share"] == 1.0
     assert len(res["threshold"]["layers"]) == cfg.n_layer
+
+
+def test_convert_sparse_ffn(tmp_path):
+    """convert-turbosparse --sparse-ffn on a SwiGLU checkpoint writes ffn_down and its exact
+    transpose ffn_down_t (f32), layout both; a ReLU checkpoint is refused."""
+    from gguf import GGUFReader
+    from hf_fixtures import write_tiny_checkpoint
+    from turbosparse.convert.cli import main as convert_main
+    src = tmp_path / "llama"
+    write_tiny_checkpoint(src, arch="llama", n_layer=2, dtype="f32", sharded=False)
+    out = tmp_path / "out.gguf"
+    assert convert_main([str(src), "--outfile", str(out), "--outtype", "f32", "--sparse-ffn", "--quiet"]) == 0
+    r = GGUFReader(out)
+    t = {x.name: np.asarray(x.data) for x in r.tensors}
+    for i in range(2):
+        np.testing.assert_array_equal(t[f"blk.{i}.ffn_down_t.weight"], t[f"blk.{i}.ffn_down.weight"].T)
+    assert bytes(r.fields["turbosparse.down_layout"].parts[-1]).decode() == "both"
+    m = Model(out)
+    assert m.meta.has_down_t == 1 and m.meta.has_act_thresholds == 0
+    relu = tmp_path / "relu"
+    write_tiny_checkpoint(relu, arch="relu-llama", n_layer=2, dtype="f32", sharded=False)
+    assert convert_main([str(relu), "--outfile", str(tmp_path / "r.gguf"), "--sparse-ffn", "--quiet",
+                         "--no-predictor"]) == 1
