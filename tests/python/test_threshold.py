@@ -337,3 +337,23 @@ def test_convert_sparse_ffn(tmp_path):
     write_tiny_checkpoint(relu, arch="relu-llama", n_layer=2, dtype="f32", sharded=False)
     assert convert_main([str(relu), "--outfile", str(tmp_path / "r.gguf"), "--sparse-ffn", "--quiet",
                          "--no-predictor"]) == 1
+
+
+def test_convert_from_gguf_adds_down_t(tmp_path):
+    """convert-turbosparse --from-gguf FILE --sparse-ffn: a llama.cpp file gains ffn_down_t
+    (q8_0 from --outtype), nothing else changes; the result then calibrates in place."""
+    from gguf import GGUFReader
+    from turbosparse.calibrate import calibrate, default_outfile
+    from turbosparse.convert.cli import main as convert_main
+    cfg, held, path = make(tmp_path, "f32", plain_llamacpp=True)
+    out = tmp_path / "sparse.gguf"
+    assert convert_main(["--from-gguf", str(path), "--sparse-ffn", "--outfile", str(out), "--outtype", "q8_0",
+                         "--quiet"]) == 0
+    r = GGUFReader(out)
+    types = {t.name: int(t.tensor_type) for t in r.tensors}
+    assert types["blk.0.ffn_down_t.weight"] == 8 and types["blk.0.ffn_down.weight"] == 0  # q8_0, f32 kept
+    assert default_outfile(out) == out and default_outfile(path) == tmp_path / "swiglu-f32.threshold.gguf"
+    with pytest.raises(SystemExit):  # --from-gguf without --sparse-ffn: an argparse error
+        convert_main(["--from-gguf", str(path), "--outfile", str(tmp_path / "x.gguf"), "--quiet"])
+    r2 = calibrate(out, 0.3, corpus(1200, 5), n_ctx=64, n_threads=1, passes=1, progress=False)
+    assert r2.path == out and Model(out).meta.has_act_thresholds == 1
