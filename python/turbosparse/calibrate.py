@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", "-t", type=int, help="threads (default: the online CPUs)")
     p.add_argument("--passes", type=int, default=2, help="calibration passes (default 2, see above)")
     p.add_argument("--down-type", choices=("f32", "f16", "bf16", "q8_0", "q4_0"),
-                   help="type of the added ffn_down_t (default: ffn_down's; requantised after transposing)")
+                   help="type of the added ffn_down_t (default: ffn_down's for f32/f16/bf16/q8_0, else q8_0; "
+                        "requantised after transposing)")
     p.add_argument("--force", action="store_true", help="overwrite --outfile if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
