@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Decode and prefill speed of turbosparse (dense, predicted, exact) against llama.cpp and PowerInfer.
+"""Decode and prefill speed of turbosparse (dense, predicted, exact, threshold) against llama.cpp and PowerInfer.
 
 What it does, in one run:
  1. writes synthetic Mistral-7B-shaped checkpoints (n_embd 4096, n_ff 14336, 32 heads, 8 KV
@@ -27,6 +27,12 @@ What it does, in one run:
     the measured densities) divided by a read bandwidth measured in the same run (roofline.py)
     gives an ideal tokens/s; the achieved share of it shows how close each engine is to the
     memory bound.
+
+The threshold mode (SwiGLU, CATS; --threshold-sparsities) runs on the SwiGLU weights converted
+with --sparse-ffn (ffn_down and ffn_down_t): per-layer cuts on |silu(gate)| for each target
+sparsity from the runtime's histograms over a random-token forward pass (act_thresholds.py),
+timed in the api style only (ts-main reads one set of cuts from the file), with its ratio to
+our dense mode on the llama.cpp SwiGLU file ("vs ts dense") beside the ratio to llama.cpp.
 
 Generated files are kept in --workdir (keyed by shape) and reused by later runs.
 
@@ -65,6 +71,7 @@ from process_runs import run_llama_style, run_ts_main  # noqa: E402
 from roofline import file_bytes, measure_bandwidth  # noqa: E402
 from synth_model import WEIGHTS_SHARD, SynthShape, write_checkpoints  # noqa: E402
 from ts_runtime import BenchError, Context, Model, Runtime, default_lib  # noqa: E402
+from act_thresholds import threshold_cuts  # noqa: E402
 
 # The llama.cpp baseline: llama-bench built from the llama.cpp sources vendored in the
 # llama-cpp-python sdist, in a scratch folder outside this repository (never commit llama.cpp):
@@ -88,14 +95,16 @@ def log(msg: str) -> None:
 class Config:
     """One turbosparse measurement: a file and an FFN mode (and a target density)."""
     qtype: str
-    mode: str                  # dense | predicted | exact
-    density: Optional[float]   # target predicted density (predicted mode only)
+    mode: str                  # dense | predicted | exact | threshold
+    density: Optional[float]   # target predicted density (predicted), 1 - target sparsity (threshold)
     swiglu_file: bool = False  # dense mode on the llama.cpp file itself
 
     @property
     def label(self) -> str:
         if self.mode == "predicted":
             return f"predicted {self.density:.0%}"
+        if self.mode == "threshold":
+            return f"threshold {1 - self.density:.0%} sparse"
         return "dense (swiglu file)" if self.swiglu_file else self.mode
 
 
@@ -125,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of q4_0, f16, q8_0, q4_k_m (default %(default)s). q4_k_m: llama.cpp's Q4_K_M mix "
                         "written by our converter for both engines (PowerInfer's files are made for the others)")
     p.add_argument("--densities", default="0.10,0.25", help="predicted densities (default %(default)s)")
+    p.add_argument("--threshold-sparsities", default="0.4,0.5",
+                   help="target FFN sparsities of the threshold mode on the SwiGLU weights (api style only; "
+                        "empty: skip; default %(default)s)")
     p.add_argument("--natural-densities", default="0.10,0.25",
                    help="natural dReLU densities of the synthetic models: ~10%% is TurboSparse-Mistral-like, ~25%% "
                         "ReLU-LLaMA-like (default %(default)s)")
@@ -174,13 +186,13 @@ def apply_quick(args: argparse.Namespace, argv: list[str]) -> None:
             setattr(args, opt[2:].replace("-", "_"), value)
 
 
-def convert(folder: Path, out: Path, qtype: str) -> Path:
+def convert(folder: Path, out: Path, qtype: str, extra: tuple[str, ...] = ()) -> Path:
     if out.is_file():
         return out
     log(f"converting {folder.name} -> {out.name}")
     tmp = out.with_suffix(".part")
     subprocess.run([sys.executable, str(REPO / "convert" / "convert-turbosparse.py"), str(folder),
-                    "--outfile", str(tmp), "--outtype", qtype, "--quiet", "--force"], check=True)
+                    "--outfile", str(tmp), "--outtype", qtype, "--quiet", "--force", *extra], check=True)
     tmp.rename(out)
     return out
 
@@ -229,15 +241,25 @@ class Group:
     swiglu_file: Path
     pi_file: Optional[Path]
     configs: list[Config]
+    sparse_swiglu_file: Optional[Path] = None  # the SwiGLU weights with ffn_down_t (threshold mode)
+    cuts: dict[float, list[float]] = field(default_factory=dict)               # sparsity -> per-layer cuts
     ts: dict[tuple[str, Config], Samples] = field(default_factory=dict)        # (style, config)
     llama: dict[str, Samples] = field(default_factory=dict)                    # style
     powerinfer: dict[tuple[str, float], Samples] = field(default_factory=dict)  # (style, density)
 
 
-def make_configs(q: str, densities: list[float], swiglu_dense: bool) -> list[Config]:
+    def path_of(self, c: Config) -> Path:
+        if c.mode == "threshold":
+            assert self.sparse_swiglu_file is not None
+            return self.sparse_swiglu_file
+        return self.swiglu_file if c.swiglu_file else self.ts_file
+
+
+def make_configs(q: str, densities: list[float], swiglu_dense: bool, sparsities: list[float]) -> list[Config]:
     configs = [Config(q, "dense", None)] + [Config(q, "predicted", d) for d in densities] + [Config(q, "exact", None)]
-    if swiglu_dense:
+    if swiglu_dense or sparsities:
         configs.append(Config(q, "dense", None, swiglu_file=True))
+    configs += [Config(q, "threshold", 1.0 - s) for s in sparsities]
     return configs
 
 
@@ -252,6 +274,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     densities = [float(d) for d in args.densities.split(",")]
     naturals = [float(d) for d in args.natural_densities.split(",")]
+    sparsities = [float(s) for s in args.threshold_sparsities.split(",") if s.strip()]
     styles = [s.strip() for s in args.styles.split(",") if s.strip()]
     if not set(styles) <= {"api", "process"}:
         log(f"--styles: unknown style in {args.styles!r} (api, process)")
@@ -301,8 +324,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 ts_file = import_pi_file(REPO, pi_files[q], root / f"ts-from-powerinfer-{q}.gguf", log)
             else:
                 ts_file = convert(drelu_hf, root / f"drelu-{q}.gguf", q)
+            sparse_swiglu = (convert(swiglu_hf, root / f"swiglu-sparse-ffn-{q}.gguf", q, ("--sparse-ffn",))
+                             if sparsities else None)
             groups.append(Group(natural, q, ts_file, swiglu, pi_files.get(q),
-                                make_configs(q, densities, not args.no_swiglu_dense)))
+                                make_configs(q, densities, not args.no_swiglu_dense, sparsities), sparse_swiglu))
     if args.prepare_only:
         log(f"files ready in {args.workdir}")
         return 0
@@ -333,21 +358,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         models: dict[Path, Model] = {}
         if "api" in styles:
             for c in g.configs:
-                path = g.swiglu_file if c.swiglu_file else g.ts_file
+                path = g.path_of(c)
                 if path not in models:
                     models[path] = Model(rt, path, use_mmap=not args.no_mmap)
+            if g.sparse_swiglu_file is not None:
+                g.cuts = threshold_cuts(models[g.sparse_swiglu_file], sparsities, args.calib_tokens, args.threads)
         tag = f"natural {g.natural:.0%} {g.qtype}"
         for r in range(args.repeats):
             log(f"{tag}: round {r + 1}/{args.repeats}")
             for c in g.configs:
-                path = g.swiglu_file if c.swiglu_file else g.ts_file
+                path = g.path_of(c)
                 tau = cal.taus[c.density] if c.mode == "predicted" else None
+                cuts = g.cuts.get(round(1.0 - c.density, 6)) if c.mode == "threshold" else None
                 if "api" in styles:
                     prompt = [rng.randrange(3, n_vocab) for _ in range(args.prompt)]
                     gen = [rng.randrange(3, n_vocab) for _ in range(args.tokens)]
 
-                    def one(c: Config = c, path: Path = path, tau=tau, prompt=prompt, gen=gen):
-                        ctx = Context(models[path], c.mode, args.threads, n_ctx, tau)
+                    def one(c: Config = c, path: Path = path, tau=tau, prompt=prompt, gen=gen, cuts=cuts):
+                        ctx = Context(models[path], c.mode, args.threads, n_ctx, tau, act_thresholds=cuts)
                         try:
                             ctx.time_prefill(prompt)  # warm-up, as llama-bench's: allocates the batch graph
                             return ctx.time_prefill(prompt), ctx.time_decode(gen)
@@ -359,7 +387,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     s.decode.append(d.tok_s), s.prefill.append(p.tok_s), s.density.append(d.density)
                     log(f"  {g.qtype} {c.label} (api): decode {d.tok_s:.2f} tok/s (density {d.density:.3f}), "
                         f"prefill {p.tok_s:.1f} tok/s")
-                if "process" in styles:
+                if "process" in styles and c.mode != "threshold":
                     t = measured(f"{tag} {c.label} ts-main", lambda c=c, path=path, tau=tau: run_ts_main(
                         ts_main, path, prompts[g.natural], args.gen_tokens, args.threads, n_ctx_process, c.mode, tau))
                     s = g.ts.setdefault(("process", c), Samples())
@@ -427,25 +455,34 @@ def make_rows(groups: list[Group], styles: list[str], cals: dict[float, Calibrat
     for g in groups:
         cal = cals[g.natural]
         fb_ts, fb_swiglu = file_bytes(g.ts_file), file_bytes(g.swiglu_file)
+        fb_sparse = file_bytes(g.sparse_swiglu_file) if g.sparse_swiglu_file is not None else None
         for style in styles:
             for phase in ("decode", "prefill"):
                 ref = median(getattr(g.llama.get(style, Samples()), phase))
+                ts_dense = [median(getattr(g.ts[(style, c)], phase)) for c in g.configs
+                            if c.swiglu_file and (style, c) in g.ts]
                 for c in g.configs:
+                    if (style, c) not in g.ts:  # threshold configs in the process style
+                        continue
                     s = g.ts[(style, c)]
                     tok_s = median(getattr(s, phase))
                     pi = (median(getattr(g.powerinfer.get((style, c.density), Samples()), phase))
                           if c.mode == "predicted" else None)
                     measured = median(s.density)
                     row = {"type": c.qtype, "mode": c.mode, "style": style, "natural_density": g.natural,
-                           "density": c.density if c.mode == "predicted" else (1.0 if c.mode == "dense" else measured),
+                           "density": (c.density if c.mode in ("predicted", "threshold")
+                                       else (1.0 if c.mode == "dense" else measured)),
                            "phase": phase, "tok_s": tok_s, "llama_cpp_tok_s": ref,
                            "vs_llama_cpp": tok_s / ref if ref else None,
                            "powerinfer_tok_s": pi, "vs_powerinfer": tok_s / pi if pi else None,
                            "density_measured": measured,
-                           "file": "swiglu" if c.swiglu_file else ("powerinfer-import" if g.pi_file else "drelu"),
+                           "vs_ts_dense": (tok_s / ts_dense[0] if c.mode == "threshold" and ts_dense and ts_dense[0]
+                                           else None),
+                           "file": ("swiglu-sparse-ffn" if c.mode == "threshold" else "swiglu" if c.swiglu_file
+                                    else ("powerinfer-import" if g.pi_file else "drelu")),
                            "samples": getattr(s, phase)}
                     if phase == "decode":
-                        fb = fb_swiglu if c.swiglu_file else fb_ts
+                        fb = fb_sparse if c.mode == "threshold" and fb_sparse else fb_swiglu if c.swiglu_file else fb_ts
                         nbytes = fb.per_token(c.mode, measured, statistics.mean(cal.gate_positive),
                                               statistics.mean(cal.active))
                         ideal = bw_gb_s * 1e9 / nbytes
@@ -478,7 +515,7 @@ def print_report(args, argv, groups: list[Group], styles: list[str], cals: dict[
               + f"; dReLU: gate>0 {statistics.mean(cal.gate_positive):.3f}, active {statistics.mean(cal.active):.3f}")
     print(f"read bandwidth ({args.threads} threads): {' / '.join(f'{b:.1f}' for b in bandwidth)} GB/s "
           f"(start / end); roofline uses {bw:.1f}; load average {' / '.join(f'{x:.2f}' for x in load)}\n")
-    head = (f"{'natural':7} {'type':5} {'style':7} {'phase':7} {'engine / mode':24} {'density':>7} {'tok/s':>8} "
+    head = (f"{'natural':7} {'type':5} {'style':7} {'phase':7} {'engine / mode':42} {'density':>7} {'tok/s':>8} "
             f"{'vs llama':>8} {'vs PI':>6} {'MB/tok':>7} {'roofline':>8} {'share':>5}")
     print(head)
     print("-" * len(head))
@@ -488,25 +525,28 @@ def print_report(args, argv, groups: list[Group], styles: list[str], cals: dict[
                 pre = f"{g.natural:<7.0%} {g.qtype:5} {style:7} {phase:7}"
                 ref = median(getattr(g.llama.get(style, Samples()), phase))
                 if ref is not None:
-                    print(f"{pre} {'llama.cpp (swiglu)':24} {1.0:7.3f} {ref:8.2f} {'1.00x':>8}")
+                    print(f"{pre} {'llama.cpp (swiglu)':42} {1.0:7.3f} {ref:8.2f} {'1.00x':>8}")
                 for (st, d), s in g.powerinfer.items():
                     v = median(getattr(s, phase))
                     if st == style and v is not None:
                         vs = f"{v / ref:.2f}x" if ref else "-"
-                        print(f"{pre} {'PowerInfer ' + format(d, '.0%'):24} {d:7.3f} {v:8.2f} {vs:>8}")
+                        print(f"{pre} {'PowerInfer ' + format(d, '.0%'):42} {d:7.3f} {v:8.2f} {vs:>8}")
                 for r in rows:
                     if (r["natural_density"], r["type"], r["style"], r["phase"]) != (g.natural, g.qtype, style, phase):
                         continue
                     label = ("ts " + r["mode"] + (" (swiglu file)" if r["file"] == "swiglu" else "")
-                             + (f" {r['density']:.0%}" if r["mode"] == "predicted" else ""))
+                             + (f" {r['density']:.0%}" if r["mode"] == "predicted" else "")
+                             + (f" {1 - r['density']:.0%} sparse" if r["mode"] == "threshold" else ""))
+                    if r["vs_ts_dense"]:
+                        label = label + f" ({r['vs_ts_dense']:.2f}x ts dense)"
                     vs = f"{r['vs_llama_cpp']:.2f}x" if r["vs_llama_cpp"] else "-"
                     vp = f"{r['vs_powerinfer']:.2f}x" if r["vs_powerinfer"] else "-"
                     extra = ""
                     if phase == "decode":
                         extra = f" {r['bytes_per_token'] / 1e6:7.0f} {r['roofline_tok_s']:8.2f} {r['roofline_share']:5.0%}"
-                    print(f"{pre} {label:24} {r['density_measured']:7.3f} {r['tok_s']:8.2f} {vs:>8} {vp:>6}{extra}")
+                    print(f"{pre} {label:42} {r['density_measured']:7.3f} {r['tok_s']:8.2f} {vs:>8} {vp:>6}{extra}")
         dense_bytes = file_bytes(g.swiglu_file).per_token("dense")
-        ideal = ", ".join(f"{r['mode']}{' ' + format(r['density'], '.0%') if r['mode'] == 'predicted' else ''}"
+        ideal = ", ".join(f"{r['mode']}{' ' + format(r['density'], '.0%') if r['mode'] in ('predicted', 'threshold') else ''}"
                           f"{' (swiglu file)' if r['file'] == 'swiglu' else ''} {dense_bytes / r['bytes_per_token']:.2f}x"
                           for r in rows if (r["natural_density"], r["type"], r["phase"]) == (g.natural, g.qtype, "decode")
                           and r["style"] == styles[0])
@@ -515,7 +555,9 @@ def print_report(args, argv, groups: list[Group], styles: list[str], cals: dict[
     print("density: share of FFN neurons computed as the runtime reports it; MB/tok: weight bytes one decoded token"
           " reads; roofline: bandwidth / MB per token; share: achieved / roofline.\n"
           "ts dense on the dReLU file: gate/up dense, down by the sparse down op, which skips the natural zeros;"
-          " ts dense (swiglu file): the llama.cpp file itself, everything dense.")
+          " ts dense (swiglu file): the llama.cpp file itself, everything dense. ts threshold N% sparse: the SwiGLU"
+          " weights with ffn_down_t (--sparse-ffn), CATS cuts skipping N% of the neurons of every layer (api only);"
+          " (Kx ts dense): its decode/prefill speed over ts dense (swiglu file) in the same style.")
 
 
 if __name__ == "__main__":

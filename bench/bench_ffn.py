@@ -16,7 +16,10 @@ followed by a dense one), and the medians are compared:
     are positive and about a sixth of the neurons are active after dReLU (W_up is
     -0.5 W_gate + noise), and the measured active share is reported;
   - all active, no predictor: every neuron marked active by a constant logits tensor, so the
-    sparse gate/up and down kernels do all of dense's work.
+    sparse gate/up and down kernels do all of dense's work;
+  - threshold mode (SwiGLU, CATS) at 40% and 50% sparsity: the gate by the dense product,
+    up and down rows only where |silu(gate)| reaches the cut, set at the matching quantile of
+    this input's |silu(gate)| (computed in numpy from the float weights).
 Every timed call starts with a cold last-level cache (a 96 MB buffer is read first), as in a
 real model where the other layers' weights evict this one's; without this, a sparse call's
 few megabytes would stay cached between repeats and flatter it.
@@ -46,13 +49,14 @@ from turbosparse import _ggml as G
 N_EMBD, N_FF, RANK = 4096, 14336, 1024
 DENSITIES = [1.0, 0.5, 0.25, 0.10, 0.05]
 BATCH_DENSITIES = [0.25, 0.10]
+THRESHOLD_SPARSITIES = [0.4, 0.5]
 FLUSH_BYTES = 96 << 20
 
 
 @dataclass
 class Row:
     type: str
-    mode: str            # "predicted", "exact", "all_active"
+    mode: str            # "predicted", "exact", "all_active", "threshold"
     density: float       # share of neurons computed (measured)
     ms: float
     ms_dense: float
@@ -65,7 +69,7 @@ class Row:
 class Layer:
     """Weights of one FFN layer in one ggml type, as ggml tensors over numpy memory."""
 
-    def __init__(self, type_: str, rng: np.random.Generator, ctx: G.Context) -> None:
+    def __init__(self, type_: str, rng: np.random.Generator, ctx: G.Context, x: np.ndarray) -> None:
         def store(w: np.ndarray) -> G.Tensor:
             if type_ == "f16":
                 return ctx.from_numpy(w.astype(np.float16))
@@ -79,6 +83,8 @@ class Layer:
         # up correlated -0.5 with gate: P(gate > 0 and up > 0) = 1/4 - asin(0.5)/(2 pi) = 1/6
         up = -0.5 * gate + normal(N_FF, N_EMBD, s * np.sqrt(0.75))
         self.gate, self.up = store(gate), store(up)
+        g = x @ gate.T  # [T, n_ff]: where the threshold mode's cuts come from
+        self.silu_abs = np.abs(g / (1.0 + np.exp(-g)))
         del gate, up
         down_t = normal(N_FF, N_EMBD, 1.0 / np.sqrt(N_FF))
         self.down_t = store(down_t)                              # neuron-major
@@ -120,8 +126,8 @@ def bench_type(type_: str, n_threads: int, repeats: int, pool: G.ThreadPool, flu
     n_cases = 3 * len(sub_batches) + 6
     ctx = G.Context(mem_size=(16 << 20) + (2 * n_cases + 8) * N_FF * batch * 4)
     t0 = time.perf_counter()
-    layer = Layer(type_, rng, ctx)
     x_np = rng.standard_normal((batch, N_EMBD), dtype=np.float32)
+    layer = Layer(type_, rng, ctx, x_np)
     u_np = rng.standard_normal((batch, N_EMBD), dtype=np.float32)
     x, u = ctx.from_numpy(x_np), ctx.from_numpy(u_np)
     log(f"{type_}: weights ready in {time.perf_counter() - t0:.1f} s")
@@ -168,6 +174,12 @@ def bench_type(type_: str, n_threads: int, repeats: int, pool: G.ThreadPool, flu
         stats = ctx.stats()
         a = ctx.sparse_gate_up(layer.gate, layer.up, x, ones, kind="drelu", threshold=0.0, stats=stats)
         add("all_active", ctx.sparse_down(layer.down_t, a), stats, False, "auto")
+        for sparsity in THRESHOLD_SPARSITIES:
+            stats = ctx.stats()
+            y = ctx.sparse_ffn(x, layer.gate, layer.up, layer.down_t, kind="swiglu", mode="threshold",
+                               down_layout="neuron_major", threshold=float(np.quantile(layer.silu_abs, sparsity)),
+                               stats=stats)
+            add("threshold", y, stats, False, "auto")
     os.environ.pop("TURBOSPARSE_SUB_BATCH", None)
 
     rows: list[Row] = []

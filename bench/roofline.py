@@ -57,7 +57,8 @@ class FileBytes:
     predictor: int
     output: int      # output head + one row of the token embedding
     n_layer: int
-    down_neuron_major: bool  # ffn_down_t: the runtime's down projection skips zero activations
+    down_neuron_major: bool  # ffn_down_t only: the runtime's down projection skips zero activations
+    down_t: int = 0          # ffn_down_t beside ffn_down (down_layout both: the threshold mode reads it)
 
     def per_token(self, mode: str, density: float = 1.0, gate_positive: float = 1.0, active: float = 1.0) -> float:
         """Weight bytes one decoded token reads. predicted: density = share of neurons computed;
@@ -71,6 +72,8 @@ class FileBytes:
             return base + self.predictor + density * (self.gate + self.up + self.down)
         if mode == "exact":
             return base + self.gate + gate_positive * self.up + density * self.down
+        if mode == "threshold":  # SwiGLU: every gate row, up and down rows of the computed share
+            return base + self.gate + density * (self.up + (self.down_t or self.down))
         raise ValueError(mode)
 
 
@@ -80,7 +83,10 @@ def file_bytes(path: Path) -> FileBytes:
     r = GGUFReader(str(path))
     b = dict(attn=0, gate=0, up=0, down=0, predictor=0, output=0)
     n_layer = 0
-    neuron_major = any(".ffn_down_t." in t.name for t in r.tensors)
+    names = {t.name for t in r.tensors}
+    both = any(".ffn_down_t." in n for n in names) and any(".ffn_down." in n for n in names)
+    neuron_major = any(".ffn_down_t." in n for n in names) and not both
+    down_t = 0
     for t in r.tensors:
         name, n = t.name, int(t.n_bytes)
         if name == "token_embd.weight":
@@ -91,6 +97,8 @@ def file_bytes(path: Path) -> FileBytes:
             b["gate"] += n
         elif ".ffn_up." in name:
             b["up"] += n
+        elif both and ".ffn_down_t." in name:
+            down_t += n
         elif ".ffn_down" in name:
             b["down"] += n
         elif ".ffn_pred_" in name:
@@ -101,7 +109,7 @@ def file_bytes(path: Path) -> FileBytes:
             n_layer = max(n_layer, int(name.split(".")[1]) + 1)
     if not any(t.name == "output.weight" for t in r.tensors):  # tied: the head is token_embd
         b["output"] += sum(int(t.n_bytes) for t in r.tensors if t.name == "token_embd.weight")
-    return FileBytes(n_layer=n_layer, down_neuron_major=neuron_major, **b)
+    return FileBytes(n_layer=n_layer, down_neuron_major=neuron_major, down_t=down_t, **b)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Optional
 
 import cffi
 
-MODES = {"dense": 0, "predicted": 1, "exact": 2}
+MODES = {"dense": 0, "predicted": 1, "exact": 2, "threshold": 3}
 _REPO = Path(__file__).resolve().parents[1]
 
 
@@ -74,7 +74,8 @@ class Model:
 class Context:
     """One context per (model, mode, threshold); reset between measurements."""
 
-    def __init__(self, model: Model, mode: str, n_threads: int, n_ctx: int, threshold: Optional[float] = None):
+    def __init__(self, model: Model, mode: str, n_threads: int, n_ctx: int, threshold: Optional[float] = None,
+                 act_thresholds: Optional[list[float]] = None, collect_act_hist: bool = False):
         rt = model.rt
         self.rt, self.model = rt, model
         err = rt.ffi.new("char[1024]")
@@ -83,6 +84,12 @@ class Context:
         p.n_ctx, p.n_threads, p.ffn_mode = n_ctx, n_threads, MODES[mode]
         if threshold is not None:
             p.use_threshold, p.threshold = 1, threshold
+        p.collect_act_hist = int(collect_act_hist)
+        if act_thresholds is not None:
+            if len(act_thresholds) != model.meta.n_layer:
+                raise BenchError(f"{len(act_thresholds)} thresholds for {model.meta.n_layer} layers")
+            cuts = rt.ffi.new("float[]", [float(t) for t in act_thresholds])
+            p.act_thresholds = cuts  # copied by ts_context_new
         self.ptr = rt.lib.ts_context_new(model.ptr, p, err, 1024)
         if self.ptr == rt.ffi.NULL:
             raise BenchError(f"context ({mode}): {rt.ffi.string(err).decode()}")
@@ -124,6 +131,15 @@ class Context:
         self._decode(tokens)
         dt = time.perf_counter() - t0
         return Timing(len(tokens) / dt, self._density())
+
+    def act_hist(self, il: int):  # type: ignore[no-untyped-def]
+        """collect_act_hist: layer il's |silu(gate)| histogram (numpy int64 [32768])."""
+        import numpy as np
+        out = np.zeros(32768, np.int64)
+        ptr = self.rt.ffi.cast("int64_t *", self.rt.ffi.from_buffer(out))
+        if self.rt.lib.ts_context_act_hist(self.ptr, il, ptr, out.size) != 0:
+            raise BenchError("no activation histogram (collect_act_hist and the threshold mode)")
+        return out
 
     def close(self) -> None:
         if self.ptr != self.rt.ffi.NULL:

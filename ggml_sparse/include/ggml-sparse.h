@@ -39,6 +39,8 @@ enum ggml_sparse_mode {
     GGML_SPARSE_MODE_DENSE     = 0, // every neuron, ggml mul_mat (the reference)
     GGML_SPARSE_MODE_PREDICTED = 1, // neurons with predictor logit > threshold only
     GGML_SPARSE_MODE_EXACT     = 2, // gate for all, up where gate > 0, down where a != 0
+    GGML_SPARSE_MODE_THRESHOLD = 3, // SwiGLU (CATS): gate for all, up and down only where
+                                    // |silu(gate)| >= threshold (lossy; -inf = every neuron)
 };
 
 enum ggml_sparse_down_layout {
@@ -57,12 +59,26 @@ struct ggml_sparse_stats {
     int64_t tokens;          // token-FFN evaluations (T per sparse gate/up node)
 };
 
+// Histogram of |silu(gate)| of a threshold-mode node (for calibrating thresholds): value v
+// falls in bin (bits of the float |v|) >> 16, so bins are ordered like the values, each
+// 2^-7 of its value wide, and bin b holds exactly the v with ggml_sparse_act_hist_edge(b) <=
+// |v| < ggml_sparse_act_hist_edge(b + 1): a threshold at an edge splits the counts exactly.
+#define GGML_SPARSE_ACT_HIST_BINS 32768
+struct ggml_sparse_act_hist {
+    int64_t counts[GGML_SPARSE_ACT_HIST_BINS]; // added to with integer atomics
+};
+
+// The smallest |v| of bin b (b = GGML_SPARSE_ACT_HIST_BINS: +inf's bin edge, i.e. nothing above).
+float ggml_sparse_act_hist_edge(int32_t bin);
+
 struct ggml_sparse_ffn_params {
     enum ggml_sparse_ffn_kind    kind;
     enum ggml_sparse_mode        mode;
     enum ggml_sparse_down_layout down_layout;
-    float                        threshold; // predictor logit cut tau (SPEC §2); 0 = trained cut
+    float                        threshold; // predicted: predictor logit cut tau (SPEC §2; 0 =
+                                            // trained cut); threshold mode: the cut on |silu(g)|
     struct ggml_sparse_stats   * stats;     // optional; must outlive every compute of the graph
+    struct ggml_sparse_act_hist * hist;     // threshold mode, optional: |silu(g)| of every neuron
 };
 
 // ---- the whole FFN ---------------------------------------------------------------------------
@@ -77,10 +93,14 @@ struct ggml_sparse_ffn_params {
 //                              sparse down node over every row (it skips exact zeros)
 //   predicted:                 predictor (ggml_mul_mat, relu, ggml_mul_mat), sparse gate/up
 //   exact:                     sparse gate/up in exact mode
+//   threshold (SwiGLU only):   gate by ggml_sparse_mul_mat, s = ggml_silu(gate) (ggml's own
+//                              op, so s is the bits ggml's SwiGLU uses), then the sparse up
+//                              node (ggml_sparse_up_threshold)
 //   and in both sparse modes the sparse down node (neuron-major) or ggml_mul_mat (standard
 //   down: correct, but W_down is then read whole).
 // Requirements: x (and u) f32 [n_embd, T] with contiguous rows; weights 2-D, contiguous;
-// w_gate and w_up of one type; SwiGLU in dense mode only; the sparse nodes need a weight
+// w_gate and w_up of one type; SwiGLU in dense and threshold mode only (threshold mode for
+// SwiGLU only, threshold not NaN); the sparse nodes need a weight
 // type with a fast kernel or a ggml to_float.
 //
 // Memory: the nodes' metadata and a small parameter block live in ctx; a no_alloc context
@@ -135,6 +155,22 @@ struct ggml_tensor * ggml_sparse_gate_up(
         enum ggml_sparse_ffn_kind kind,
         float threshold,
         struct ggml_sparse_stats * stats,
+        char * err, size_t err_size);
+
+// Threshold-mode up and activation: a [n_ff, T] f32 with a[i] = s[i] * dot(w_up[i], x) where
+// |s[i]| >= threshold and 0 elsewhere; s = silu(W_gate x) [n_ff, T] f32 (contiguous rows).
+// Each a[i] is one dot_rows result times s[i]: the same bits for any thread count, batch size
+// or threshold, and, at threshold -inf, the bits of ggml_swiglu_split(g, W_up x) when W_up x
+// comes from ggml_sparse_matmul (same dot kernel; ggml's swiglu is its silu times u).
+// stats counts the neurons computed; hist (optional) gets |s| of every neuron.
+struct ggml_tensor * ggml_sparse_up_threshold(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * w_up,
+        struct ggml_tensor  * x,
+        struct ggml_tensor  * s,
+        float threshold,
+        struct ggml_sparse_stats * stats,
+        struct ggml_sparse_act_hist * hist,
         char * err, size_t err_size);
 
 // Sparse down projection y [n_embd, T] = sum over i with a[i] != 0 of a[i] * w_down_t[i],

@@ -27,10 +27,13 @@ enum ts_ffn_kind {
 
 enum ts_ffn_mode {
     TS_FFN_MODE_AUTO      = -1, // predicted if the file has predictors, else exact if the FFN
-                                // has natural zeros (ReGLU/dReLU), else dense
+                                // has natural zeros (ReGLU/dReLU), else threshold if the file
+                                // carries activation thresholds (SwiGLU), else dense
     TS_FFN_MODE_DENSE     = 0,
     TS_FFN_MODE_PREDICTED = 1,
     TS_FFN_MODE_EXACT     = 2,
+    TS_FFN_MODE_THRESHOLD = 3, // SwiGLU (CATS): up/down rows only where |silu(gate)| >= the
+                               // layer's threshold (turbosparse.act_threshold.values); lossy
 };
 
 enum ts_predictor_input {
@@ -86,6 +89,8 @@ struct ts_model_meta {
     double  load_ms;
     int32_t n_repacked;            // tensors held in ggml's CPU repack buffer (ts_model_params.repack)
     int64_t n_bytes_repacked;      // RAM that buffer takes (the file bytes of those tensors are not read again)
+    int32_t has_down_t;            // the neuron-major down projection is in the file (layout neuron_major or both)
+    int32_t has_act_thresholds;    // turbosparse.act_threshold.values is in the file (threshold mode)
 };
 
 struct ts_context_params {
@@ -95,6 +100,11 @@ struct ts_context_params {
     int32_t use_threshold; // 1: use `threshold` below instead of the file's
     float   threshold;
     int32_t kv_f32;        // 1: f32 KV cache (for exact comparisons); 0: f16 (default)
+    int32_t collect_act_hist; // threshold mode: keep a histogram of |silu(gate)| per layer
+                              // (ts_context_act_hist; for calibration). A file without
+                              // thresholds then runs with -inf (every neuron) until set.
+    const float * act_thresholds; // threshold mode: n_layer cuts to use instead of the file's
+                                  // (NULL: the file's); copied
 };
 
 // Running statistics since the context was made or reset. A decode of more than one token
@@ -146,6 +156,18 @@ int32_t ts_decode(struct ts_context * ctx, const int32_t * tokens, int32_t n,
 // Asks a running (or the next) ts_decode to stop; safe from another thread or a signal handler.
 void ts_context_abort(struct ts_context * ctx);
 const char * ts_context_error(const struct ts_context * ctx);
+
+// Threshold mode: the per-layer cuts on |silu(gate)| in use (n = n_layer floats). Set takes
+// effect from the next decode; -INFINITY computes every neuron. TS_OK, or TS_ERR_INVALID
+// (message in ts_context_error) for another mode, a wrong n or a NaN.
+int32_t ts_context_set_act_thresholds(struct ts_context * ctx, const float * thresholds, int32_t n);
+int32_t ts_context_get_act_thresholds(const struct ts_context * ctx, float * thresholds, int32_t n);
+// Threshold mode, since the last reset: neurons computed and evaluated in layer il.
+int32_t ts_context_layer_stats(const struct ts_context * ctx, int32_t il, int64_t * computed, int64_t * total);
+// With collect_act_hist: layer il's histogram of |silu(gate)| (n_bins = GGML_SPARSE_ACT_HIST_BINS
+// = 32768; bin b holds the values v with ts_act_hist_edge(b) <= |v| < ts_act_hist_edge(b + 1)).
+int32_t ts_context_act_hist(const struct ts_context * ctx, int32_t il, int64_t * counts, int32_t n_bins);
+float   ts_act_hist_edge(int32_t bin);
 void ts_context_get_stats(const struct ts_context * ctx, struct ts_stats * stats);
 
 #ifdef __cplusplus

@@ -5,6 +5,7 @@
 #include "graph.h"
 #include "profile.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@ static const char * mode_name(int32_t mode) {
         case TS_FFN_MODE_DENSE:     return "dense";
         case TS_FFN_MODE_PREDICTED: return "predicted";
         case TS_FFN_MODE_EXACT:     return "exact";
+        case TS_FFN_MODE_THRESHOLD: return "threshold";
         default:                    return "auto";
     }
 }
@@ -44,9 +46,10 @@ struct ts_context * ts_context_new(struct ts_model * model, const struct ts_cont
     int32_t mode = params->ffn_mode;
     if (mode == TS_FFN_MODE_AUTO) {
         mode = h->has_predictor ? TS_FFN_MODE_PREDICTED
-             : h->ffn_kind != TS_FFN_SWIGLU ? TS_FFN_MODE_EXACT : TS_FFN_MODE_DENSE;
+             : h->ffn_kind != TS_FFN_SWIGLU ? TS_FFN_MODE_EXACT
+             : h->has_act_thresholds && h->has_down_t ? TS_FFN_MODE_THRESHOLD : TS_FFN_MODE_DENSE;
     }
-    if (mode < TS_FFN_MODE_DENSE || mode > TS_FFN_MODE_EXACT) {
+    if (mode < TS_FFN_MODE_DENSE || mode > TS_FFN_MODE_THRESHOLD) {
         snprintf(err, err_size, "unknown FFN mode %d", mode);
         return NULL;
     }
@@ -55,9 +58,37 @@ struct ts_context * ts_context_new(struct ts_model * model, const struct ts_cont
                  "(turbosparse.predictor.present is false): use 'exact' or 'dense'");
         return NULL;
     }
-    if (mode != TS_FFN_MODE_DENSE && h->ffn_kind == TS_FFN_SWIGLU) {
+    if (mode != TS_FFN_MODE_DENSE && mode != TS_FFN_MODE_THRESHOLD && h->ffn_kind == TS_FFN_SWIGLU) {
         snprintf(err, err_size, "FFN mode '%s' needs a ReGLU or dReLU FFN; this model's FFN is SwiGLU "
-                 "(no natural zeros): use 'dense'", mode_name(mode));
+                 "(no natural zeros): use 'dense', or 'threshold' after ts-calibrate-sparsity", mode_name(mode));
+        return NULL;
+    }
+    if (mode == TS_FFN_MODE_THRESHOLD) {
+        if (h->ffn_kind != TS_FFN_SWIGLU || h->n_expert > 0) {
+            snprintf(err, err_size, "FFN mode 'threshold' is for dense (non-MoE) SwiGLU models; this model's FFN is %s%s: "
+                     "use 'exact' or 'predicted'", h->ffn_kind == TS_FFN_REGLU ? "ReGLU" : h->ffn_kind == TS_FFN_DRELU ? "dReLU" : "SwiGLU",
+                     h->n_expert > 0 ? " (mixture of experts)" : "");
+            return NULL;
+        }
+        if (!h->has_down_t) {
+            snprintf(err, err_size, "FFN mode 'threshold' needs the neuron-major down projection (ffn_down_t), and this "
+                     "file has none: add it (and thresholds) with ts-calibrate-sparsity, or convert with --sparse-ffn");
+            return NULL;
+        }
+        if (!h->has_act_thresholds && !params->collect_act_hist && !params->act_thresholds) {
+            snprintf(err, err_size, "FFN mode 'threshold' needs per-layer activation thresholds "
+                     "(turbosparse.act_threshold.values), and this file has none: run ts-calibrate-sparsity on it");
+            return NULL;
+        }
+        for (int il = 0; params->act_thresholds && il < h->n_layer; il++) {
+            if (isnan(params->act_thresholds[il])) {
+                snprintf(err, err_size, "act_thresholds[%d] is NaN", il);
+                return NULL;
+            }
+        }
+    } else if (params->collect_act_hist || params->act_thresholds) {
+        snprintf(err, err_size, "%s needs FFN mode 'threshold' (got '%s')",
+                 params->collect_act_hist ? "collect_act_hist" : "act_thresholds", mode_name(mode));
         return NULL;
     }
     int32_t n_ctx = params->n_ctx > 0 ? params->n_ctx : (h->n_ctx_train < 4096 ? h->n_ctx_train : 4096);
@@ -79,6 +110,20 @@ struct ts_context * ts_context_new(struct ts_model * model, const struct ts_cont
     c->n_threads = n_threads;
     c->ffn_mode = mode;
     c->threshold = params->use_threshold ? params->threshold : h->threshold;
+    if (mode == TS_FFN_MODE_THRESHOLD) {
+        c->act_thresholds = malloc(sizeof(float) * (size_t) h->n_layer);
+        c->layer_stats = calloc((size_t) h->n_layer, sizeof(struct ggml_sparse_stats));
+        c->act_hist = params->collect_act_hist ? calloc((size_t) h->n_layer, sizeof(struct ggml_sparse_act_hist)) : NULL;
+        if (!c->act_thresholds || !c->layer_stats || (params->collect_act_hist && !c->act_hist)) {
+            snprintf(err, err_size, "out of memory");
+            ts_context_free(c);
+            return NULL;
+        }
+        for (int il = 0; il < h->n_layer; il++) {
+            c->act_thresholds[il] = params->act_thresholds ? params->act_thresholds[il]
+                                  : h->has_act_thresholds ? c->model->act_thresholds[il] : -INFINITY;
+        }
+    }
 
     const int32_t n_embd_kv = h->head_dim * h->n_head_kv;
     if (!ts_kv_cache_init(&c->kv, h->n_layer, n_embd_kv, n_ctx, params->kv_f32 ? GGML_TYPE_F32 : GGML_TYPE_F16,
@@ -112,6 +157,9 @@ void ts_context_free(struct ts_context * c) {
     ts_kv_cache_free(&c->kv);
     free(c->graph_meta);
     free(c->work);
+    free(c->act_thresholds);
+    free(c->layer_stats);
+    free(c->act_hist);
     free(c);
 }
 
@@ -120,6 +168,9 @@ void ts_context_reset(struct ts_context * c) {
     c->n_past = 0;
     memset(&c->sparse_stats, 0, sizeof(c->sparse_stats));
     memset(&c->stats, 0, sizeof(c->stats));
+    const size_t n_layer = (size_t) c->model->meta.n_layer;
+    if (c->layer_stats) memset(c->layer_stats, 0, n_layer * sizeof(*c->layer_stats));
+    if (c->act_hist) memset(c->act_hist, 0, n_layer * sizeof(*c->act_hist));
     atomic_store(&c->abort, 0);
     c->err[0] = '\0';
 }
@@ -205,6 +256,10 @@ void ts_context_get_stats(const struct ts_context * c, struct ts_stats * s) {
     *s = c->stats;
     s->ffn_neurons_computed = c->sparse_stats.neurons_computed;
     s->ffn_neurons_total = c->sparse_stats.neurons_total;
+    for (int32_t il = 0; c->layer_stats && il < c->model->meta.n_layer; il++) {
+        s->ffn_neurons_computed += c->layer_stats[il].neurons_computed;
+        s->ffn_neurons_total += c->layer_stats[il].neurons_total;
+    }
     // MoE: every expert's sparse node runs on the whole batch and counts n_ff per token, but
     // computes nothing for the tokens not routed to it (zero input; -inf predictor logits,
     // moe.c): the share is of the routed experts' neurons
@@ -212,4 +267,43 @@ void ts_context_get_stats(const struct ts_context * c, struct ts_stats * s) {
     if (h->n_expert > 0) s->ffn_neurons_total = s->ffn_neurons_total / h->n_expert * h->n_expert_used;
     s->ffn_density = s->ffn_neurons_total > 0 ? (double) s->ffn_neurons_computed / (double) s->ffn_neurons_total : 1.0;
     s->load_ms = c->model->meta.load_ms;
+}
+
+// ---- threshold mode ------------------------------------------------------------------------
+
+int32_t ts_context_set_act_thresholds(struct ts_context * c, const float * t, int32_t n) {
+    if (!c->act_thresholds) return set_err(c, TS_ERR_INVALID, "activation thresholds apply to FFN mode 'threshold' only");
+    if (!t || n != c->model->meta.n_layer) {
+        return set_err(c, TS_ERR_INVALID, "expected %d thresholds (one per layer), got %d", c->model->meta.n_layer, n);
+    }
+    for (int32_t il = 0; il < n; il++) {
+        if (isnan(t[il])) return set_err(c, TS_ERR_INVALID, "threshold of layer %d is NaN", il);
+    }
+    memcpy(c->act_thresholds, t, sizeof(float) * (size_t) n);
+    return TS_OK;
+}
+
+int32_t ts_context_get_act_thresholds(const struct ts_context * c, float * t, int32_t n) {
+    if (!c->act_thresholds || !t || n != c->model->meta.n_layer) return TS_ERR_INVALID;
+    memcpy(t, c->act_thresholds, sizeof(float) * (size_t) n);
+    return TS_OK;
+}
+
+int32_t ts_context_layer_stats(const struct ts_context * c, int32_t il, int64_t * computed, int64_t * total) {
+    if (!c->layer_stats || il < 0 || il >= c->model->meta.n_layer || !computed || !total) return TS_ERR_INVALID;
+    *computed = c->layer_stats[il].neurons_computed;
+    *total = c->layer_stats[il].neurons_total;
+    return TS_OK;
+}
+
+int32_t ts_context_act_hist(const struct ts_context * c, int32_t il, int64_t * counts, int32_t n_bins) {
+    if (!c->act_hist || il < 0 || il >= c->model->meta.n_layer || !counts || n_bins != GGML_SPARSE_ACT_HIST_BINS) {
+        return TS_ERR_INVALID;
+    }
+    memcpy(counts, c->act_hist[il].counts, sizeof(c->act_hist[il].counts));
+    return TS_OK;
+}
+
+float ts_act_hist_edge(int32_t bin) {
+    return ggml_sparse_act_hist_edge(bin);
 }

@@ -31,6 +31,10 @@ struct ts_context {
     struct ts_profile      * profile;    // TURBOSPARSE_PROFILE=1: per-node timing (profile.c)
     atomic_int               abort;
     struct ggml_sparse_stats sparse_stats; // updated by the sparse ops while computing
+    // threshold mode: per-layer cuts on |silu(gate)|, counts and (collect_act_hist) histograms
+    float                       * act_thresholds; // [n_layer]
+    struct ggml_sparse_stats    * layer_stats;    // [n_layer]
+    struct ggml_sparse_act_hist * act_hist;       // [n_layer] or NULL
     struct ts_stats          stats;
     char                     err[512];
 };

@@ -46,6 +46,20 @@ struct ggml_tensor * ts_build_ffn(struct ts_context * c, struct ggml_context * g
     if (c->model->meta.n_expert > 0) {
         return ts_build_moe(c, g, l, x, residual);
     }
+    if (c->ffn_mode == TS_FFN_MODE_THRESHOLD) {
+        // CATS: the layer's own cut on |silu(gate)|, its own counts, the neuron-major down
+        const int il = (int) (l - c->model->layers);
+        struct ggml_sparse_ffn_params p = {
+            .kind = GGML_SPARSE_FFN_SWIGLU, .mode = GGML_SPARSE_MODE_THRESHOLD,
+            .down_layout = GGML_SPARSE_DOWN_NEURON_MAJOR, .threshold = c->act_thresholds[il],
+            .stats = &c->layer_stats[il], .hist = c->act_hist ? &c->act_hist[il] : NULL,
+        };
+        char err[256];
+        struct ggml_tensor * y = ggml_sparse_ffn(g, x, NULL, NULL, NULL, l->ffn_gate, l->ffn_up, l->ffn_down_t, &p,
+                                                 err, sizeof(err));
+        if (!y) snprintf(c->err, sizeof(c->err), "sparse FFN (threshold mode, layer %d): %s", il, err);
+        return y;
+    }
     struct ggml_tensor * u = c->model->meta.predictor_input == TS_PRED_INPUT_RESIDUAL ? residual : x;
     return ts_build_ffn_one(c, g, x, u, l->pred_fc1, l->pred_fc2, l->ffn_gate, l->ffn_up, l->ffn_down, NULL);
 }

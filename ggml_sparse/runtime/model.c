@@ -117,6 +117,8 @@ static bool key_str(struct loader * L, const char * key, bool required, const ch
     return true;
 }
 
+static bool read_act_thresholds(struct loader * L);
+
 static bool key_bool(struct loader * L, const char * key, bool def, bool * out) {
     const struct gguf_context * g = L->m->gguf;
     int64_t id = gguf_find_key(g, key);
@@ -223,10 +225,15 @@ static bool read_hparams(struct loader * L) {
     else if (strcmp(s, "drelu") == 0)   h->ffn_kind = TS_FFN_DRELU;
     else return fail(L, "unknown turbosparse.ffn_kind '%s' (expected swiglu, reglu or drelu)", s);
 
+    // "both": ffn_down for the dense mode (and llama.cpp) plus ffn_down_t for the threshold mode
     if (!key_str(L, "turbosparse.down_layout", false, &s)) return false;
-    if (!s || strcmp(s, "standard") == 0)   h->down_neuron_major = 0;
-    else if (strcmp(s, "neuron_major") == 0) h->down_neuron_major = 1;
-    else return fail(L, "unknown turbosparse.down_layout '%s' (expected standard or neuron_major)", s);
+    if (!s || strcmp(s, "standard") == 0)    { h->down_neuron_major = 0; h->has_down_t = 0; }
+    else if (strcmp(s, "neuron_major") == 0) { h->down_neuron_major = 1; h->has_down_t = 1; }
+    else if (strcmp(s, "both") == 0)         { h->down_neuron_major = 0; h->has_down_t = 1; }
+    else return fail(L, "unknown turbosparse.down_layout '%s' (expected standard, neuron_major or both)", s);
+    if (h->has_down_t && !h->down_neuron_major && (h->ffn_kind != TS_FFN_SWIGLU || h->n_expert > 0)) {
+        return fail(L, "turbosparse.down_layout 'both' is for dense (non-MoE) SwiGLU models only");
+    }
 
     bool present;
     if (!key_bool(L, "turbosparse.predictor.present", false, &present)) return false;
@@ -240,6 +247,33 @@ static bool read_hparams(struct loader * L) {
     else if (strcmp(s, "ffn_input") == 0) h->predictor_input = TS_PRED_INPUT_FFN_INPUT;
     else return fail(L, "unknown turbosparse.predictor.input '%s' (expected residual or ffn_input)", s);
     if (!key_f32(L, "turbosparse.predictor.threshold", false, 0.0f, &h->threshold)) return false;
+    return read_act_thresholds(L);
+}
+
+// turbosparse.act_threshold.values: one f32 cut on |silu(gate)| per layer (threshold mode).
+static bool read_act_thresholds(struct loader * L) {
+    struct ts_model * m = L->m;
+    struct ts_model_meta * h = &m->meta;
+    const char * key = "turbosparse.act_threshold.values";
+    int64_t id = gguf_find_key(m->gguf, key);
+    if (id < 0) return true;
+    if (h->ffn_kind != TS_FFN_SWIGLU || h->n_expert > 0) {
+        return fail(L, "%s is for dense (non-MoE) SwiGLU models; this one is not", key);
+    }
+    if (gguf_get_kv_type(m->gguf, id) != GGUF_TYPE_ARRAY || gguf_get_arr_type(m->gguf, id) != GGUF_TYPE_FLOAT32) {
+        return fail(L, "%s must be an array of f32", key);
+    }
+    if ((int64_t) gguf_get_arr_n(m->gguf, id) != h->n_layer) {
+        return fail(L, "%s has %lld values, expected one per layer (%d)", key,
+                    (long long) gguf_get_arr_n(m->gguf, id), h->n_layer);
+    }
+    m->act_thresholds = malloc(sizeof(float) * (size_t) h->n_layer);
+    if (!m->act_thresholds) return fail(L, "out of memory");
+    memcpy(m->act_thresholds, gguf_get_arr_data(m->gguf, id), sizeof(float) * (size_t) h->n_layer);
+    for (int il = 0; il < h->n_layer; il++) {
+        if (isnan(m->act_thresholds[il])) return fail(L, "%s[%d] is NaN", key, il);
+    }
+    h->has_act_thresholds = 1;
     return true;
 }
 
@@ -332,6 +366,8 @@ static bool load_tensors(struct loader * L) {
             T(ffn_up, "ffn_up", E, F, 1, W_ANY);
             if (h->down_neuron_major) { T(ffn_down, "ffn_down_t", E, F, 1, W_ANY); }
             else                      { T(ffn_down, "ffn_down", F, E, 1, W_ANY); }
+            if (h->down_neuron_major) l->ffn_down_t = l->ffn_down;
+            else if (h->has_down_t)   { T(ffn_down_t, "ffn_down_t", E, F, 1, W_ANY); }
             if (h->has_predictor) {
                 T(pred_fc1, "ffn_pred_fc1", E, -1, 1, W_ANY);
                 T(pred_fc2, "ffn_pred_fc2", l->pred_fc1->ne[1], F, 1, W_ANY);
@@ -461,6 +497,7 @@ void ts_model_free(struct ts_model * m) {
     if (!m) return;
     ts_model_repack_free(m);
     free(m->layers);
+    free(m->act_thresholds);
     if (m->gguf) gguf_free(m->gguf);
     if (m->ctx_w) ggml_free(m->ctx_w);
     if (m->mapping) {

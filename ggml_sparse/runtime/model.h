@@ -17,6 +17,8 @@ struct ts_layer {
     struct ggml_tensor * ffn_norm;
     struct ggml_tensor * ffn_gate_inp; // MoE router
     struct ggml_tensor * ffn_gate, * ffn_up, * ffn_down; // ffn_down is ffn_down_t when neuron-major
+    struct ggml_tensor * ffn_down_t;   // the neuron-major down (== ffn_down when that is neuron-major;
+                                       // also present for down_layout "both"), else NULL
     struct ggml_tensor * pred_fc1, * pred_fc2;
 };
 
@@ -33,6 +35,7 @@ struct ts_model {
     struct ggml_tensor * output_norm;
     struct ggml_tensor * output;   // == tok_embd when tied
     struct ts_layer    * layers;
+    float              * act_thresholds; // [n_layer] turbosparse.act_threshold.values, or NULL
 
     // ggml's CPU extra buffers holding the repacked weights (repack.c), one per buffer type
     ggml_backend_buffer_t repack_bufs[4];

@@ -14,8 +14,9 @@
 // Only tensors that no other op reads in another layout are eligible: the sparse kernels and
 // get_rows need the file's own layout, and a 2-D view of a repacked 3-D tensor would be read
 // with the wrong layout. So: attention, a separate output matrix, the MoE router, dense-model
-// predictors, and the FFN of SwiGLU models (never sparse; down only in the standard layout,
-// experts only where they all go through mul_mat_id). A tied output matrix (= the token
+// predictors, and the FFN of SwiGLU models (down only in the standard layout, experts only
+// where they all go through mul_mat_id; up only without ffn_down_t, i.e. when the threshold
+// mode cannot run). A tied output matrix (= the token
 // embedding, read by get_rows) qualifies for the huge-page copy, which keeps the layout.
 #define _GNU_SOURCE // madvise
 #include "repack.h"
@@ -56,7 +57,10 @@ static void collect(const struct ts_model * m, struct candidates * c) {
         add(c, l->ffn_gate_inp);
         if (!moe) { add(c, l->pred_fc1); add(c, l->pred_fc2); }
         if (ffn_ok) {
-            add(c, l->ffn_gate); add(c, l->ffn_up);
+            // with ffn_down_t in the file the threshold mode may run, whose up node reads
+            // ffn_up's rows sparsely in the file's layout (the gate stays dense in every mode)
+            add(c, l->ffn_gate);
+            if (!h->has_down_t) add(c, l->ffn_up);
             if (!h->down_neuron_major) add(c, l->ffn_down);
         }
     }

@@ -179,7 +179,7 @@ bool ggml_sparse_check_ffn(
     if ((unsigned) params->kind > GGML_SPARSE_FFN_DRELU) {
         return fail(err, err_size, "params: unknown FFN kind %d", (int) params->kind);
     }
-    if ((unsigned) params->mode > GGML_SPARSE_MODE_EXACT) {
+    if ((unsigned) params->mode > GGML_SPARSE_MODE_THRESHOLD) {
         return fail(err, err_size, "params: unknown mode %d", (int) params->mode);
     }
     if ((unsigned) params->down_layout > GGML_SPARSE_DOWN_NEURON_MAJOR) {
@@ -207,6 +207,16 @@ bool ggml_sparse_check_ffn(
     }
     if (params->mode == GGML_SPARSE_MODE_DENSE) {
         return true;
+    }
+    if (params->mode == GGML_SPARSE_MODE_THRESHOLD) {
+        if (params->kind != GGML_SPARSE_FFN_SWIGLU) {
+            return fail(err, err_size, "params: threshold mode is for SwiGLU FFNs (ReGLU/dReLU have exact zeros: "
+                        "use the exact or predicted mode)");
+        }
+        if (isnan(params->threshold)) {
+            return fail(err, err_size, "params: threshold is NaN");
+        }
+        return sparse_type_ok(w_up, "w_up", err, err_size);
     }
     if (!sparse_kind_ok(params->kind, err, err_size) ||
         !check_gate_up(w_gate, w_up, x, err, err_size)) {
@@ -887,6 +897,13 @@ struct ggml_tensor * ggml_sparse_ffn(
     struct ggml_tensor * a;
     if (params->mode == GGML_SPARSE_MODE_DENSE) {
         a = dense_act(ctx, params->kind, ggml_sparse_mul_mat(ctx, w_gate, x), ggml_sparse_mul_mat(ctx, w_up, x));
+    } else if (params->mode == GGML_SPARSE_MODE_THRESHOLD) {
+        // silu by ggml's own op: the same bits its swiglu multiplies by u (dense mode)
+        struct ggml_tensor * s = ggml_silu(ctx, ggml_sparse_mul_mat(ctx, w_gate, x));
+        a = ggml_sparse_up_threshold(ctx, w_up, x, s, params->threshold, params->stats, params->hist, err, err_size);
+        if (!a) {
+            return NULL;
+        }
     } else {
         struct ggml_tensor * logits = NULL;
         if (params->mode == GGML_SPARSE_MODE_PREDICTED) {
@@ -905,8 +922,9 @@ struct ggml_tensor * ggml_sparse_ffn(
 }
 
 size_t ggml_sparse_ffn_ctx_size(void) {
-    // At most 7 nodes (predictor 3, gate/up 1, down 1; dense: 3 mul_mat + 3 activation ops)
-    // plus one parameter block; the slack covers ggml's object headers.
+    // At most 7 nodes (predictor 3, gate/up 1, down 1; dense: 3 mul_mat + 3 activation ops;
+    // threshold: gate, silu, up, down) plus one parameter block (gate/up's or threshold.c's,
+    // which is smaller); the slack covers ggml's object headers.
     return 8 * ggml_tensor_overhead() + sizeof(struct gate_up_op) + 256;
 }
 

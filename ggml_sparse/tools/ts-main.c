@@ -51,8 +51,9 @@ static void usage(FILE * f) {
         "      --min-p F            min-p (default 0.05; 0 = off)\n"
         "      --repeat-penalty F   repetition penalty over the last 64 tokens (default 1 = off)\n"
         "      --seed N             random seed (default: from the clock; printed)\n"
-        "      --ffn-mode MODE      dense | predicted | exact (default: predicted when the file has\n"
-        "                           predictors, else exact for ReGLU/dReLU, else dense)\n"
+        "      --ffn-mode MODE      dense | predicted | exact | threshold (default: predicted when the\n"
+        "                           file has predictors, else exact for ReGLU/dReLU, else threshold\n"
+        "                           for a SwiGLU file calibrated by ts-calibrate-sparsity, else dense)\n"
         "      --threshold F        predictor logit threshold (default: the file's)\n"
         "      --chat               wrap the prompt in the model's chat format (from the file's chat\n"
         "                           template: ChatML, [INST] or Llama-3; the user's text is never\n"
@@ -148,6 +149,7 @@ static int parse_args(int argc, char ** argv, struct options * o) {
             if (!strcmp(v, "dense")) o->ffn_mode = TS_FFN_MODE_DENSE;
             else if (!strcmp(v, "predicted")) o->ffn_mode = TS_FFN_MODE_PREDICTED;
             else if (!strcmp(v, "exact")) o->ffn_mode = TS_FFN_MODE_EXACT;
+            else if (!strcmp(v, "threshold")) o->ffn_mode = TS_FFN_MODE_THRESHOLD;
             else ok = false;
         }
         else if (!strcmp(a, "--threshold")) { ok = parse_float(v, &o->threshold); o->threshold_set = true; }
@@ -462,7 +464,7 @@ static int run_turn(struct session * s, const int32_t * ids, int n_ids, int32_t 
 static void print_stats(const struct session * s) {
     struct ts_stats st;
     ts_context_get_stats(s->ctx, &st);
-    static const char * modes[] = { "dense", "predicted", "exact" };
+    static const char * modes[] = { "dense", "predicted", "exact", "threshold" };
     fprintf(stderr,
             "\n\nstats: prompt %lld tokens, %.2f tok/s | generation %lld tokens, %.2f tok/s | "
             "FFN neurons computed %.1f%% (%s) | load %.0f ms\n",
@@ -541,7 +543,7 @@ int main(int argc, char ** argv) {
     s.logits = malloc(sizeof(float) * (size_t) s.n_vocab);
 
     if ((s.o.chat || s.o.interactive) && !chat_setup(&s)) goto done;
-    static const char * modes[] = { "dense", "predicted", "exact" };
+    static const char * modes[] = { "dense", "predicted", "exact", "threshold" };
     fprintf(stderr, "model: %s | %d layers, n_embd %d, n_ff %d%s | ffn %s, mode %s%s | threshold %.3g | ctx %d | "
                     "threads %d | seed %llu\n",
             meta.name[0] ? meta.name : s.o.model, meta.n_layer, meta.n_embd, meta.n_ff,

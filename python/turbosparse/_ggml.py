@@ -23,7 +23,7 @@ from ._closeable import Closeable
 from ._lib import load
 
 FFN_KINDS = {"swiglu": 0, "reglu": 1, "drelu": 2}
-MODES = {"dense": 0, "predicted": 1, "exact": 2}
+MODES = {"dense": 0, "predicted": 1, "exact": 2, "threshold": 3}
 DOWN_LAYOUTS = {"standard": 0, "neuron_major": 1}
 
 _ERR_SIZE = 512

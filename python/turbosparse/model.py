@@ -43,7 +43,7 @@ from .errors import (ContextError, ContextFullError, DecodeError, ModelClosedErr
 
 ffi, lib = load()
 
-FFN_MODES: Dict[str, int] = {"auto": -1, "dense": 0, "predicted": 1, "exact": 2}
+FFN_MODES: Dict[str, int] = {"auto": -1, "dense": 0, "predicted": 1, "exact": 2, "threshold": 3}
 _MODE_NAMES = {v: k for k, v in FFN_MODES.items()}
 _TS_ERR_CONTEXT_FULL, _TS_ERR_ABORTED = -2, -4
 _MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -71,6 +71,31 @@ def default_model_path() -> Path:
 # Models still open at exit are closed before the interpreter tears modules down: otherwise
 # cffi may dlclose ggml while a context's thread-pool threads still run its code (a crash).
 _open_models: "weakref.WeakSet[Model]" = weakref.WeakSet()
+ACT_HIST_BINS = 32768  # GGML_SPARSE_ACT_HIST_BINS
+
+
+def act_hist_edge(bin_: int) -> float:
+    """The smallest |silu(gate)| of histogram bin bin_ (ACT_HIST_BINS: +inf)."""
+    return float(lib.ts_act_hist_edge(int(bin_)))
+
+
+class _LayerCounts:
+    """Threshold mode's per-layer neuron counts (and histograms) kept across KV resets."""
+
+    def __init__(self, computed: np.ndarray, total: np.ndarray, hist: Optional[np.ndarray]) -> None:
+        self.computed, self.total, self.hist = computed, total, hist
+
+    @classmethod
+    def zeros(cls, n_layer: int, with_hist: bool) -> "_LayerCounts":
+        return cls(np.zeros(n_layer, np.int64), np.zeros(n_layer, np.int64),
+                   np.zeros((n_layer, ACT_HIST_BINS), np.int64) if with_hist else None)
+
+    def add(self, other: "_LayerCounts") -> None:
+        self.computed += other.computed
+        self.total += other.total
+        if self.hist is not None and other.hist is not None:
+            self.hist += other.hist
+
 
 
 @atexit.register
@@ -143,11 +168,17 @@ class Model(Closeable):
         n_ctx: context size in tokens (None: the model's training context, at most 4096).
         n_threads: compute threads (None: the online CPUs).
         ffn_mode: "auto" (predicted when the file has predictors, else exact for ReGLU/dReLU,
-            else dense), "predicted", "exact" or "dense".
+            else threshold for a SwiGLU file calibrated by ts-calibrate-sparsity, else dense),
+            "predicted", "exact", "threshold" or "dense".
         threshold: the predictor's logit threshold (None: the file's).
         seed: seeds the sampling of every generation that is not given its own seed, so a
             program rerun gives the same text; None draws fresh randomness.
         use_mmap: keep the weights in the memory-mapped file (False reads them into RAM).
+        act_thresholds: threshold mode: one cut on |silu(gate)| per layer instead of the
+            file's (set_act_thresholds() changes them later).
+        collect_act_hist: threshold mode: keep per-layer histograms of |silu(gate)|
+            (act_histograms(); for calibration); a file without thresholds then runs with
+            -inf thresholds (every neuron) until set_act_thresholds().
 
     Raises:
         ModelLoadError: the file is missing or bad (the message is the C loader's).
@@ -156,7 +187,8 @@ class Model(Closeable):
 
     def __init__(self, path: Optional[PathLike] = None, *, n_ctx: Optional[int] = None,
                  n_threads: Optional[int] = None, ffn_mode: str = "auto", threshold: Optional[float] = None,
-                 seed: Optional[int] = None, use_mmap: bool = True) -> None:
+                 seed: Optional[int] = None, use_mmap: bool = True, collect_act_hist: bool = False,
+                 act_thresholds: Optional[Sequence[float]] = None) -> None:
         self._model: Any = None
         self._ctx: Any = None
         self._tok: Optional[Tokenizer] = None
@@ -182,6 +214,10 @@ class Model(Closeable):
             if not math.isfinite(threshold):
                 raise ValueError(f"threshold must be finite (got {threshold})")
             cp.use_threshold, cp.threshold = 1, float(threshold)
+        cp.collect_act_hist = 1 if collect_act_hist else 0
+        cuts = ffi.new("float[]", [float(t) for t in act_thresholds]) if act_thresholds is not None else ffi.NULL
+        cp.act_thresholds = cuts  # copied by ts_context_new
+        n_cuts = len(act_thresholds) if act_thresholds is not None else None
         self._seed_rng = random.Random(check_seed(seed)) if seed is not None else random.SystemRandom()
 
         mp = ffi.new("struct ts_model_params *")
@@ -192,11 +228,16 @@ class Model(Closeable):
         if model == ffi.NULL:
             raise ModelLoadError(ffi.string(err).decode("utf-8", "replace") or f"{self.path}: cannot load")
         self._model = model
+        if n_cuts is not None and n_cuts != self._c_n_layer():
+            n_layer = self._c_n_layer()
+            self.close()
+            raise ValueError(f"act_thresholds: {n_cuts} values for {n_layer} layers")
         ctx = lib.ts_context_new(model, cp, err, 1024)
         if ctx == ffi.NULL:
             self.close()
             raise ContextError(ffi.string(err).decode("utf-8", "replace") or "cannot create the context")
         self._ctx = ctx
+        self._layers = _LayerCounts.zeros(int(self._c_n_layer()), bool(collect_act_hist))
         _open_models.add(self)
         meta = ffi.new("struct ts_model_meta *")
         lib.ts_model_get_meta(model, meta)
@@ -274,7 +315,7 @@ class Model(Closeable):
 
     @property
     def ffn_mode(self) -> str:
-        """The FFN mode in use: "dense", "predicted" or "exact" (never "auto")."""
+        """The FFN mode in use: "dense", "predicted", "exact" or "threshold" (never "auto")."""
         with self._lock:
             self._check_open()
             return _MODE_NAMES[int(lib.ts_context_ffn_mode(self._ctx))]
@@ -378,6 +419,68 @@ class Model(Closeable):
             lib.ts_context_reset(self._ctx)
             self._kv_tokens, self._kv_logits, self._kv_valid = [], None, True
             self._stats_base = _NO_STATS
+            self._layers = _LayerCounts.zeros(self._layers.computed.shape[0], self._layers.hist is not None)
+
+    # ---- threshold mode (SwiGLU, CATS) ------------------------------------------------------
+    def _c_n_layer(self) -> int:
+        meta = ffi.new("struct ts_model_meta *")
+        lib.ts_model_get_meta(self._model, meta)
+        return int(meta.n_layer)
+
+    def _c_layer_counts(self) -> "_LayerCounts":
+        n = self._layers.computed.shape[0]
+        out = _LayerCounts.zeros(n, self._layers.hist is not None)
+        if int(lib.ts_context_ffn_mode(self._ctx)) != FFN_MODES["threshold"]:
+            return out
+        c, t = ffi.new("int64_t *"), ffi.new("int64_t *")
+        for il in range(n):
+            lib.ts_context_layer_stats(self._ctx, il, c, t)
+            out.computed[il], out.total[il] = c[0], t[0]
+            if out.hist is not None:
+                row = out.hist[il]
+                lib.ts_context_act_hist(self._ctx, il, ffi.cast("int64_t *", ffi.from_buffer(row)), row.shape[0])
+        return out
+
+    @property
+    def act_thresholds(self) -> List[float]:
+        """Threshold mode: the per-layer cuts on |silu(gate)| in use."""
+        with self._lock:
+            self._check_open()
+            n = self._layers.computed.shape[0]
+            buf = ffi.new("float[]", n)
+            if lib.ts_context_get_act_thresholds(self._ctx, buf, n) != 0:
+                raise ContextError(f"activation thresholds apply to ffn_mode 'threshold' only (mode is {self.ffn_mode!r})")
+            return [float(buf[i]) for i in range(n)]
+
+    def set_act_thresholds(self, values: Sequence[float]) -> None:
+        """Threshold mode: sets the per-layer cuts on |silu(gate)| (one per layer; -inf computes
+        every neuron), from the next evaluation on."""
+        vals = [float(v) for v in values]
+        with self._lock:
+            self._check_open()
+            if lib.ts_context_set_act_thresholds(self._ctx, ffi.new("float[]", vals), len(vals)) != 0:
+                raise ContextError(ffi.string(lib.ts_context_error(self._ctx)).decode("utf-8", "replace"))
+
+    def layer_density(self) -> List[float]:
+        """Threshold mode: the share of FFN neurons computed per layer since load or reset()
+        (nan for a layer that has run no token)."""
+        with self._lock:
+            self._check_open()
+            cur = self._c_layer_counts()
+            c = self._layers.computed + cur.computed
+            t = self._layers.total + cur.total
+            return [float(c[i] / t[i]) if t[i] else float("nan") for i in range(len(t))]
+
+    def act_histograms(self) -> np.ndarray:
+        """collect_act_hist: int64 [n_layer, 32768] counts of |silu(gate)| since load or reset();
+        bin b holds the values v with act_hist_edge(b) <= |v| < act_hist_edge(b + 1)."""
+        with self._lock:
+            self._check_open()
+            if self._layers.hist is None:
+                raise ContextError("act_histograms() needs Model(..., ffn_mode='threshold', collect_act_hist=True)")
+            cur = self._c_layer_counts()
+            assert cur.hist is not None
+            return self._layers.hist + cur.hist
 
     def _check_fits(self, n: int) -> None:
         n_ctx = int(lib.ts_context_n_ctx(self._ctx))
@@ -388,6 +491,7 @@ class Model(Closeable):
     def _reset_kv(self) -> None:
         """Empties the KV cache, keeping its statistics in _stats_base."""
         self._stats_base = self._stats_base + self._c_stats()
+        self._layers.add(self._c_layer_counts())
         lib.ts_context_reset(self._ctx)
         self._kv_tokens, self._kv_logits, self._kv_valid = [], None, True
 

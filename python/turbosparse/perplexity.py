@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-MODES = ("dense", "exact", "predicted")
+MODES = ("dense", "exact", "predicted", "threshold")
 
 
 @dataclass
@@ -60,8 +60,9 @@ class PerplexityError(Exception):
 
 
 def runtime_nll(path: str, chunks: Sequence[np.ndarray], mode: str, n_threads: Optional[int],
-                threshold: Optional[float]) -> tuple[np.ndarray, float, float]:
-    """(NLL of every scored token, computed share, seconds) through turbosparse.Model."""
+                threshold: Optional[float]) -> tuple[np.ndarray, float, float, list[float]]:
+    """(NLL of every scored token, computed share, seconds, per-layer computed share in the
+    threshold mode, else []) through turbosparse.Model."""
     from .model import Model
     from .train.forward import log_softmax_nll
 
@@ -75,7 +76,8 @@ def runtime_nll(path: str, chunks: Sequence[np.ndarray], mode: str, n_threads: O
             logits = model.eval(c.tolist())
             out.append(log_softmax_nll(logits[:-1], c[1:]))
         share = model.stats.ffn_density
-    return np.concatenate(out), share, time.monotonic() - start
+        layers = model.layer_density() if model.ffn_mode == "threshold" else []
+    return np.concatenate(out), share, time.monotonic() - start, layers
 
 
 def numpy_figures(path: str, chunks: Sequence[np.ndarray], mode: str, threshold: Optional[float]) -> list[LayerFigures]:
@@ -116,14 +118,17 @@ def evaluate(path: str, text: str, mode: str, n_ctx: int, n_threads: Optional[in
         bos = tok_model.token_bos()
         sparse = tok_model.info.get("ffn_kind") in (1, 2)  # enum ts_ffn_kind: reglu, drelu
         if mode == "auto":
-            mode = "predicted" if tok_model.info.get("has_predictor") else ("exact" if sparse else "dense")
+            mode = tok_model.ffn_mode
     if not tokens:
         raise PerplexityError("the text holds no tokens")
     chunks = chunk(tokens, bos, n_ctx)
     if max_chunks is not None:
         chunks = chunks[:max_chunks]
-    nll, share, seconds = runtime_nll(path, chunks, mode, n_threads, threshold)
+    nll, share, seconds, layer_share = runtime_nll(path, chunks, mode, n_threads, threshold)
     result = ModeResult(mode, float(math.exp(nll.mean())), int(nll.size), share, seconds)
+    if layer_share:  # threshold mode: the runtime's own per-layer counts (what was computed is all there is)
+        result.layers = [LayerFigures(d, None, None) for d in layer_share]
+        result.true_density = share
     if with_recall and sparse:  # a SwiGLU FFN has no zeros to count and no predictor
         layers = numpy_figures(path, chunks, mode, threshold)
         result.layers = layers
@@ -162,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--ctx-size", type=int, default=256, help="tokens per chunk, BOS included (default 256)")
     p.add_argument("-t", "--threads", type=int, help="threads (default: the online CPUs)")
     p.add_argument("--ffn-mode", default="all", choices=("all", "auto") + MODES,
-                   help="FFN mode; all = dense, exact and predicted (predicted only when the file has predictors)")
+                   help="FFN mode; all = dense, exact and predicted (predicted only when the file has predictors), "
+                        "or dense and threshold for a SwiGLU file calibrated by ts-calibrate-sparsity")
     p.add_argument("--threshold", type=float, help="predictor logit threshold (default: the file's)")
     p.add_argument("--chunks", type=int, help="score at most this many chunks")
     p.add_argument("--no-recall", action="store_true", help="skip the numpy pass (true density, recall)")
@@ -190,7 +196,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         with Model(path, n_ctx=8, n_threads=1) as m:
             has_pred = bool(m.info.get("has_predictor"))
             sparse = m.info.get("ffn_kind") in (1, 2)  # enum ts_ffn_kind: reglu, drelu
-        modes = [m for m in MODES if (m != "predicted" or has_pred) and (m == "dense" or sparse)]
+            calibrated = bool(m.info.get("has_act_thresholds")) and bool(m.info.get("has_down_t"))
+        modes = [m for m in MODES if m == "dense" or (m == "threshold" and calibrated)
+                 or (m != "threshold" and sparse and (m != "predicted" or has_pred))]
     else:
         modes = [args.ffn_mode]
     results = [evaluate(path, text, mode, args.ctx_size, args.threads, args.threshold, args.chunks,

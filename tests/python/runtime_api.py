@@ -25,7 +25,7 @@ def _open():
 
 ffi, lib, CDEF_DIR = _open()
 
-MODES = {"auto": -1, "dense": 0, "predicted": 1, "exact": 2}
+MODES = {"auto": -1, "dense": 0, "predicted": 1, "exact": 2, "threshold": 3}
 
 
 class RuntimeError_(Exception):
@@ -77,6 +77,16 @@ class Context:
         if rc != 0:
             raise RuntimeError_(ffi.string(lib.ts_context_error(self.ptr)).decode())
         return out
+
+    def set_act_thresholds(self, values) -> None:
+        vals = [float(v) for v in values]
+        if lib.ts_context_set_act_thresholds(self.ptr, ffi.new("float[]", vals), len(vals)) != 0:
+            raise RuntimeError_(ffi.string(lib.ts_context_error(self.ptr)).decode())
+
+    def layer_density(self, il: int) -> float:
+        c, t = ffi.new("int64_t *"), ffi.new("int64_t *")
+        assert lib.ts_context_layer_stats(self.ptr, il, c, t) == 0
+        return c[0] / t[0]
 
     def stats(self):
         s = ffi.new("struct ts_stats *")

@@ -28,11 +28,14 @@ def result(tmp_path_factory) -> tuple[list[dict], str]:
 
 def test_rows_cover_every_mode_and_phase(result):
     rows, _ = result
-    keys = {(r["type"], r["mode"], r["density"] if r["mode"] == "predicted" else None, r["file"], r["phase"],
-             r["style"], r["natural_density"]) for r in rows}
+    keys = {(r["type"], r["mode"], r["density"] if r["mode"] in ("predicted", "threshold") else None, r["file"],
+             r["phase"], r["style"], r["natural_density"]) for r in rows}
     want = {("q4_0", m, d, f, ph, st, 0.10) for ph in ("decode", "prefill") for st in ("api", "process")
             for m, d, f in (("dense", None, "drelu"), ("predicted", 0.10, "drelu"), ("predicted", 0.25, "drelu"),
                             ("exact", None, "drelu"), ("dense", None, "swiglu"))}
+    # the threshold mode at 40% and 50% sparsity: api style only
+    want |= {("q4_0", "threshold", d, "swiglu-sparse-ffn", ph, "api", 0.10) for ph in ("decode", "prefill")
+             for d in (0.6, 0.5)}
     assert keys == want
     assert len(rows) == len(want)
 
@@ -59,6 +62,10 @@ def test_densities_hit_their_targets(result):
         elif r["mode"] == "predicted":
             # threshold calibrated on the bf16 checkpoint, measured on the q4_0 file with other tokens
             assert abs(r["density_measured"] - r["density"]) < 0.05, r
+        elif r["mode"] == "threshold":
+            # cuts from a 16-token random forward, measured on other random tokens
+            assert abs(r["density_measured"] - r["density"]) < 0.1, r
+            assert r["vs_ts_dense"] is not None and r["vs_ts_dense"] > 0
         else:  # exact: the synthetic weights are built for ~10% natural dReLU activity
             assert abs(r["density_measured"] - 0.10) < 0.05, r
 
@@ -70,10 +77,12 @@ def test_sparse_modes_read_fewer_bytes(result):
     dense = by[("dense", 1.0, "swiglu")]
     # the dReLU file's dense mode skips the down rows of zero activations (neuron-major down)
     assert by[("predicted", 0.10, "drelu")] < by[("predicted", 0.25, "drelu")] < by[("dense", 1.0, "drelu")] < dense
+    assert by[("threshold", 0.5, "swiglu-sparse-ffn")] < by[("threshold", 0.6, "swiglu-sparse-ffn")] < dense
 
 
 def test_table_is_printed(result):
     _, stdout = result
+    assert "ts threshold 50% sparse" in stdout
     assert "ts predicted 10%" in stdout and "read bandwidth" in stdout and "command: python bench/bench_decode.py" in stdout
 
 

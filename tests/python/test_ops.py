@@ -2,6 +2,7 @@
 reference on the dequantised weights (SPEC §1)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -214,3 +215,65 @@ def test_quantize_roundtrip_and_isa():
     assert np.array_equal(G.dequantize(G.quantize(x, "f32"), "f32", 64), x)
     assert np.max(np.abs(G.dequantize(G.quantize(x, "q8_0"), "q8_0", 64) - x)) < 0.05
     assert G.isa() in ("scalar", "avx2", "avx512", "neon")
+
+
+def widest_gap_cut(values: np.ndarray, lo: float = 0.3, hi: float = 0.7) -> tuple[float, float]:
+    """A cut in the widest gap between the sorted values of ranks lo..hi, and half that gap."""
+    srt = np.sort(values.reshape(-1))
+    a, b = int(lo * srt.size), int(hi * srt.size)
+    k = a + int(np.argmax(np.diff(srt[a:b + 1])))
+    return float((srt[k] + srt[k + 1]) / 2), float((srt[k + 1] - srt[k]) / 2)
+
+
+@pytest.mark.parametrize("T", [1, 3])
+@pytest.mark.parametrize("type_", TYPES)
+def test_threshold_mode_against_numpy(type_: str, T: int):
+    """SwiGLU threshold mode (CATS): y = W_down (mask * silu(g) * u) with mask = |silu(g)| >= t,
+    against numpy with the same mask (the cut sits in a wide gap of the reference's |silu(g)|,
+    so the op's rounding cannot move a neuron across it); neurons counted; the same bits for
+    1..4 threads; -inf keeps every neuron, and equals the dense mode on the neuron-major
+    layout bit for bit where our matmul computes the dense mode's up (AVX-512, auto policy)."""
+    f = Ffn(type_, T, seed=4)
+    ctx = G.Context()
+    t = f.tensors(ctx)
+    x_dot = x_as_kernels_see_it(f.x, type_).astype(np.float64)
+    s_ref = np.abs(act("swiglu", x_dot @ f.ref["gate"].T, np.ones((T, N_FF))))
+    cut, margin = widest_gap_cut(s_ref)
+    assert margin > 2e-4 * float(s_ref.max()), "no clear gap for the cut"
+    stats = ctx.stats()
+    thr = ctx.sparse_ffn(t["x"], t["gate"], t["up"], t["down_t"], kind="swiglu", mode="threshold",
+                         down_layout="neuron_major", threshold=cut, stats=stats)
+    inf = ctx.sparse_ffn(t["x"], t["gate"], t["up"], t["down_t"], kind="swiglu", mode="threshold",
+                         down_layout="neuron_major", threshold=-np.inf)
+    dense_nm = ctx.sparse_ffn(t["x"], t["gate"], t["up"], t["down_t"], kind="swiglu", mode="dense",
+                              down_layout="neuron_major")
+    graph = G.Graph([thr, inf, dense_nm])
+    results = []
+    for n in range(1, 5):
+        with G.ThreadPool(n) as pool:
+            graph.compute(n, pool)
+        results.append((thr.numpy().copy(), inf.numpy().copy()))
+    for n, r in enumerate(results[1:], start=2):
+        assert np.array_equal(r[0], results[0][0]) and np.array_equal(r[1], results[0][1]), n
+    mask = s_ref >= cut
+    assert 0.2 < mask.mean() < 0.8
+    assert stats.neurons_computed == int(mask.sum()) * 4 and stats.neurons_total == N_FF * T * 4  # 4 computes
+    want, scale = reference(f.ref, x_dot, "swiglu", mask)
+    assert rel_err(results[0][0], want, scale) <= tol_dense(type_)
+    want_all, scale_all = reference(f.ref, x_dot, "swiglu")
+    assert rel_err(results[0][1], want_all, scale_all) <= tol_dense(type_)
+    ours = G.isa() == "avx512" and os.environ.get("TURBOSPARSE_MATMUL", "auto") == "auto"
+    if ours and type_ in ("f32", "f16", "bf16", "q8_0", "q4_0"):
+        assert np.array_equal(results[0][1], dense_nm.numpy())
+
+
+def test_threshold_mode_errors():
+    f = Ffn("q4_0", 1)
+    ctx = G.Context()
+    t = f.tensors(ctx)
+    with pytest.raises(G.GgmlSparseError, match="threshold mode is for SwiGLU"):
+        ctx.sparse_ffn(t["x"], t["gate"], t["up"], t["down_t"], kind="drelu", mode="threshold",
+                       down_layout="neuron_major")
+    with pytest.raises(G.GgmlSparseError, match="NaN"):
+        ctx.sparse_ffn(t["x"], t["gate"], t["up"], t["down_t"], kind="swiglu", mode="threshold",
+                       down_layout="neuron_major", threshold=float("nan"))

@@ -11,6 +11,7 @@ enum ggml_sparse_mode {
     GGML_SPARSE_MODE_DENSE     = 0,
     GGML_SPARSE_MODE_PREDICTED = 1,
     GGML_SPARSE_MODE_EXACT     = 2,
+    GGML_SPARSE_MODE_THRESHOLD = 3,
 };
 
 enum ggml_sparse_down_layout {
@@ -24,12 +25,19 @@ struct ggml_sparse_stats {
     int64_t tokens;
 };
 
+#define GGML_SPARSE_ACT_HIST_BINS 32768
+struct ggml_sparse_act_hist {
+    int64_t counts[32768];
+};
+float ggml_sparse_act_hist_edge(int32_t bin);
+
 struct ggml_sparse_ffn_params {
     enum ggml_sparse_ffn_kind    kind;
     enum ggml_sparse_mode        mode;
     enum ggml_sparse_down_layout down_layout;
     float                        threshold;
     struct ggml_sparse_stats   * stats;
+    struct ggml_sparse_act_hist * hist;
 };
 
 struct ggml_tensor * ggml_sparse_ffn(struct ggml_context * ctx, struct ggml_tensor * x, struct ggml_tensor * u,
@@ -46,6 +54,9 @@ struct ggml_tensor * ggml_sparse_gate_up(struct ggml_context * ctx, struct ggml_
         struct ggml_tensor * w_up, struct ggml_tensor * x, struct ggml_tensor * logits,
         enum ggml_sparse_ffn_kind kind, float threshold, struct ggml_sparse_stats * stats,
         char * err, size_t err_size);
+struct ggml_tensor * ggml_sparse_up_threshold(struct ggml_context * ctx, struct ggml_tensor * w_up,
+        struct ggml_tensor * x, struct ggml_tensor * s, float threshold, struct ggml_sparse_stats * stats,
+        struct ggml_sparse_act_hist * hist, char * err, size_t err_size);
 struct ggml_tensor * ggml_sparse_down(struct ggml_context * ctx, struct ggml_tensor * w_down_t,
         struct ggml_tensor * a, char * err, size_t err_size);
 struct ggml_tensor * ggml_sparse_matmul(struct ggml_context * ctx, struct ggml_tensor * w,

@@ -10,6 +10,7 @@ enum ts_ffn_mode {
     TS_FFN_MODE_DENSE     = 0,
     TS_FFN_MODE_PREDICTED = 1,
     TS_FFN_MODE_EXACT     = 2,
+    TS_FFN_MODE_THRESHOLD = 3,
 };
 enum ts_predictor_input {
     TS_PRED_INPUT_RESIDUAL  = 0,
@@ -57,6 +58,8 @@ struct ts_model_meta {
     double  load_ms;
     int32_t n_repacked;
     int64_t n_bytes_repacked;
+    int32_t has_down_t;
+    int32_t has_act_thresholds;
 };
 struct ts_context_params {
     int32_t n_ctx;
@@ -65,6 +68,8 @@ struct ts_context_params {
     int32_t use_threshold;
     float   threshold;
     int32_t kv_f32;
+    int32_t collect_act_hist;
+    const float * act_thresholds;
 };
 struct ts_stats {
     int64_t n_prompt_tokens;
@@ -98,4 +103,9 @@ int32_t ts_decode(struct ts_context * ctx, const int32_t * tokens, int32_t n,
                   float * logits, int32_t logits_all);
 void ts_context_abort(struct ts_context * ctx);
 const char * ts_context_error(const struct ts_context * ctx);
+int32_t ts_context_set_act_thresholds(struct ts_context * ctx, const float * thresholds, int32_t n);
+int32_t ts_context_get_act_thresholds(const struct ts_context * ctx, float * thresholds, int32_t n);
+int32_t ts_context_layer_stats(const struct ts_context * ctx, int32_t il, int64_t * computed, int64_t * total);
+int32_t ts_context_act_hist(const struct ts_context * ctx, int32_t il, int64_t * counts, int32_t n_bins);
+float   ts_act_hist_edge(int32_t bin);
 void ts_context_get_stats(const struct ts_context * ctx, struct ts_stats * stats);

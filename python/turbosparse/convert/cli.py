@@ -23,6 +23,7 @@ examples:
   convert-turbosparse ./ReluLLaMA-7B --predictors ./ReluLLaMA-7B-Predictor --outfile relu-llama.gguf
   convert-turbosparse --hf-repo PowerInfer/TurboSparse-Mixtral --no-predictor --outfile tsx.gguf
   convert-turbosparse --from-powerinfer model.powerinfer.gguf --outfile model.gguf
+  convert-turbosparse --from-gguf llama-cpp-model.gguf --sparse-ffn --outfile model-sparse.gguf
 The format is described in docs/gguf-format.md; the command in docs/convert.md."""
 
 
@@ -36,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "needs huggingface-hub) instead of giving a folder")
     p.add_argument("--from-powerinfer", metavar="FILE", type=Path,
                    help="import a PowerInfer GGUF (magic PWRI) instead of a checkpoint")
+    p.add_argument("--from-gguf", metavar="FILE", type=Path,
+                   help="with --sparse-ffn: rewrite a SwiGLU GGUF (e.g. a llama.cpp file) with ffn_down_t added "
+                        "(ffn_down transposed, in its own type or --outtype); every other tensor and key is copied "
+                        "unchanged")
     p.add_argument("--outfile", type=Path,
                    help="output file (default: <model folder>/<name>-<outtype>.gguf, or ./ for --hf-repo)")
     p.add_argument("--outtype", choices=list(OUTTYPES) + list(MIXES),
@@ -59,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ffn-kind", choices=FFN_KINDS,
                    help="--from-powerinfer only: the FFN kind, when the architecture does not say it "
                         "(default: drelu for bamboo, reglu for llama)")
+    p.add_argument("--sparse-ffn", action="store_true",
+                   help="SwiGLU models: also write the neuron-major down projection ffn_down_t beside ffn_down "
+                        "(down_layout 'both'), which the threshold FFN mode reads; then calibrate with "
+                        "ts-calibrate-sparsity")
     p.add_argument("--name", help="general.name to record (default: the folder or file name)")
     p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -66,13 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    sources = [s for s in (args.model, args.hf_repo, args.from_powerinfer) if s is not None]
+    sources = [s for s in (args.model, args.hf_repo, args.from_powerinfer, args.from_gguf) if s is not None]
     if len(sources) != 1:
-        p.error("give exactly one source: a model folder, --hf-repo NAME or --from-powerinfer FILE")
+        p.error("give exactly one source: a model folder, --hf-repo NAME, --from-powerinfer FILE or --from-gguf FILE")
+    if args.from_gguf is not None and (not args.sparse_ffn or args.outfile is None):
+        p.error("--from-gguf rewrites a GGUF for the threshold mode: give --sparse-ffn and --outfile")
     if args.ffn_kind is not None and args.from_powerinfer is None:
         p.error("--ffn-kind applies to --from-powerinfer only; a checkpoint's config.json says its FFN kind")
     if args.predictors is not None and args.no_predictor:
         p.error("--predictors and --no-predictor contradict each other")
+    if args.sparse_ffn and args.from_powerinfer is not None:
+        p.error("--sparse-ffn applies to SwiGLU checkpoints, not to --from-powerinfer")
     if args.from_powerinfer is not None and args.predictors is not None:
         p.error("--predictors applies to checkpoints, not to --from-powerinfer")
 
@@ -89,13 +102,22 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     _check_args(parser, args)
     opts = ConvertOptions(outtype=args.outtype, predictor_type=args.predictor_type, predictors_dir=args.predictors,
                           no_predictor=args.no_predictor, predictor_input=args.predictor_input,
-                          threshold=args.threshold, ffn_kind=args.ffn_kind, name=args.name)
+                          threshold=args.threshold, ffn_kind=args.ffn_kind, name=args.name,
+                          sparse_ffn=args.sparse_ffn)
     # imported here so that --help works even where a dependency is broken
     from .progress import Progress, summary
     from .writer import tensor_types, write_plan
 
     if args.outfile is not None and args.outfile.exists() and not args.force:
         raise ConvertError(f"{args.outfile} exists; pass --force to overwrite it")
+    if args.from_gguf is not None:
+        from .sparse_ffn import rewrite
+        if not args.from_gguf.is_file():
+            raise ConvertError(f"{args.from_gguf}: no such file")
+        rewrite(args.from_gguf, args.outfile, down_type=args.outtype, force=args.force)
+        if not args.quiet:
+            print(f"wrote {args.outfile}")
+        return 0
     if args.from_powerinfer is not None:
         from .powerinfer import build_powerinfer_plan
         plan = build_powerinfer_plan(args.from_powerinfer, opts)

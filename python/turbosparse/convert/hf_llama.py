@@ -169,6 +169,10 @@ def build_hf_plan(folder: Path, config: dict[str, Any], opts: ConvertOptions) ->
                            f"supported (supported: {', '.join(arch.ffn_kind_by_act)})")
     hp = read_hparams(config, arch.moe)
     sparse = kind != "swiglu"
+    if opts.sparse_ffn and (kind != "swiglu" or arch.moe):
+        raise ConvertError("--sparse-ffn is for dense SwiGLU models (the threshold FFN mode); this checkpoint is "
+                           f"{'a mixture of experts' if arch.moe else kind}, which needs no such option")
+    both = opts.sparse_ffn  # SwiGLU: ffn_down for dense mode / llama.cpp, ffn_down_t for the threshold mode
     src = _Source(Checkpoint(folder))
     vocab = read_vocab(folder, config)
 
@@ -204,13 +208,13 @@ def build_hf_plan(folder: Path, config: dict[str, Any], opts: ConvertOptions) ->
     plan.u32(KEY_FORMAT_VERSION, FORMAT_VERSION)
     plan.string(KEY_SOURCE_MODEL_TYPE, str(model_type))
     plan.string(KEY_FFN_KIND, kind)
-    plan.string(KEY_DOWN_LAYOUT, "neuron_major" if sparse else "standard")
+    plan.string(KEY_DOWN_LAYOUT, "neuron_major" if sparse else "both" if both else "standard")
     plan.boolean(KEY_PREDICTOR_PRESENT, predictors is not None)
     if sparse:
         plan.string(KEY_PREDICTOR_INPUT, opts.predictor_input or arch.predictor_input)
         plan.f32(KEY_PREDICTOR_THRESHOLD, opts.threshold if opts.threshold is not None else (threshold or 0.0))
 
-    _add_tensors(plan, src, hp, arch, sparse, predictors)
+    _add_tensors(plan, src, hp, arch, sparse, predictors, both)
 
     leftover = [n for n in src.ckpt.names() if n not in src.used and not n.endswith(_IGNORED_SUFFIXES)
                 and not (".predictor." in n and (opts.no_predictor or opts.predictors_dir is not None))]
@@ -273,7 +277,8 @@ def _predictor_rank(p: dict[str, SourceTensor], hp: HParams) -> int:
 
 
 def _add_tensors(plan: ModelPlan, src: _Source, hp: HParams, arch: ArchInfo, sparse: bool,
-                 predictors: Optional[Predictors]) -> None:
+                 predictors: Optional[Predictors], both: bool = False) -> None:
+    """both: a SwiGLU model's down projection twice, ffn_down and ffn_down_t (--sparse-ffn)."""
     W, N = Role.WEIGHT, Role.NORM
     q_rows, kv_rows = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
 
@@ -309,6 +314,9 @@ def _add_tensors(plan: ModelPlan, src: _Source, hp: HParams, arch: ArchInfo, spa
                       neuron_major, (hp.n_ff, hp.n_embd))
             else:
                 plain(f"{blk}.ffn_down.weight", f"{hf}.mlp.down_proj.weight", (hp.n_embd, hp.n_ff), W)
+                if both:
+                    plain(f"{blk}.ffn_down_t.weight", f"{hf}.mlp.down_proj.weight", (hp.n_embd, hp.n_ff), W,
+                          neuron_major, (hp.n_ff, hp.n_embd))
             if pred is not None:
                 rank = _predictor_rank(pred, hp)
                 for key, shape in (("fc1", (rank, hp.n_embd)), ("fc2", (hp.n_ff, rank))):

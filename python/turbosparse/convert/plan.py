@@ -106,3 +106,4 @@ class ConvertOptions:
     threshold: Optional[float] = None      # override of the default tau
     ffn_kind: Optional[str] = None         # PowerInfer import: override of the architecture's kind
     name: Optional[str] = None
+    sparse_ffn: bool = False               # SwiGLU: also write ffn_down_t (down_layout "both")

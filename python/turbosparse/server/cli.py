@@ -64,7 +64,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    help="context size of each slot in tokens (default: the model's, at most 4096)")
     p.add_argument("-t", "--threads", type=int, default=None,
                    help="compute threads per slot (default: the CPUs divided among the slots)")
-    p.add_argument("--ffn-mode", choices=["auto", "predicted", "exact", "dense"], default="auto")
+    p.add_argument("--ffn-mode", choices=["auto", "predicted", "exact", "threshold", "dense"], default="auto")
     p.add_argument("--threshold", type=float, default=None, help="predictor threshold (default: the file's)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: the TS_SERVER_API_KEY variable, else none)")
