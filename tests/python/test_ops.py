@@ -14,6 +14,7 @@ from turbosparse import _ggml as G
 N_EMBD, N_FF, RANK = 256, 80, 32
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q5_0", "q4_K", "q6_K"]
 KERNEL_Q8_TYPES = {"q8_0", "q4_0"}  # x meets these rows as Q8_0 blocks, as in ggml
+KERNEL_Q8K_TYPES = {"q4_K", "q6_K"}  # and these as Q8_K super-blocks
 TOL_SPARSE = 1e-4                   # same x as the reference: f32 rounding only
 
 
@@ -46,9 +47,26 @@ def rel_err(got: np.ndarray, want: np.ndarray, scale: np.ndarray) -> float:
     return float(np.max(np.abs(got - want)) / max(float(np.max(scale)), 1e-30))
 
 
+def q8_K_round_trip(x: np.ndarray) -> np.ndarray:
+    """x through ggml's quantize_row_q8_K_ref and back, in float32 as ggml computes it: per 256
+    values, the one of largest magnitude (first) maps to -127, q = round-half-even, at most 127."""
+    blocks = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, 256)
+    out = np.zeros_like(blocks)
+    for i, b in enumerate(blocks):
+        j = int(np.argmax(np.abs(b)))
+        if b[j] == 0:
+            continue
+        iscale = np.float32(-127.0) / b[j]
+        q = np.minimum(np.rint(iscale * b), 127).astype(np.float32)
+        out[i] = (np.float32(1.0) / iscale) * q
+    return out.reshape(x.shape)
+
+
 def x_as_kernels_see_it(x: np.ndarray, type_: str) -> np.ndarray:
     if type_ in KERNEL_Q8_TYPES:
         return G.dequantize(G.quantize(x, "q8_0"), "q8_0", x.shape[1])
+    if type_ in KERNEL_Q8K_TYPES:
+        return q8_K_round_trip(x)
     return x
 
 
