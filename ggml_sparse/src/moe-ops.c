@@ -111,7 +111,7 @@ struct ggml_tensor * ggml_sparse_moe_route(struct ggml_context * ctx, struct ggm
         fail(err, err_size, "moe route: logits must be f32 [n_expert, T] with contiguous rows");
         return NULL;
     }
-    if (logits->ne[0] < 1 || logits->ne[0] > MAX_EXPERTS || k < 1 || k > logits->ne[0] || k > 64) {
+    if (logits->ne[0] < 1 || logits->ne[0] > MAX_EXPERTS || k < 1 || k > logits->ne[0]) {
         fail(err, err_size, "moe route: %lld experts, %d used: need 1 <= used <= experts <= %d",
              (long long) logits->ne[0], k, MAX_EXPERTS);
         return NULL;

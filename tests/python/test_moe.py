@@ -102,3 +102,39 @@ def test_moe_sub_batch_sizes_agree(tmp_path, monkeypatch):
             assert np.array_equal(decode(model, mode)[0], want), (mode, n)
     monkeypatch.delenv("TURBOSPARSE_SUB_BATCH")
     assert os.environ.get("TURBOSPARSE_SUB_BATCH") is None
+
+
+def test_moe_ops_refuse_bad_inputs():
+    """Each builder names what does not fit instead of building a node that would crash."""
+    from turbosparse import _ggml as G
+    from turbosparse._lib import load
+
+    ffi, lib = load()
+    ctx = G.Context(mem_size=1 << 20)
+    err = ffi.new("char[256]")
+    logits = ctx.new("f32", 4, 3)  # 4 experts, 3 tokens
+
+    def msg() -> str:
+        return ffi.string(err).decode()
+
+    assert lib.ggml_sparse_moe_route(ctx.ptr, logits.ptr, 5, err, 256) == ffi.NULL
+    assert "used" in msg()
+    route = lib.ggml_sparse_moe_route(ctx.ptr, logits.ptr, 2, err, 256)
+    assert route != ffi.NULL
+    w = ctx.from_numpy_experts(np.zeros((4, 16, 64), dtype=np.float32), "f32", 64)
+    x_bad = ctx.new("f32", 32, 6)
+    assert lib.ggml_sparse_moe_matmul(ctx.ptr, w.ptr, x_bad.ptr, route, err, 256) == ffi.NULL
+    assert "W: shape [64, 16, 4, 1], expected a contiguous [32, 16, n_expert]" in msg()  # x is 32 wide
+    x_pairs = ctx.new("f32", 64, 5)  # 5 pairs, but the route has 3 tokens x 2
+    assert lib.ggml_sparse_moe_matmul(ctx.ptr, w.ptr, x_pairs.ptr, route, err, 256) == ffi.NULL
+    assert "route" in msg()
+    x = ctx.new("f32", 64, 6)
+    assert lib.ggml_sparse_moe_matmul(ctx.ptr, w.ptr, x.ptr, route, err, 256) != ffi.NULL
+    up = ctx.from_numpy_experts(np.zeros((4, 16, 64), dtype=np.float32), "f32", 64)
+    assert lib.ggml_sparse_moe_gate_up(ctx.ptr, w.ptr, up.ptr, x.ptr, ffi.NULL, route, 2, G.FFN_KINDS["swiglu"],
+                                       0.0, ffi.NULL, err, 256) == ffi.NULL
+    assert "ReGLU and dReLU" in msg()
+    q = ctx.from_numpy_experts(np.zeros((4, 16, 64 // 32 * 22), dtype=np.uint8), "q5_0", 64)
+    assert lib.ggml_sparse_moe_matmul(ctx.ptr, q.ptr, x.ptr, route, err, 256) == ffi.NULL
+    assert "q5_0" in msg()
+    ctx.close()
