@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import statistics
 import sys
@@ -58,14 +59,16 @@ class Config:
     mode: str                 # dense | predicted | exact | llama.cpp
     density: Optional[float] = None
     swiglu_file: bool = False
+    per_expert: bool = False  # the graph before the MoE ops (TURBOSPARSE_MOE_PER_EXPERT=1)
 
     @property
     def label(self) -> str:
         if self.mode == "llama.cpp":
             return "llama.cpp (swiglu)"
+        old = " [per-expert]" if self.per_expert else ""
         if self.mode == "predicted":
-            return f"ts predicted {self.density:.0%}"
-        return "ts dense (swiglu file)" if self.swiglu_file else f"ts {self.mode}"
+            return f"ts predicted {self.density:.0%}{old}"
+        return "ts dense (swiglu file)" if self.swiglu_file else f"ts {self.mode}{old}"
 
 
 @dataclass
@@ -142,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait-quiet", action="store_true", help="do not wait for other processes to leave the cores")
     p.add_argument("--max-others", type=float, default=0.25, metavar="CORES",
                    help="CPU other processes may use during a measurement (default %(default)s)")
+    p.add_argument("--per-expert", action="store_true",
+                   help="also time (api style) the per-expert graph the MoE ops replaced (TURBOSPARSE_MOE_PER_EXPERT=1): "
+                        "dense, predicted at the first density, exact; before/after in the same run")
     p.add_argument("--prepare-only", action="store_true", help="write the files and stop")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the result rows as JSON")
     return p
@@ -233,12 +239,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             log(f"natural {natural:.0%} {q}: " + ", ".join(f"tau({d:.0%}) = {t:.4g}" for d, t in taus.items()))
             configs = ([Config("dense")] + [Config("predicted", d) for d in densities] + [Config("exact"),
                        Config("dense", swiglu_file=True)] + ([Config("llama.cpp")] if llama_bench else []))
+            if args.per_expert:
+                configs += [Config("dense", per_expert=True), Config("predicted", densities[0], per_expert=True),
+                            Config("exact", per_expert=True)]
             for r in range(args.repeats):
                 log(f"natural {natural:.0%} {q}: round {r + 1}/{args.repeats}")
                 for c in configs:
                     path = mix_file if c.swiglu_file or c.mode == "llama.cpp" else ts_file
                     tau = taus[c.density] if c.mode == "predicted" else None
                     for style in styles:
+                        if c.per_expert and style != "api":
+                            continue
                         s = results.setdefault((natural, q, style, c), Samples())
                         if c.mode == "llama.cpp" and style == "api":
                             res, busy = quiet.measure(c.label, lambda: run_llama_bench(
@@ -254,12 +265,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                             gen = [rng.randrange(3, shape.n_vocab) for _ in range(args.tokens)]
 
                             def one(c=c, path=path, tau=tau, toks=toks, gen=gen):
+                                if c.per_expert:  # read when a graph is built
+                                    os.environ["TURBOSPARSE_MOE_PER_EXPERT"] = "1"
                                 ctx = Context(models[path], c.mode, args.threads, n_ctx, tau)
                                 try:
                                     ctx.time_prefill(toks)  # warm-up: allocates the batch graph
                                     return ctx.time_prefill(toks), ctx.time_decode(gen)
                                 finally:
                                     ctx.close()
+                                    os.environ.pop("TURBOSPARSE_MOE_PER_EXPERT", None)
 
                             (p, d), busy = quiet.measure(c.label, one)
                             dec, pre, dens = d.tok_s, p.tok_s, d.density
@@ -320,10 +334,11 @@ def print_report(args, argv, shape: MoeShape, rows: list[dict], taus_all, bandwi
     print(f"read bandwidth {' / '.join(f'{b:.1f}' for b in bandwidth)} GB/s (start / end); other processes "
           f"during measurements: at most {max(others, default=0):.2f} cores, median "
           f"{statistics.median(others) if others else 0:.2f}\n")
-    order = {"llama.cpp (swiglu)": 0, "ts dense (swiglu file)": 1, "ts dense": 2, "ts exact": 9}
+    order = {"llama.cpp (swiglu)": 0, "ts dense (swiglu file)": 1, "ts dense": 2, "ts exact": 9,
+             "ts dense [per-expert]": 10, "ts exact [per-expert]": 12}
     rows = sorted(rows, key=lambda r: (r["natural_density"], r["type"], r["style"], r["phase"],
                                        order.get(r["engine"], 5), r["engine"]))
-    head = (f"{'natural':7} {'type':5} {'style':7} {'phase':7} {'engine / mode':24} {'density':>7} {'tok/s':>8} "
+    head = (f"{'natural':7} {'type':5} {'style':7} {'phase':7} {'engine / mode':30} {'density':>7} {'tok/s':>8} "
             f"{'vs llama':>8} {'MB/tok':>7} {'ideal':>6} {'share':>6}")
     print(head)
     print("-" * len(head))
@@ -333,7 +348,7 @@ def print_report(args, argv, shape: MoeShape, rows: list[dict], taus_all, bandwi
         if r["phase"] == "decode":
             share = f"{r['share_of_ideal']:.0%}" if r["share_of_ideal"] else "-"
             extra = f" {r['bytes_per_token'] / 1e6:7.0f} {r['ideal_ratio']:5.2f}x {share:>6}"
-        print(f"{r['natural_density']:<7.0%} {r['type']:5} {r['style']:7} {r['phase']:7} {r['engine']:24} "
+        print(f"{r['natural_density']:<7.0%} {r['type']:5} {r['style']:7} {r['phase']:7} {r['engine']:30} "
               f"{r['density']:7.3f} {r['tok_s']:8.2f} {vs:>8}{extra}")
     print("\nMB/tok: weight bytes one decoded token reads; ideal: llama.cpp's bytes / ours (the speed-up a purely "
           "bandwidth-bound decode would give); share: achieved ratio / ideal.")
