@@ -2,8 +2,11 @@
 // logits, top-k experts, their weights renormalised to sum 1.
 //
 // Three ways to build it:
-//   - dense SwiGLU experts with a standard down projection: ggml_mul_mat_id as in llama.cpp
-//     (the experts may sit in ggml's repacked layout);
+//   - dense SwiGLU experts with a standard down projection where ggml's kernels beat ours on
+//     this CPU (ggml_sparse_matmul_preferred, src/matmul.c): ggml_mul_mat_id as in llama.cpp, on
+//     ggml's repacked layout (repack.c). Where ours are faster (AVX-512) they go through the MoE
+//     ops like the rest: measured on the Mixtral shape (bench_moe.py, Q4_0, 128-token prefill)
+//     ggml's mul_mat_id of this ggml ran at 0.7x llama.cpp's, the MoE ops' dense matmuls at 2x;
 //   - every other case whose expert weights have kernels (F32/F16/BF16/Q8_0/Q4_0): the MoE
 //     ops of ggml-sparse.h, one node per step of the layer over the (token, expert) pairs
 //     sorted by expert, so each token reads only its two experts (and their predictors), and
@@ -169,10 +172,23 @@ static struct ggml_tensor * moe_fused(struct ts_context * c, struct ggml_context
     return y ? ggml_sparse_moe_combine(g, y, route, k, err, es) : NULL;
 }
 
+bool ts_moe_experts_ours(const struct ts_layer * l) {
+    const struct ggml_tensor * w[3] = { l->ffn_gate, l->ffn_up, l->ffn_down };
+    for (int i = 0; i < 3; i++) {
+        if (!w[i]) return false;
+        struct ggml_tensor slice = *w[i]; // one expert's 2-D slice: what the policy judges
+        slice.ne[2] = 1;
+        slice.nb[3] = slice.nb[2];
+        if (!ggml_sparse_matmul_preferred(&slice)) return false;
+    }
+    return true;
+}
+
 struct ggml_tensor * ts_build_moe(struct ts_context * c, struct ggml_context * g, const struct ts_layer * l,
                                   struct ggml_tensor * x, struct ggml_tensor * residual) {
     const struct ts_model_meta * h = &c->model->meta;
-    if (c->ffn_mode == TS_FFN_MODE_DENSE && !h->down_neuron_major && h->ffn_kind == TS_FFN_SWIGLU) {
+    if (c->ffn_mode == TS_FFN_MODE_DENSE && !h->down_neuron_major && h->ffn_kind == TS_FFN_SWIGLU &&
+        !ts_moe_experts_ours(l)) {
         return moe_dense(c, g, l, x);
     }
     if (fused_ok(c, l) && getenv("TURBOSPARSE_MOE_PER_EXPERT") == NULL) {

@@ -138,3 +138,22 @@ def test_moe_ops_refuse_bad_inputs():
     assert lib.ggml_sparse_moe_matmul(ctx.ptr, q.ptr, x.ptr, route, err, 256) == ffi.NULL
     assert "q5_0" in msg()
     ctx.close()
+
+
+@pytest.mark.parametrize("outtype", ["f32", "q4_0"])
+def test_moe_swiglu_dense_file(tmp_path, outtype, monkeypatch):
+    """A plain llama.cpp Mixtral file (SwiGLU, standard down): dense mode through the MoE ops
+    where ours are the faster kernels (AVX-512), else ggml_mul_mat_id: the reference's logits,
+    bit for bit the same for 1..4 threads."""
+    cfg = tiny_config("swiglu", moe=True, n_expert=8, n_expert_used=2, n_ff=320)
+    w = random_weights(cfg, 5)
+    path = tmp_path / f"mixtral-{outtype}.gguf"
+    held = write_gguf(path, cfg, w, outtype, plain_llamacpp=True, neuron_major=False)
+    model = Model(path)
+    ref = forward(cfg, held, TOKENS)
+    one, _ = decode(model, "dense", n_threads=1)
+    assert rel_err(one, ref) < TOL[outtype]
+    for n in (2, 3, 4):
+        assert np.array_equal(decode(model, "dense", n_threads=n)[0], one), n
+    monkeypatch.setenv("TURBOSPARSE_MOE_PER_EXPERT", "1")  # dense SwiGLU: ggml_mul_mat_id
+    assert rel_err(decode(model, "dense", n_threads=2)[0], one) < TOL[outtype]
