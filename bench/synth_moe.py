@@ -64,9 +64,9 @@ def norm_scale(natural_density: float) -> float:
 class Maker:
     """Random tensors as the bytes a GGUF holds: Q4_0 / Q8_0 blocks or F16 rows."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, pool_size: int = 1 << 24):
         self.rng = np.random.default_rng(seed)
-        self.pool = self.rng.standard_normal(1 << 24, dtype=np.float32).astype(np.float16)
+        self.pool = self.rng.standard_normal(pool_size, dtype=np.float32).astype(np.float16)
 
     def q4_0(self, rows: int, n: int, std: float, shift_dim: int = -1, zero_row: int = -1,
              zero_col: int = -1) -> np.ndarray:
@@ -249,7 +249,7 @@ def write_pair(root: Path, s: MoeShape, qtype: str, natural_density: float, seed
     part = {k: p.with_suffix(".part") for k, p in paths.items()}
     writers = {k: _writer(part[k], s, qtype, k == "ts") for k in paths}
     raw = {"q4_0": QT.Q4_0, "q8_0": QT.Q8_0}
-    listed = list(tensors(s, qtype, Maker(seed), natural_density))
+    listed = list(tensors(s, qtype, Maker(seed, min(1 << 24, 2 * s.n_ff * s.n_embd)), natural_density))
     for t in listed:
         for k in t.files:
             shape = tuple(reversed(t.ne))
