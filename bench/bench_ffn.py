@@ -1,6 +1,6 @@
 """One FFN layer of the Mistral-7B shape: the sparse ops against ggml's dense FFN.
 
-    python bench/bench_ffn.py [--json FILE] [--repeats N] [--types q4_0,q4_K,f16] [--threads 2]
+    python bench/bench_ffn.py [--json FILE] [--repeats N] [--types q4_0,q4_K,f16] [--threads 2] [--moe]
                               [--batch T [--sub-batch auto,1,4,16]]
 
 n_embd 4096, n_ff 14336, predictor rank 1024, batch 1 (or T tokens). For each weight type (Q4_0, Q4_K
@@ -45,6 +45,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from turbosparse import _ggml as G
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_ffn_moe import bench_moe_type  # noqa: E402
 
 N_EMBD, N_FF, RANK = 4096, 14336, 1024
 DENSITIES = [1.0, 0.5, 0.25, 0.10, 0.05]
@@ -201,6 +204,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--repeats", type=int, default=25)
     ap.add_argument("--stat", choices=["median", "min"], default="median",
                     help="per-row statistic of the repeats; min resists load from other processes")
+    ap.add_argument("--moe", action="store_true",
+                    help="one TurboSparse-Mixtral MoE layer (router + 2 of 8 experts) against ggml's mul_mat_id "
+                         "graph instead (bench_ffn_moe.py)")
     ap.add_argument("--batch", type=int, default=1, help="tokens per call (prompt processing when > 1)")
     ap.add_argument("--sub-batch", default="auto",
                     help="comma-separated TURBOSPARSE_SUB_BATCH settings to time: auto or a token count")
@@ -221,13 +227,26 @@ def main(argv: Optional[list[str]] = None) -> int:
         f"{args.stat} of {args.repeats}, {'not pinned' if args.no_pin else 'pinned'}, load average {os.getloadavg()[0]:.2f}")
     flush = np.ones(FLUSH_BYTES // 4, dtype=np.float32)
     rows: list[Row] = []
+    moe_rows: list[dict] = []
     cpus = None if args.no_pin else sorted(os.sched_getaffinity(0))[:args.threads]
     with G.ThreadPool(args.threads, cpus) as pool:
         for type_ in args.types.split(","):
+            if args.moe:
+                moe_rows += bench_moe_type(type_, args.threads, args.repeats, pool, flush, log)
+                continue
             rows += bench_type(type_, args.threads, args.repeats, pool, flush, log, args.batch, sub_batches,
                                min if args.stat == "min" else statistics.median)
     log(f"load average at the end {os.getloadavg()[0]:.2f}")
 
+    if args.moe:
+        print(f"{'type':6s}{'MoE layer, mode':18s}{'density':>9s}{'ms':>9s}{'mul_mat_id ms':>15s}{'speed-up':>10s}")
+        for m in moe_rows:
+            print(f"{m['type']:6s}{m['mode']:18s}{m['density']:>9.1%}{m['ms']:>9.2f}{m['ms_ggml_mul_mat_id']:>15.2f}"
+                  f"{m['speedup']:>9.2f}x")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(moe_rows, f, indent=1)
+        return 0
     print(f"{'type':6s}{'mode':12s}{'T':>5s}{'sub':>6s}{'predictor':>10s}{'density':>9s}{'ms':>9s}{'dense ms':>10s}"
           f"{'speed-up':>10s}")
     for r in rows:

@@ -220,6 +220,40 @@ struct ggml_tensor * ggml_sparse_mul_mat(
 // Name of the kernel table in use ("scalar", "avx2", "avx512", "neon").
 const char * ggml_sparse_isa(void);
 
+// ---- mixture of experts (Mixtral) -----------------------------------------------------------
+//
+// One node per step of an MoE layer, over the batch's (token, chosen expert) pairs sorted by
+// expert, so that each token reads only the rows of its experts and the tokens that chose
+// the same expert read its rows together (sub-batches as in ggml_sparse_gate_up):
+//   route  = ggml_sparse_moe_route(router logits [n_expert, T], k)        i32 routing table
+//   x_p    = ggml_get_rows(x, ggml_sparse_moe_tokens(route, T k))         [n_embd, P], P = T k
+//   y_p    = ggml_sparse_moe_matmul(W [n, rows, n_expert], x_p, route)    [rows, P] dense per pair
+//   a_p    = ggml_sparse_moe_gate_up(w_gate, w_up [n_embd, n_ff, n_expert], x_p, logits_p, ...)
+//   y_p    = ggml_sparse_moe_down(w_down_t [n_embd, n_ff, n_expert], a_p, route)
+//   y      = ggml_sparse_moe_combine(y_p, route, k)                       [n_embd, T]
+// Routing is Mixtral's: softmax, top k (ties to the lower expert), weights renormalised.
+// Stacked weights must have a kernel type (F32, F16, BF16, Q8_0, Q4_0). Results do not depend
+// on the thread count; a pair's result is bit for bit the same whatever else is in the batch.
+// Each builder returns NULL and fills err when shapes or types do not fit.
+struct ggml_tensor * ggml_sparse_moe_route(struct ggml_context * ctx, struct ggml_tensor * logits, int k,
+                                           char * err, size_t err_size);
+// The pairs' token indices (the routing table's first P entries), for ggml_get_rows.
+struct ggml_tensor * ggml_sparse_moe_tokens(struct ggml_context * ctx, struct ggml_tensor * route, int64_t n_pairs);
+struct ggml_tensor * ggml_sparse_moe_matmul(struct ggml_context * ctx, struct ggml_tensor * w, struct ggml_tensor * x,
+                                            struct ggml_tensor * route, char * err, size_t err_size);
+// logits_p: NULL in exact mode; stats counts as n_expert ggml_sparse_gate_up nodes over all
+// T tokens would (neurons_total = n_ff T n_expert).
+struct ggml_tensor * ggml_sparse_moe_gate_up(struct ggml_context * ctx, struct ggml_tensor * w_gate,
+                                             struct ggml_tensor * w_up, struct ggml_tensor * x,
+                                             struct ggml_tensor * logits, struct ggml_tensor * route, int k,
+                                             enum ggml_sparse_ffn_kind kind, float threshold,
+                                             struct ggml_sparse_stats * stats, char * err, size_t err_size);
+struct ggml_tensor * ggml_sparse_moe_down(struct ggml_context * ctx, struct ggml_tensor * w_down_t,
+                                          struct ggml_tensor * a, struct ggml_tensor * route,
+                                          char * err, size_t err_size);
+struct ggml_tensor * ggml_sparse_moe_combine(struct ggml_context * ctx, struct ggml_tensor * y,
+                                             struct ggml_tensor * route, int k, char * err, size_t err_size);
+
 #ifdef __cplusplus
 }
 #endif

@@ -16,6 +16,11 @@ struct ggml_tensor * ts_build_ffn_one(struct ts_context * c, struct ggml_context
                                       struct ggml_tensor * w_gate, struct ggml_tensor * w_up,
                                       struct ggml_tensor * w_down, struct ggml_tensor * logit_bias);
 
+// Whether the MoE ops read these experts' stacked weights with our kernels (types with
+// kernels where ours beat ggml's on this CPU, plain layout): then they stay out of ggml's
+// repacked buffers (repack.c) and dense mode runs through the MoE ops too (moe.c).
+bool ts_moe_experts_ours(const struct ts_layer * l);
+
 // The mixture-of-experts FFN (moe.c).
 struct ggml_tensor * ts_build_moe(struct ts_context * c, struct ggml_context * g, const struct ts_layer * l,
                                   struct ggml_tensor * x, struct ggml_tensor * residual);

@@ -20,6 +20,7 @@
 // embedding, read by get_rows) qualifies for the huge-page copy, which keeps the layout.
 #define _GNU_SOURCE // madvise
 #include "repack.h"
+#include "ffn.h"
 
 #include "ggml-cpu.h"
 #include "ggml-sparse.h"
@@ -47,7 +48,8 @@ static void collect(const struct ts_model * m, struct candidates * c) {
     const struct ts_model_meta * h = &m->meta;
     const bool dense_ffn = h->ffn_kind == TS_FFN_SWIGLU;
     const bool moe = h->n_expert > 0;
-    // MoE experts go through mul_mat_id only when nothing slices them (moe.c)
+    // MoE experts go through mul_mat_id only when nothing slices them (moe.c): SwiGLU with a
+    // standard down projection and ggml's kernels faster than ours for them
     const bool ffn_ok = dense_ffn && (!moe || !h->down_neuron_major);
     if (!h->tied_output) add(c, m->output);
     else if (ggml_sparse_matmul_preferred(m->output)) add(c, m->output); // keeps its layout for get_rows
@@ -56,7 +58,7 @@ static void collect(const struct ts_model * m, struct candidates * c) {
         add(c, l->wq); add(c, l->wk); add(c, l->wv); add(c, l->wo);
         add(c, l->ffn_gate_inp);
         if (!moe) { add(c, l->pred_fc1); add(c, l->pred_fc2); }
-        if (ffn_ok) {
+        if (ffn_ok && !(moe && ts_moe_experts_ours(l))) {
             // with ffn_down_t in the file the threshold mode may run, whose up node reads
             // ffn_up's rows sparsely in the file's layout (the gate stays dense in every mode)
             add(c, l->ffn_gate);

@@ -7,6 +7,7 @@
 #include "ggml-sparse.h"
 #include "ts-kernels.h"
 #include "scratch.h"
+#include "ops-internal.h"
 
 #include "ggml.h"
 
@@ -32,7 +33,7 @@ static bool fail(char * err, size_t err_size, const char * fmt, ...) {
 // ---- weight types -------------------------------------------------------------------------
 
 // The kernel type of a ggml type, when the kernels handle it directly.
-static bool kernel_type(enum ggml_type type, enum ts_type * out) {
+bool ts_kernel_type(enum ggml_type type, enum ts_type * out) {
     switch (type) {
         case GGML_TYPE_F32:  *out = TS_TYPE_F32;  return true;
         case GGML_TYPE_F16:  *out = TS_TYPE_F16;  return true;
@@ -57,7 +58,7 @@ struct weight_reader {
 
 static struct weight_reader weight_reader_of(enum ggml_type type) {
     struct weight_reader r = { 0 };
-    if (kernel_type(type, &r.type)) {
+    if (ts_kernel_type(type, &r.type)) {
         r.fast = true;
         return r;
     }
@@ -70,7 +71,7 @@ static struct weight_reader weight_reader_of(enum ggml_type type) {
 
 static bool sparse_type_ok(const struct ggml_tensor * w, const char * name, char * err, size_t err_size) {
     enum ts_type tt;
-    if (kernel_type(w->type, &tt)) {
+    if (ts_kernel_type(w->type, &tt)) {
         return true;
     }
     if ((unsigned) w->type >= GGML_TYPE_COUNT || ggml_get_type_traits(w->type)->to_float == NULL ||
@@ -233,13 +234,6 @@ bool ggml_sparse_check_ffn(
 
 // ---- op parameters -------------------------------------------------------------------------
 
-struct gate_up_op {
-    enum ts_act                act;
-    float                      threshold;
-    bool                       predicted; // else exact
-    int                        sub_batch; // T > 1: tokens per sub-batch, 0 = adaptive
-    struct ggml_sparse_stats * stats;
-};
 
 static void stats_add(int64_t * counter, int64_t value) {
     __atomic_fetch_add(counter, value, __ATOMIC_RELAXED);
@@ -303,7 +297,7 @@ static double row_cost(void) {
 }
 
 // 0: adaptive; N > 0: sub-batches of N tokens (at most 256).
-static int sub_batch_setting(void) {
+int ts_sub_batch_setting(void) {
     const char * s = getenv("TURBOSPARSE_SUB_BATCH");
     int n = s ? atoi(s) : 0;
     return n < 0 ? 0 : n > 256 ? 256 : n; // the down node keeps n_ff floats per token of one
@@ -318,7 +312,7 @@ static int64_t sub_batch_cap(int setting, int64_t T) {
 // The sub-batches, in token order. Every thread builds the same plan from the same inputs,
 // so they agree on every sub-batch without talking.
 struct plan {
-    int        setting; // sub_batch_setting()
+    int        setting; // ts_sub_batch_setting()
     int64_t    cap;     // sub_batch_cap()
     int64_t    n_words; // 64-bit words of one token's row set
     uint64_t * sets;    // [T][n_words] each token's rows
@@ -607,12 +601,13 @@ static int64_t gu_batch_predicted(struct gu_batch * b, int64_t T, struct plan * 
     return ith == 0 ? n_selected : 0;
 }
 
-// The gate/up node; returns this thread's count for stats.neurons_computed.
-static int64_t gate_up_batch(const struct gate_up_op * op, struct ggml_tensor * dst, int ith, int nth) {
+int64_t ts_gate_up_run(const struct gate_up_op * op, const struct ggml_tensor * wg, const struct ggml_tensor * wu,
+                       const struct ggml_tensor * x, const struct ggml_tensor * lg, struct ggml_tensor * a,
+                       int ith, int nth) {
     struct gu_batch b = {
-        .k = ts_kernels_best(), .r = weight_reader_of(dst->src[0]->type), .op = op,
-        .wg = dst->src[0], .wu = dst->src[1], .x = dst->src[2], .lg = op->predicted ? dst->src[3] : NULL,
-        .a = dst, .n_embd = dst->src[0]->ne[0], .n_ff = dst->src[0]->ne[1],
+        .k = ts_kernels_best(), .r = weight_reader_of(wg->type), .op = op,
+        .wg = wg, .wu = wu, .x = x, .lg = op->predicted ? lg : NULL,
+        .a = a, .n_embd = wg->ne[0], .n_ff = wg->ne[1],
     };
     const int64_t T   = b.x->ne[1];
     const int64_t cap = sub_batch_cap(op->sub_batch, T);
@@ -657,7 +652,8 @@ static void stats_of_gate_up(const struct gate_up_op * op, int64_t n_computed, i
 // dst a [n_ff, T]; src: w_gate, w_up, x, and logits in predicted mode.
 static void gate_up_compute(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
     const struct gate_up_op * op = userdata;
-    const int64_t n_computed = gate_up_batch(op, dst, ith, nth);
+    const int64_t n_computed = ts_gate_up_run(op, dst->src[0], dst->src[1], dst->src[2],
+                                              op->predicted ? dst->src[3] : NULL, dst, ith, nth);
     stats_of_gate_up(op, n_computed, dst->ne[0], dst->ne[1], ith);
 }
 
@@ -752,11 +748,8 @@ static void down_generic(const struct ts_kernels * k, const struct weight_reader
     }
 }
 
-// dst y [n_embd, T]; src: w_down_t [n_embd, n_ff], a [n_ff, T].
-// userdata: the sub-batch setting, as an intptr_t.
-static void down_compute(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
-    const struct ggml_tensor * w = dst->src[0];
-    const struct ggml_tensor * a = dst->src[1];
+void ts_down_run(const struct ggml_tensor * w, const struct ggml_tensor * a, struct ggml_tensor * dst,
+                 int setting, int ith, int nth) {
     const int64_t n_embd = w->ne[0];
     const int64_t n_ff   = w->ne[1];
     const int64_t T      = a->ne[1];
@@ -770,7 +763,7 @@ static void down_compute(struct ggml_tensor * dst, int ith, int nth, void * user
     const struct weight_reader r = weight_reader_of(w->type);
     if (T > 1 && r.fast) {
         // (the generic path stays per token: its group sums follow each token's own list)
-        down_batch(k, r.type, w, a, dst, (int) (intptr_t) userdata, c0, c1);
+        down_batch(k, r.type, w, a, dst, setting, c0, c1);
         return;
     }
 
@@ -797,6 +790,12 @@ static void down_compute(struct ggml_tensor * dst, int ith, int nth, void * user
             down_generic(k, &r, w, idx, a_comp, n_nz, c0, c1, yt, rows, part);
         }
     }
+}
+
+// dst y [n_embd, T]; src: w_down_t [n_embd, n_ff], a [n_ff, T].
+// userdata: the sub-batch setting, as an intptr_t.
+static void down_compute(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
+    ts_down_run(dst->src[0], dst->src[1], dst, (int) (intptr_t) userdata, ith, nth);
 }
 
 // ---- builders --------------------------------------------------------------------------------
@@ -842,7 +841,7 @@ struct ggml_tensor * ggml_sparse_gate_up(
     op->act       = kind == GGML_SPARSE_FFN_DRELU ? TS_ACT_DRELU : TS_ACT_REGLU;
     op->threshold = threshold;
     op->predicted = logits != NULL;
-    op->sub_batch = sub_batch_setting();
+    op->sub_batch = ts_sub_batch_setting();
     op->stats     = stats;
     struct ggml_tensor * args[4] = { w_gate, w_up, x, logits };
     struct ggml_tensor * a = ggml_custom_4d(ctx, GGML_TYPE_F32, n_ff, T, 1, 1, args, logits ? 4 : 3,
@@ -863,7 +862,7 @@ struct ggml_tensor * ggml_sparse_down(
     }
     struct ggml_tensor * args[2] = { w_down_t, a };
     struct ggml_tensor * y = ggml_custom_4d(ctx, GGML_TYPE_F32, w_down_t->ne[0], a->ne[1], 1, 1, args, 2,
-                                            down_compute, GGML_N_TASKS_MAX, (void *) (intptr_t) sub_batch_setting());
+                                            down_compute, GGML_N_TASKS_MAX, (void *) (intptr_t) ts_sub_batch_setting());
     ggml_set_name(y, "sparse_down");
     return y;
 }

@@ -181,6 +181,21 @@ class Context(Closeable):
         t.data = self._ffi.cast("void *", arr.ctypes.data)
         return Tensor(t, arr)
 
+    def from_numpy_experts(self, arr: np.ndarray, type_: str, ne0: int) -> Tensor:
+        """A 3-D tensor [ne0, rows, n_expert] over a C-contiguous numpy array [n_expert, rows, row_bytes]
+        (raw bytes of `type_`, as quantize() gives per expert) or [n_expert, rows, ne0] f32/f16 values."""
+        if not arr.flags["C_CONTIGUOUS"] or arr.ndim != 3:
+            raise GgmlSparseError("from_numpy_experts: expected a C-contiguous 3-D array")
+        tid = ggml_type(type_)
+        if arr.shape[2] * arr.itemsize != self._lib.ggml_row_size(tid, ne0):
+            raise GgmlSparseError(f"from_numpy_experts: rows of {arr.shape[2] * arr.itemsize} bytes do not hold "
+                                  f"{ne0} elements of {type_}")
+        t = self._lib.ggml_new_tensor_3d(self._meta, tid, ne0, arr.shape[1], arr.shape[0])
+        if t == self._ffi.NULL:
+            raise MemoryError("too many numpy views in this Context (max_views)")
+        t.data = self._ffi.cast("void *", arr.ctypes.data)
+        return Tensor(t, arr)
+
     # ---- ops -----------------------------------------------------------------------------------
 
     def _checked(self, ptr: Any, err: Any, what: str) -> Tensor:

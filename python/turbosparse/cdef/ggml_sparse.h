@@ -66,4 +66,17 @@ bool ggml_sparse_matmul_packable(const struct ggml_tensor * w);
 bool ggml_sparse_matmul_pack(struct ggml_tensor * w, void * dst);
 struct ggml_tensor * ggml_sparse_mul_mat(struct ggml_context * ctx, struct ggml_tensor * w,
         struct ggml_tensor * x);
+struct ggml_tensor * ggml_sparse_moe_route(struct ggml_context * ctx, struct ggml_tensor * logits, int k,
+        char * err, size_t err_size);
+struct ggml_tensor * ggml_sparse_moe_tokens(struct ggml_context * ctx, struct ggml_tensor * route, int64_t n_pairs);
+struct ggml_tensor * ggml_sparse_moe_matmul(struct ggml_context * ctx, struct ggml_tensor * w, struct ggml_tensor * x,
+        struct ggml_tensor * route, char * err, size_t err_size);
+struct ggml_tensor * ggml_sparse_moe_gate_up(struct ggml_context * ctx, struct ggml_tensor * w_gate,
+        struct ggml_tensor * w_up, struct ggml_tensor * x, struct ggml_tensor * logits, struct ggml_tensor * route,
+        int k, enum ggml_sparse_ffn_kind kind, float threshold, struct ggml_sparse_stats * stats,
+        char * err, size_t err_size);
+struct ggml_tensor * ggml_sparse_moe_down(struct ggml_context * ctx, struct ggml_tensor * w_down_t,
+        struct ggml_tensor * a, struct ggml_tensor * route, char * err, size_t err_size);
+struct ggml_tensor * ggml_sparse_moe_combine(struct ggml_context * ctx, struct ggml_tensor * y,
+        struct ggml_tensor * route, int k, char * err, size_t err_size);
 const char * ggml_sparse_isa(void);
