@@ -439,6 +439,7 @@ struct gu_batch {
     int32_t * tok_rows;          // [ROW_CHUNK] one token's rows needing up
     uint8_t * need;              // [cap][ROW_CHUNK] whether the pair needs its up value
     float * deq;      // [DEQ_GROUP][n_embd], generic path
+    int64_t rows_read; // this thread's count for stats.rows_read
 };
 
 static float * act_row(const struct gu_batch * b, int64_t t) {
@@ -497,6 +498,9 @@ static int64_t gu_rows(struct gu_batch * b, const int32_t * tok, int64_t n_tok,
             }
         }
         const bool per_token = n_tok > 1 && (double) n_pairs * (r + 1.0) < (double) n_up * (r + (double) n_tok);
+        if (!b->lg) { // exact mode: the up rows are what sparsity saves (stats.rows_read)
+            b->rows_read += per_token ? n_pairs : n_up;
+        }
         if (per_token) { // b->u[s][m]: token s's m-th needed row
             for (int64_t s = 0; s < n_tok; s++) {
                 int64_t n_s = 0;
@@ -591,6 +595,9 @@ static int64_t gu_batch_predicted(struct gu_batch * b, int64_t T, struct plan * 
         for (int64_t s = 0; s < p->n_tok && hi > lo; s++) {
             memset(act_row(b, p->tok[s]) + lo, 0, (size_t) (hi - lo) * sizeof(float));
         }
+        if (ith == 0) { // predicted mode: each sub-batch reads its union's gate rows once
+            b->rows_read += p->n_rows;
+        }
         if (k1 > k0) {
             gu_load_x(b, p->tok, p->n_tok);
             gu_rows(b, p->tok, p->n_tok, p->rows + k0, k1 - k0);
@@ -599,8 +606,10 @@ static int64_t gu_batch_predicted(struct gu_batch * b, int64_t T, struct plan * 
     return ith == 0 ? n_selected : 0;
 }
 
-// The gate/up node; returns this thread's count for stats.neurons_computed.
-static int64_t gate_up_batch(const struct gate_up_op * op, struct ggml_tensor * dst, int ith, int nth) {
+// The gate/up node; returns this thread's count for stats.neurons_computed and adds its
+// rows read to *rows_read.
+static int64_t gate_up_batch(const struct gate_up_op * op, struct ggml_tensor * dst, int ith, int nth,
+                             int64_t * rows_read) {
     struct gu_batch b = {
         .k = ts_kernels_best(), .r = weight_reader_of(dst->src[0]->type), .op = op,
         .wg = dst->src[0], .wu = dst->src[1], .x = dst->src[2], .lg = op->predicted ? dst->src[3] : NULL,
@@ -630,19 +639,26 @@ static int64_t gate_up_batch(const struct gate_up_op * op, struct ggml_tensor * 
     b.deq     = ts_carve(&cur, deq);
     int32_t * rows = ts_carve(&cur, ff_i32);
     int32_t * tok  = ts_carve(&cur, (size_t) T * sizeof(int32_t));
+    int64_t n_computed;
     if (!b.lg) {
-        return gu_batch_exact(&b, T, cap, ith, nth, tok, rows);
+        n_computed = gu_batch_exact(&b, T, cap, ith, nth, tok, rows);
+    } else {
+        struct plan p = plan_carve(&cur, op->sub_batch, T, b.n_ff, cap);
+        n_computed = gu_batch_predicted(&b, T, &p, ith, nth);
     }
-    struct plan p = plan_carve(&cur, op->sub_batch, T, b.n_ff, cap);
-    return gu_batch_predicted(&b, T, &p, ith, nth);
+    *rows_read = b.rows_read;
+    return n_computed;
 }
 
-static void stats_of_gate_up(const struct gate_up_op * op, int64_t n_computed, int64_t n_ff, int64_t T, int ith) {
+static void stats_of_gate_up(const struct gate_up_op * op, int64_t n_computed, int64_t rows_read, int64_t n_ff,
+                             int64_t T, int ith) {
     if (op->stats) {
         stats_add(&op->stats->neurons_computed, n_computed);
+        stats_add(&op->stats->rows_read, rows_read);
         if (ith == 0) {
             stats_add(&op->stats->neurons_total, n_ff * T);
             stats_add(&op->stats->tokens, T);
+            stats_add(&op->stats->rows_total, n_ff);
         }
     }
 }
@@ -650,8 +666,9 @@ static void stats_of_gate_up(const struct gate_up_op * op, int64_t n_computed, i
 // dst a [n_ff, T]; src: w_gate, w_up, x, and logits in predicted mode.
 static void gate_up_compute(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
     const struct gate_up_op * op = userdata;
-    const int64_t n_computed = gate_up_batch(op, dst, ith, nth);
-    stats_of_gate_up(op, n_computed, dst->ne[0], dst->ne[1], ith);
+    int64_t rows_read = 0;
+    const int64_t n_computed = gate_up_batch(op, dst, ith, nth, &rows_read);
+    stats_of_gate_up(op, n_computed, rows_read, dst->ne[0], dst->ne[1], ith);
 }
 
 // ---- sparse down over batches of tokens ---------------------------------------------------------

@@ -22,6 +22,8 @@ struct ggml_sparse_stats {
     int64_t neurons_computed;
     int64_t neurons_total;
     int64_t tokens;
+    int64_t rows_read;
+    int64_t rows_total;
 };
 
 struct ggml_sparse_ffn_params {
