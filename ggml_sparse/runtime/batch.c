@@ -107,7 +107,8 @@ int32_t ts_decode_batch(struct ts_context * c, const struct ts_batch * b, float 
     if (atomic_exchange(&c->abort, 0)) { rc = ts_context_fail(c, TS_ERR_ABORTED, "aborted"); goto done; }
 
     struct ts_batch_plan plan = { .batch = b, .cells = cells, .out_rows = out };
-    ts_kv_cells_find(&c->cells, n, cells); // check_batch made sure there are n free cells
+    // check_batch made sure there are n free cells; the taken scratch is the mask's cell_seq
+    ts_kv_cells_find(&c->cells, b->seq, n, cells, (uint8_t *) c->cell_seq);
     plan.n_kv = ts_kv_cells_span(&c->cells);
     for (int32_t i = 0; i < n; i++) {
         if (cells[i] + 1 > plan.n_kv) plan.n_kv = cells[i] + 1;

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
+_Static_assert(TS_KV_MAX_SEQ == TS_MAX_SEQ, "kvcells.h's bound is turbosparse.h's");
+
 int32_t ts_context_fail(struct ts_context * c, int32_t status, const char * fmt, ...) {
     va_list ap;
     va_start(ap, fmt);

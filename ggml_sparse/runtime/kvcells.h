@@ -11,12 +11,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define TS_KV_MAX_SEQ 256 // TS_MAX_SEQ of turbosparse.h
+
 struct ts_kv_cells {
     int32_t   n_ctx;
     int32_t   n_seq;     // sequence ids are 0..n_seq-1
     int32_t * pos;       // [n_ctx]
     int32_t * seq;       // [n_ctx], -1 = free
     int32_t * next_pos;  // [n_seq] position the sequence's next token takes (its length)
+    int32_t * top;       // [n_seq] the sequence's highest cell, -1 when it has none
     int32_t   n_used;
 };
 
@@ -27,9 +30,12 @@ void ts_kv_cells_clear(struct ts_kv_cells * kc);
 // Frees every cell of sequence s (its next position is 0 again).
 void ts_kv_cells_remove_seq(struct ts_kv_cells * kc, int32_t s);
 
-// The n lowest free cells into idx[0..n), in ascending order (so a sequence's cells stay in
-// position order while nothing is removed); false when fewer than n are free. Marks nothing.
-bool ts_kv_cells_find(const struct ts_kv_cells * kc, int32_t n, int32_t * idx);
+// A free cell for each entry of sequences seq[0..n) into idx[0..n); false when fewer than n
+// are free. Each entry takes the lowest free cell above its sequence's cells where there is
+// one (else the lowest free cell): a sequence's cells then stay in position order, which is
+// the order attention sums them in, so a sequence decoded beside others gets the bits it gets
+// alone. taken: scratch of n_ctx. Marks nothing.
+bool ts_kv_cells_find(const struct ts_kv_cells * kc, const int32_t * seq, int32_t n, int32_t * idx, uint8_t * taken);
 
 // Marks idx[i] as holding position pos[i] of sequence seq[i] and advances next_pos.
 void ts_kv_cells_commit(struct ts_kv_cells * kc, const int32_t * idx, const int32_t * pos,
