@@ -158,6 +158,7 @@ class StepStats:
     tokens: int = 0               # entries decoded (prompt and generated)
     generated_steps: int = 0      # steps that decoded at least one generated token
     union_density_sum: float = 0.0  # over those steps
+    max_sequences: int = 0        # most sequences one step held
     last_sequences: int = 0       # sequences in the last step
     last_tokens: int = 0
     last_union_density: float = 0.0
@@ -320,6 +321,7 @@ class Scheduler:
             st.steps += 1
             st.tokens += len(batch)
             st.last_sequences = len(set(batch.seq))
+            st.max_sequences = max(st.max_sequences, st.last_sequences)
             st.last_tokens = len(batch)
             st.last_union_density = step["ffn_union_density"]
             st.last_density = step["ffn_density"]

@@ -463,9 +463,13 @@ class Model(Closeable):
                                    "(make the Model with a larger n_ctx, or shorten the prompt)")
 
     def _reset_kv(self) -> None:
-        """Empties the KV cache, keeping its statistics in _stats_base."""
-        self._stats_base = self._stats_base + self._c_stats()
-        lib.ts_context_reset(self._ctx)
+        """Empties sequence 0's cells (the whole KV cache, keeping its statistics in _stats_base,
+        when the context holds one sequence; other sequences' cells are left alone)."""
+        if int(lib.ts_context_n_seq_max(self._ctx)) > 1:
+            lib.ts_seq_remove(self._ctx, 0)
+        else:
+            self._stats_base = self._stats_base + self._c_stats()
+            lib.ts_context_reset(self._ctx)
         self._kv_tokens, self._kv_logits, self._kv_valid = [], None, True
 
     def _decode(self, toks: List[int], logits_all: bool) -> np.ndarray:

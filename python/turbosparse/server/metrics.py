@@ -89,6 +89,8 @@ class Metrics:
         metric("turbosparse_batch_steps_total", "counter", "Batched decode steps run.", [("", steps.steps)])
         metric("turbosparse_batch_sequences", "gauge", "Sequences in the last batched step.",
                [("", steps.last_sequences)])
+        metric("turbosparse_batch_sequences_max", "gauge", "Most sequences one batched step held, since start.",
+               [("", steps.max_sequences)])
         metric("turbosparse_batch_tokens", "gauge", "Tokens (generated and prompt) in the last batched step.",
                [("", steps.last_tokens)])
         metric("turbosparse_slots", "gauge", "Slots (sequences decoded together).", [("", slots_total)])
