@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Serving speed of ts-server against llama.cpp's llama-server, measured in the same run.
 
-For each engine in turn (one server process at a time, the same thread count and the same
+For each engine in turn (ts-server in each of --ffn-modes, then llama-server: one server process
+at a time, the same thread count and the same
 number of slots), and for each client count (--clients, default 1,2,4,8): that many clients
 each send --requests streaming completions (temperature 0, --max-tokens tokens, the end of
 text ignored where the engine allows it) one after another. Reported per engine and client
@@ -188,7 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="threads of both servers (default %(default)s)")
     p.add_argument("--ctx", type=int, default=512, help="context tokens per slot (default %(default)s)")
-    p.add_argument("--ffn-mode", default="auto", help="ts-server --ffn-mode (default %(default)s)")
+    p.add_argument("--ffn-modes", default="predicted,dense",
+                   help="ts-server FFN modes to measure, each a server of its own (default %(default)s; the "
+                   "tiny model: auto)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="predictor threshold (default: the 10%% density tau of calibration-64.json beside the "
+                   "model, written by bench_decode.py, else the file's)")
     p.add_argument("--json", type=Path, help="write the results as JSON")
     return p
 
@@ -221,16 +227,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     ts_server = shutil.which("ts-server") or ""
     ts_argv = ([ts_server] if ts_server else [sys.executable, "-m", "turbosparse.server"])
-    engines = [("turbosparse", lambda port: ts_argv + [
-        "-m", str(ts_model), "--port", str(port), "--parallel", str(slots), "-c", str(args.ctx),
-        "-t", str(args.threads), "--ffn-mode", args.ffn_mode, "--max-queue", "64", "--log-level", "warning"],
-        {})]
+    threshold = args.threshold
+    calib = Path(ts_model).parent / "calibration-64.json"
+    if threshold is None and not args.tiny and calib.is_file():
+        threshold = float(json.loads(calib.read_text())["taus"]["0.1"])
+    modes = ["auto"] if args.tiny and args.ffn_modes == "predicted,dense" else args.ffn_modes.split(",")
+    engines = []
+    for mode in modes:
+        extra_args = ["--threshold", str(threshold)] if threshold is not None and mode == "predicted" else []
+        engines.append((f"ts-{mode}", lambda port, mode=mode, extra_args=extra_args: ts_argv + [
+            "-m", str(ts_model), "--port", str(port), "--parallel", str(slots), "-c", str(args.ctx),
+            "-t", str(args.threads), "--ffn-mode", mode, "--max-queue", "64", "--log-level", "warning"] + extra_args,
+            {}))
     if use_llama:
         engines.append(("llama-server", lambda port: [
             str(args.llama_server), "-m", str(llama_model), "--port", str(port), "--host", "127.0.0.1",
             "--parallel", str(slots), "-c", str(args.ctx * slots), "-t", str(args.threads), "-tb", str(args.threads),
             "--no-webui"], {"ignore_eos": True}))
-    print(f"turbosparse: {ts_model}\nllama-server: {llama_model if use_llama else '(skipped)'}\n"
+    print(f"turbosparse: {ts_model} (predicted threshold {threshold})\n"
+          f"llama-server: {llama_model if use_llama else '(skipped)'}\n"
           f"{slots} slots, {args.threads} threads, {args.requests} requests x {args.max_tokens} tokens per client",
           flush=True)
     results: List[Result] = []
@@ -242,7 +257,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for c in clients:
                 r = measure(server, c, args.requests, args.max_tokens, extra)
                 results.append(r)
-                print(f"  {name:12s} {c} clients: {r.tokens_per_s:7.2f} tok/s, TTFT p50 {pct(r.ttft_s, .5):.3f} s, "
+                print(f"  {name:14s} {c} clients: {r.tokens_per_s:7.2f} tok/s, TTFT p50 {pct(r.ttft_s, .5):.3f} s, "
                       f"ITL p50 {pct(r.itl_s, .5) * 1000:.1f} ms ({r.tokens} tokens, {r.errors} errors)", flush=True)
         finally:
             server.stop()

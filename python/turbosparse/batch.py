@@ -184,7 +184,9 @@ class Scheduler:
         self._cond = threading.Condition(threading.RLock())
         self._pending: Dict[int, _Request] = {}   # seq id -> its request, in arrival order
         self._expected: Set[int] = set()          # got logits last step, not ended
-        self._to_remove: Set[int] = set()         # cells to free before the next step
+        # cells to free before the next step: at the start every sequence's, so that cells the
+        # model's own generate() (sequence 0) or an earlier scheduler left are not continued
+        self._to_remove: Set[int] = set(range(n_seq))
         self._free: Deque[SequenceHandle] = collections.deque(self.sequences)
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="turbosparse-scheduler", daemon=True)

@@ -606,16 +606,16 @@ class Model(Closeable):
                     tokens.append(t)
                     gen.completion_tokens.append(t)
                     text = filt.feed(stream.push(t))
-                if not filt.stopped and len(tokens) < n_ctx and len(gen.completion_tokens) < limit:
-                    logits = sync(tokens)
                 if text:
-                    yield text
+                    yield text  # before the next decode: a stream's reader gets each piece a step sooner
                 if filt.stopped:
                     gen.finish_reason = "stop"
                     break
                 if len(tokens) >= n_ctx:
                     gen.finish_reason = "length"
                     break
+                if len(gen.completion_tokens) < limit:
+                    logits = sync(tokens)
             if not filt.stopped:
                 with self._lock:
                     self._check_open()

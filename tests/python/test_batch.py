@@ -103,3 +103,14 @@ def test_cancel_ends_a_waiting_prompt():
             assert not t.is_alive() and errors
             seq.end()
             assert sched.n_busy == 0
+
+
+def test_scheduler_starts_from_empty_sequences():
+    """A sequence the model's own generate() filled (sequence 0) is emptied, not continued."""
+    with turbosparse.Model(n_ctx=N_CTX * 2, n_threads=1, n_seq_max=2) as model:
+        want = model.generate(PROMPTS[4], max_tokens=16, temperature=0)
+        with Scheduler(model) as sched:
+            seq = sched.acquire()
+            assert seq.id == 0
+            got = model.create_completion(PROMPTS[4], max_tokens=16, temperature=0, sequence=seq)
+            assert got["choices"][0]["text"] == want
