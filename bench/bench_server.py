@@ -7,7 +7,7 @@ number of slots), and for each client count (--clients, default 1,2,4,8): that m
 each send --requests streaming completions (temperature 0, --max-tokens tokens, the end of
 text ignored where the engine allows it) one after another. Reported per engine and client
 count: aggregate generated tokens/s (all tokens over the wall time of the level), time to
-first token and inter-token latency (p50/p95 over all requests / token gaps), and the ratio of
+first token and inter-token latency (p50/p95 over the requests; see one_request), and the ratio of
 turbosparse's aggregate tokens/s to llama-server's at the same client count.
 
 Default weights: the decode benchmark's 7B-shape Q4_0 files (bench/bench_decode.py
@@ -114,30 +114,34 @@ class Server:
 
 
 def one_request(url: str, model: str, max_tokens: int, extra: Dict[str, object]) -> tuple:
-    """(tokens, ttft_s, inter-token gaps) of one streamed completion."""
-    body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True, **extra}
+    """(generated tokens, ttft_s, mean inter-token latency) of one streamed completion.
+
+    The engines chunk differently (llama-server sends every token, with an empty text while a
+    UTF-8 character is incomplete, as the synthetic weights' random tokens often are; ts-server
+    sends pieces of text only), so: tokens from the usage both report at the end, TTFT = the
+    first chunk with a choice, and the inter-token latency of a request = (last chunk - first
+    chunk) / (tokens - 1)."""
+    body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}, **extra}
     t0 = time.monotonic()
-    last: Optional[float] = None
     first: Optional[float] = None
-    gaps: List[float] = []
+    last = t0
     n = 0
-    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=3600) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
-            choices = chunk.get("choices") or []
-            if not choices or not choices[0].get("text"):
-                continue
-            now = time.monotonic()
-            if first is None:
-                first = now - t0
-            elif last is not None:
-                gaps.append(now - last)
-            last = now
-            n += 1
-    return n, (first if first is not None else float("nan")), gaps
+            if chunk.get("usage"):
+                n = int(chunk["usage"]["completion_tokens"])
+            if chunk.get("choices"):
+                last = time.monotonic()
+                if first is None:
+                    first = last
+    ttft = first - t0 if first is not None else float("nan")
+    itl = (last - first) / (n - 1) if first is not None and n > 1 else float("nan")
+    return n, ttft, itl
 
 
 def measure(server: Server, clients: int, requests: int, max_tokens: int, extra: Dict[str, object]) -> Result:
@@ -160,10 +164,11 @@ def measure(server: Server, clients: int, requests: int, max_tokens: int, extra:
         if r is None:
             res.errors += 1
             continue
-        n, ttft, gaps = r
+        n, ttft, itl = r
         res.tokens += n
         res.ttft_s.append(ttft)
-        res.itl_s.extend(gaps)
+        if itl == itl:  # not NaN
+            res.itl_s.append(itl)
     return res
 
 
@@ -243,7 +248,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         engines.append(("llama-server", lambda port: [
             str(args.llama_server), "-m", str(llama_model), "--port", str(port), "--host", "127.0.0.1",
             "--parallel", str(slots), "-c", str(args.ctx * slots), "-t", str(args.threads), "-tb", str(args.threads),
-            "--no-webui"], {"ignore_eos": True}))
+            "--no-webui"], {"ignore_eos": True, "cache_prompt": False}))
     print(f"turbosparse: {ts_model} (predicted threshold {threshold})\n"
           f"llama-server: {llama_model if use_llama else '(skipped)'}\n"
           f"{slots} slots, {args.threads} threads, {args.requests} requests x {args.max_tokens} tokens per client",
