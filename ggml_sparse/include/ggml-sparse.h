@@ -57,6 +57,11 @@ struct ggml_sparse_stats {
     int64_t neurons_computed;
     int64_t neurons_total;   // n_ff per token
     int64_t tokens;          // token-FFN evaluations (T per sparse gate/up node)
+    // Weight rows read, a batch's union once per sub-batch (every token's own rows at T = 1):
+    //   predicted mode: the gate rows of the sub-batches' unions of selected neurons
+    //   exact mode:     the up rows (every gate row is read anyway)
+    int64_t rows_read;
+    int64_t rows_total;      // n_ff per sparse gate/up node evaluation
 };
 
 // Histogram of |silu(gate)| of a threshold-mode node (for calibrating thresholds): value v

@@ -43,8 +43,9 @@ enum ts_predictor_input {
 
 enum ts_status {
     TS_OK                 = 0,
-    TS_ERR_INVALID        = -1, // bad argument (token id out of range, n <= 0, ...)
-    TS_ERR_CONTEXT_FULL   = -2, // the batch would pass the context size
+    TS_ERR_INVALID        = -1, // bad argument (token id out of range, n <= 0, bad sequence id,
+                                // a position that does not continue its sequence, ...)
+    TS_ERR_CONTEXT_FULL   = -2, // the batch would pass the context size (no free KV cells left)
     TS_ERR_COMPUTE        = -3, // graph building or computing failed
     TS_ERR_ABORTED        = -4, // ts_context_abort() was called
 };
@@ -105,7 +106,11 @@ struct ts_context_params {
                               // thresholds then runs with -inf (every neuron) until set.
     const float * act_thresholds; // threshold mode: n_layer cuts to use instead of the file's
                                   // (NULL: the file's); copied
+    int32_t n_seq_max;     // sequences the context holds at once, ids 0..n_seq_max-1 (0 or 1:
+                           // one; at most TS_MAX_SEQ). They share the n_ctx cells of the KV cache.
 };
+
+#define TS_MAX_SEQ 256
 
 // Running statistics since the context was made or reset. A decode of more than one token
 // counts as prompt processing, a decode of one token as generation.
@@ -118,6 +123,17 @@ struct ts_stats {
     int64_t ffn_neurons_total;
     double  ffn_density;          // computed / total, 1 when nothing sparse ran
     double  load_ms;              // model load time
+    // Weight rows the sparse gate/up nodes read: a batch reads the union of its tokens' rows
+    // once (per sub-batch, ggml-sparse.h), so with several sequences in a batch this is below
+    // the sum of their own rows. rows_total counts n_ff per node evaluation.
+    int64_t ffn_rows_read;
+    int64_t ffn_rows_total;
+    double  ffn_union_density;    // rows_read / rows_total, 1 when nothing sparse ran
+    // The last successful decode alone (one step of a batched generation)
+    int32_t last_n_tokens;
+    double  last_ms;
+    double  last_ffn_density;
+    double  last_ffn_union_density;
 };
 
 struct ts_model;
@@ -146,12 +162,42 @@ int32_t ts_context_n_threads(const struct ts_context * ctx);
 int32_t ts_context_ffn_mode(const struct ts_context * ctx); // the mode in use (never AUTO)
 float   ts_context_threshold(const struct ts_context * ctx);
 
-// Runs tokens[0..n) as one batch at positions n_past.. and appends them to the KV cache.
+// Runs tokens[0..n) of sequence 0 as one batch at positions n_past.. and appends them to the
+// KV cache (ts_decode_batch with every entry in sequence 0).
 // logits: NULL, or [n, n_vocab] floats when logits_all, else [n_vocab] for the last token.
 // Returns TS_OK or a negative enum ts_status (message in ts_context_error()); on error the
 // KV cache is left as it was before the call.
 int32_t ts_decode(struct ts_context * ctx, const int32_t * tokens, int32_t n,
                   float * logits, int32_t logits_all);
+
+// ---- several sequences in one context (continuous batching) ----------------------------------
+//
+// A batch holds entries (token, position, sequence, whether its logits are wanted) of one or
+// several sequences; one graph computes them all, so the weights (and the sparse FFN's union
+// of active rows) are read once for the batch. Each entry attends to its own sequence's
+// cells at positions up to its own. A sequence grows by appending: its entries in a batch
+// take the positions ts_seq_n_past(seq), +1, ... in entry order.
+struct ts_batch {
+    int32_t         n_tokens;
+    const int32_t * tokens; // [n_tokens]
+    const int32_t * pos;    // [n_tokens]
+    const int32_t * seq;    // [n_tokens] 0..n_seq_max-1
+    const int8_t  * logits; // [n_tokens] nonzero: this entry's logits are wanted; NULL: the last entry's only
+};
+
+// Decodes the batch and adds its entries to the KV cache. logits: NULL, or [n_wanted, n_vocab]
+// floats, the wanted entries' rows in entry order. TS_OK or a negative enum ts_status with the
+// message in ts_context_error() (full cache, bad sequence id, a position out of order, a token
+// outside the vocabulary); on error the KV cache is left as it was.
+int32_t ts_decode_batch(struct ts_context * ctx, const struct ts_batch * batch, float * logits);
+// The position sequence seq's next entry takes (its length); -1 for an id out of range.
+int32_t ts_seq_n_past(const struct ts_context * ctx, int32_t seq);
+// Frees sequence seq's cells (it starts again at position 0). TS_OK or TS_ERR_INVALID.
+int32_t ts_seq_remove(struct ts_context * ctx, int32_t seq);
+// Frees every sequence's cells; unlike ts_context_reset the statistics are kept.
+void ts_kv_clear(struct ts_context * ctx);
+int32_t ts_context_n_seq_max(const struct ts_context * ctx);
+int32_t ts_context_n_free(const struct ts_context * ctx); // KV cells not holding any sequence
 
 // Asks a running (or the next) ts_decode to stop; safe from another thread or a signal handler.
 void ts_context_abort(struct ts_context * ctx);

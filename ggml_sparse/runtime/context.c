@@ -1,6 +1,5 @@
-// context.c: inference contexts and batch decoding. A decode builds the graph of its batch
-// (cheap: tensor headers only), lets the graph allocator place the intermediates in its one
-// reused buffer, and computes on the context's persistent thread pool.
+// context.c: inference contexts: their KV cache, thread pool and graph allocator, settings and
+// statistics, and computing a graph on them (decoding a batch is batch.c).
 #include "context.h"
 #include "graph.h"
 #include "profile.h"
@@ -12,7 +11,9 @@
 #include <string.h>
 #include <unistd.h>
 
-static int32_t set_err(struct ts_context * c, int32_t status, const char * fmt, ...) {
+_Static_assert(TS_KV_MAX_SEQ == TS_MAX_SEQ, "kvcells.h's bound is turbosparse.h's");
+
+int32_t ts_context_fail(struct ts_context * c, int32_t status, const char * fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(c->err, sizeof(c->err), fmt, ap);
@@ -23,6 +24,7 @@ static int32_t set_err(struct ts_context * c, int32_t status, const char * fmt, 
 void ts_context_params_init(struct ts_context_params * p) {
     memset(p, 0, sizeof(*p));
     p->ffn_mode = TS_FFN_MODE_AUTO;
+    p->n_seq_max = 1;
 }
 
 static const char * mode_name(int32_t mode) {
@@ -96,6 +98,11 @@ struct ts_context * ts_context_new(struct ts_model * model, const struct ts_cont
         snprintf(err, err_size, "context size must be positive (got %d)", params->n_ctx);
         return NULL;
     }
+    const int32_t n_seq = params->n_seq_max > 0 ? params->n_seq_max : 1;
+    if (n_seq > TS_MAX_SEQ) {
+        snprintf(err, err_size, "n_seq_max %d is above the supported %d sequences", params->n_seq_max, TS_MAX_SEQ);
+        return NULL;
+    }
     int32_t n_threads = params->n_threads;
     if (n_threads <= 0) {
         long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -131,6 +138,13 @@ struct ts_context * ts_context_new(struct ts_model * model, const struct ts_cont
         free(c);
         return NULL;
     }
+    c->cell_seq = malloc(sizeof(int32_t) * (size_t) n_ctx);
+    c->cell_pos = malloc(sizeof(int32_t) * (size_t) n_ctx);
+    if (!c->cell_seq || !c->cell_pos || !ts_kv_cells_init(&c->cells, n_ctx, n_seq, err, err_size)) {
+        if (!c->cell_seq || !c->cell_pos) snprintf(err, err_size, "out of memory for the KV cell table (%d cells)", n_ctx);
+        ts_context_free(c);
+        return NULL;
+    }
     struct ggml_threadpool_params tpp = ggml_threadpool_params_default(n_threads);
     c->threadpool = ggml_threadpool_new(&tpp);
     c->galloc = ggml_gallocr_new(ggml_backend_cpu_buffer_type());
@@ -155,6 +169,9 @@ void ts_context_free(struct ts_context * c) {
     if (c->threadpool) ggml_threadpool_free(c->threadpool);
     if (c->galloc) ggml_gallocr_free(c->galloc);
     ts_kv_cache_free(&c->kv);
+    ts_kv_cells_free(&c->cells);
+    free(c->cell_seq);
+    free(c->cell_pos);
     free(c->graph_meta);
     free(c->work);
     free(c->act_thresholds);
@@ -164,8 +181,7 @@ void ts_context_free(struct ts_context * c) {
 }
 
 void ts_context_reset(struct ts_context * c) {
-    ts_kv_cache_clear(&c->kv);
-    c->n_past = 0;
+    ts_kv_clear(c);
     memset(&c->sparse_stats, 0, sizeof(c->sparse_stats));
     memset(&c->stats, 0, sizeof(c->stats));
     const size_t n_layer = (size_t) c->model->meta.n_layer;
@@ -176,7 +192,9 @@ void ts_context_reset(struct ts_context * c) {
 }
 
 int32_t ts_context_n_ctx(const struct ts_context * c)     { return c->n_ctx; }
-int32_t ts_context_n_past(const struct ts_context * c)    { return c->n_past; }
+int32_t ts_context_n_past(const struct ts_context * c)    { return c->cells.next_pos[0]; }
+int32_t ts_context_n_seq_max(const struct ts_context * c) { return c->cells.n_seq; }
+int32_t ts_context_n_free(const struct ts_context * c)    { return c->cells.n_ctx - c->cells.n_used; }
 int32_t ts_context_n_threads(const struct ts_context * c) { return c->n_threads; }
 int32_t ts_context_ffn_mode(const struct ts_context * c)  { return c->ffn_mode; }
 float   ts_context_threshold(const struct ts_context * c) { return c->threshold; }
@@ -187,44 +205,13 @@ static bool abort_requested(void * data) {
     return atomic_load(&((struct ts_context *) data)->abort) != 0;
 }
 
-int32_t ts_decode(struct ts_context * c, const int32_t * tokens, int32_t n, float * logits, int32_t logits_all) {
-    const struct ts_model_meta * h = &c->model->meta;
-    c->err[0] = '\0';
-    if (n <= 0 || !tokens) return set_err(c, TS_ERR_INVALID, "empty batch (n = %d)", n);
-    for (int32_t i = 0; i < n; i++) {
-        if (tokens[i] < 0 || tokens[i] >= h->n_vocab) {
-            return set_err(c, TS_ERR_INVALID, "token %d at batch index %d is outside the vocabulary (0..%d)",
-                           tokens[i], i, h->n_vocab - 1);
-        }
-    }
-    if ((int64_t) c->n_past + n > c->n_ctx) {
-        return set_err(c, TS_ERR_CONTEXT_FULL,
-                       "context full: %d tokens at position %d would pass the context size %d "
-                       "(start a new context, or make it larger)", n, c->n_past, c->n_ctx);
-    }
-    if (atomic_exchange(&c->abort, 0)) return set_err(c, TS_ERR_ABORTED, "aborted");
-
-    const int64_t t0 = ggml_time_us();
-    struct ggml_init_params ip = { .mem_size = c->graph_meta_size, .mem_buffer = c->graph_meta, .no_alloc = true };
-    struct ggml_context * g = ggml_init(ip);
-    struct ts_graph_io io;
-    struct ggml_cgraph * gf = ts_graph_build(c, g, n, logits_all != 0, &io);
-    if (!gf) {
-        ggml_free(g);
-        return set_err(c, TS_ERR_COMPUTE, "cannot build the graph: %s", c->err[0] ? c->err : "unknown reason");
-    }
-    if (!ggml_gallocr_alloc_graph(c->galloc, gf)) {
-        ggml_free(g);
-        return set_err(c, TS_ERR_COMPUTE, "cannot allocate the compute buffer");
-    }
-    ts_graph_set_inputs(c, &io, tokens, n);
-
+int32_t ts_context_compute(struct ts_context * c, struct ggml_cgraph * gf) {
     struct ggml_cplan plan = ggml_graph_plan(gf, c->n_threads, c->threadpool);
     if (plan.work_size > c->work_size) {
         free(c->work);
         c->work = malloc(plan.work_size);
         c->work_size = c->work ? plan.work_size : 0;
-        if (!c->work) { ggml_free(g); return set_err(c, TS_ERR_COMPUTE, "out of memory for the work buffer"); }
+        if (!c->work) return ts_context_fail(c, TS_ERR_COMPUTE, "out of memory for the work buffer");
     }
     plan.work_data = c->work;
     plan.abort_callback = abort_requested;
@@ -232,23 +219,12 @@ int32_t ts_decode(struct ts_context * c, const int32_t * tokens, int32_t n, floa
     enum ggml_status st = c->profile ? ts_profile_compute(c->profile, gf, c->n_threads, c->threadpool)
                                      : ggml_graph_compute(gf, &plan);
     if (st != GGML_STATUS_SUCCESS) {
-        ggml_free(g);
         if (st == GGML_STATUS_ABORTED || atomic_exchange(&c->abort, 0)) {
             atomic_store(&c->abort, 0);
-            return set_err(c, TS_ERR_ABORTED, "aborted");
+            return ts_context_fail(c, TS_ERR_ABORTED, "aborted");
         }
-        return set_err(c, TS_ERR_COMPUTE, "graph compute failed (ggml status %d)", (int) st);
+        return ts_context_fail(c, TS_ERR_COMPUTE, "graph compute failed (ggml status %d)", (int) st);
     }
-    if (logits) {
-        const int64_t rows = logits_all ? n : 1;
-        memcpy(logits, io.logits->data, sizeof(float) * (size_t) h->n_vocab * rows);
-    }
-    ggml_free(g);
-
-    c->n_past += n;
-    const double ms = (ggml_time_us() - t0) / 1000.0;
-    if (n > 1) { c->stats.n_prompt_tokens += n; c->stats.prompt_ms += ms; }
-    else       { c->stats.n_gen_tokens += n;    c->stats.gen_ms += ms; }
     return TS_OK;
 }
 
@@ -267,6 +243,9 @@ void ts_context_get_stats(const struct ts_context * c, struct ts_stats * s) {
     if (h->n_expert > 0) s->ffn_neurons_total = s->ffn_neurons_total / h->n_expert * h->n_expert_used;
     s->ffn_density = s->ffn_neurons_total > 0 ? (double) s->ffn_neurons_computed / (double) s->ffn_neurons_total : 1.0;
     s->load_ms = c->model->meta.load_ms;
+    s->ffn_rows_read = c->sparse_stats.rows_read;
+    s->ffn_rows_total = c->sparse_stats.rows_total;
+    s->ffn_union_density = s->ffn_rows_total > 0 ? (double) s->ffn_rows_read / (double) s->ffn_rows_total : 1.0;
 }
 
 // ---- threshold mode ------------------------------------------------------------------------

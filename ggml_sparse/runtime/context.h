@@ -1,9 +1,10 @@
-// context.h: an inference context: KV cache, graph allocator, thread pool, statistics
-// (runtime-internal).
+// context.h: an inference context: KV cache and its cell table (one or several sequences),
+// graph allocator, thread pool, statistics (runtime-internal).
 #pragma once
 
 #include "model.h"
 #include "kvcache.h"
+#include "kvcells.h"
 #include "ggml-sparse.h"
 #include "ggml-alloc.h"
 #include "ggml-cpu.h"
@@ -18,7 +19,9 @@ struct ts_context {
     float                    threshold;
 
     struct ts_kv_cache       kv;
-    int32_t                  n_past;
+    struct ts_kv_cells       cells;      // which sequence and position each KV row holds
+    int32_t                * cell_seq;   // [n_ctx] scratch for the mask (graph.c)
+    int32_t                * cell_pos;
 
     struct ggml_threadpool * threadpool;
     ggml_gallocr_t           galloc;
@@ -38,3 +41,10 @@ struct ts_context {
     struct ts_stats          stats;
     char                     err[512];
 };
+
+// Sets c->err from the format and returns status (context.c).
+int32_t ts_context_fail(struct ts_context * c, int32_t status, const char * fmt, ...);
+
+// Computes an allocated graph on the context's thread pool, honouring ts_context_abort; TS_OK,
+// TS_ERR_ABORTED or TS_ERR_COMPUTE with c->err set (context.c).
+int32_t ts_context_compute(struct ts_context * c, struct ggml_cgraph * gf);

@@ -1,6 +1,6 @@
 // graph.c: the Llama/Mistral/Mixtral forward pass of one batch as a ggml graph: RMSNorm,
 // RoPE (normal mode: Q/K rows are stored permuted as llama.cpp's converter does), grouped-query
-// attention over the KV cache with a causal (and optionally sliding-window) mask, the FFN of
+// attention over the KV cache with a per-sequence causal (and optionally sliding-window) mask, the FFN of
 // ffn.c / moe.c, and the output projection. The weight products go through
 // ggml_sparse_mul_mat: the turbosparse kernels where they beat ggml's on this CPU (the policy
 // in src/matmul.c), else ggml's mul_mat on its repacked layout (repack.c places each weight
@@ -21,13 +21,14 @@ static struct ggml_tensor * rope(struct ggml_context * g, const struct ts_model_
                          h->rope_freq_scale, 0.0f, 1.0f, 0.0f, 0.0f);
 }
 
-// Self-attention of layer il: writes this batch's K/V into the cache, attends over
-// positions 0..n_past+n-1. x is the normed input [n_embd, n].
+// Self-attention of layer il: writes this batch's K/V into its cells, attends over cells
+// 0..n_kv-1 through the mask (own sequence, positions up to the entry's). x is the normed
+// input [n_embd, n].
 static struct ggml_tensor * attention(struct ts_context * c, struct ggml_context * g, struct ggml_cgraph * gf,
-                                      int il, struct ggml_tensor * x, const struct ts_graph_io * io) {
+                                      int il, struct ggml_tensor * x, const struct ts_graph_io * io, int64_t n_kv) {
     const struct ts_model_meta * h = &c->model->meta;
     const struct ts_layer * l = &c->model->layers[il];
-    const int64_t n = x->ne[1], hd = h->head_dim, n_kv = c->n_past + n;
+    const int64_t n = x->ne[1], hd = h->head_dim;
     const int64_t E_kv = c->kv.n_embd_kv;
     struct ggml_tensor * kc = c->kv.k[il], * vc = c->kv.v[il];
 
@@ -37,13 +38,12 @@ static struct ggml_tensor * attention(struct ts_context * c, struct ggml_context
     q = rope(g, h, q, io->pos);
     k = rope(g, h, k, io->pos);
 
-    // store: K and V rows at positions n_past.. (V in the cache's memory read as [E_kv, n_ctx],
-    // one row per position like K, the layout ggml's flash attention reads)
+    // store: K and V rows into the entries' cells (V in the cache's memory read as
+    // [E_kv, n_ctx], one row per cell like K, the layout ggml's flash attention reads)
     const size_t v_row = ggml_row_size(vc->type, E_kv);
-    struct ggml_tensor * k_dst = ggml_view_1d(g, kc, n * E_kv, ggml_row_size(kc->type, E_kv) * c->n_past);
-    struct ggml_tensor * v_dst = ggml_view_1d(g, vc, n * E_kv, v_row * c->n_past);
-    ggml_build_forward_expand(gf, ggml_cpy(g, k, k_dst));
-    ggml_build_forward_expand(gf, ggml_cpy(g, v, v_dst));
+    struct ggml_tensor * v_rows = ggml_view_2d(g, vc, E_kv, c->kv.n_ctx, v_row, 0);
+    ggml_build_forward_expand(gf, ggml_set_rows(g, kc, ggml_reshape_2d(g, k, E_kv, n), io->cells));
+    ggml_build_forward_expand(gf, ggml_set_rows(g, v_rows, v, io->cells));
 
     struct ggml_tensor * K = ggml_view_3d(g, kc, hd, n_kv, h->n_head_kv, kc->nb[1], ggml_row_size(kc->type, hd), 0);
     struct ggml_tensor * V = ggml_view_3d(g, vc, hd, n_kv, h->n_head_kv, v_row, ggml_row_size(vc->type, hd), 0);
@@ -56,30 +56,35 @@ static struct ggml_tensor * attention(struct ts_context * c, struct ggml_context
     return ggml_sparse_mul_mat(g, l->wo, o);
 }
 
-struct ggml_cgraph * ts_graph_build(struct ts_context * c, struct ggml_context * g, int32_t n,
-                                    bool logits_all, struct ts_graph_io * io) {
+struct ggml_cgraph * ts_graph_build(struct ts_context * c, struct ggml_context * g,
+                                    const struct ts_batch_plan * plan, struct ts_graph_io * io) {
     const struct ts_model * m = c->model;
     const struct ts_model_meta * h = &m->meta;
+    const int32_t n = plan->batch->n_tokens;
     struct ggml_cgraph * gf = ggml_new_graph_custom(g, c->graph_size, false);
 
     io->tokens = ggml_new_tensor_1d(g, GGML_TYPE_I32, n);
     io->pos = ggml_new_tensor_1d(g, GGML_TYPE_I32, n);
-    io->mask = ggml_new_tensor_2d(g, GGML_TYPE_F16, c->n_past + n, n); // flash attention takes f16
+    io->cells = ggml_new_tensor_1d(g, GGML_TYPE_I64, n);
+    io->mask = ggml_new_tensor_2d(g, GGML_TYPE_F16, plan->n_kv, n); // flash attention takes f16
+    io->out = plan->n_out < n ? ggml_new_tensor_1d(g, GGML_TYPE_I32, plan->n_out) : NULL;
     ggml_set_input(io->tokens);
     ggml_set_input(io->pos);
+    ggml_set_input(io->cells);
     ggml_set_input(io->mask);
+    if (io->out) ggml_set_input(io->out);
 
     struct ggml_tensor * x = ggml_get_rows(g, m->tok_embd, io->tokens); // [n_embd, n] f32
     for (int il = 0; il < h->n_layer; il++) {
         const struct ts_layer * l = &m->layers[il];
-        struct ggml_tensor * a = attention(c, g, gf, il, rms_norm(g, x, l->attn_norm, h->rms_eps), io);
+        struct ggml_tensor * a = attention(c, g, gf, il, rms_norm(g, x, l->attn_norm, h->rms_eps), io, plan->n_kv);
         struct ggml_tensor * resid = ggml_add(g, a, x); // the FFN's residual input
         struct ggml_tensor * f = ts_build_ffn(c, g, l, rms_norm(g, resid, l->ffn_norm, h->rms_eps), resid);
         if (!f) return NULL;
         x = ggml_add(g, f, resid);
     }
-    if (!logits_all && n > 1) {
-        x = ggml_view_2d(g, x, h->n_embd, 1, x->nb[1], x->nb[1] * (n - 1));
+    if (io->out) {
+        x = ggml_get_rows(g, x, io->out); // only the wanted entries go through the output matrix
     }
     x = rms_norm(g, x, m->output_norm, h->rms_eps);
     io->logits = ggml_sparse_mul_mat(g, m->output, x);
@@ -89,20 +94,34 @@ struct ggml_cgraph * ts_graph_build(struct ts_context * c, struct ggml_context *
 }
 
 void ts_graph_set_inputs(const struct ts_context * c, const struct ts_graph_io * io,
-                         const int32_t * tokens, int32_t n) {
+                         const struct ts_batch_plan * plan) {
+    const struct ts_batch * b = plan->batch;
+    const struct ts_kv_cells * kc = &c->cells;
     const int32_t window = c->model->meta.sliding_window;
-    const int32_t n_kv = c->n_past + n;
-    memcpy(io->tokens->data, tokens, sizeof(int32_t) * n);
-    int32_t * pos = io->pos->data;
+    const int32_t n = b->n_tokens, n_kv = plan->n_kv;
+    memcpy(io->tokens->data, b->tokens, sizeof(int32_t) * (size_t) n);
+    memcpy(io->pos->data, b->pos, sizeof(int32_t) * (size_t) n);
+    int64_t * cells = io->cells->data;
+    for (int32_t i = 0; i < n; i++) cells[i] = plan->cells[i];
+    if (io->out) memcpy(io->out->data, plan->out_rows, sizeof(int32_t) * (size_t) plan->n_out);
+
+    // the cells as they will be once the batch is in: the table, plus the batch's own entries
+    int32_t * cell_seq = c->cell_seq, * cell_pos = c->cell_pos;
+    memcpy(cell_seq, kc->seq, sizeof(int32_t) * (size_t) n_kv);
+    memcpy(cell_pos, kc->pos, sizeof(int32_t) * (size_t) n_kv);
+    for (int32_t i = 0; i < n; i++) {
+        cell_seq[plan->cells[i]] = b->seq[i];
+        cell_pos[plan->cells[i]] = b->pos[i];
+    }
     ggml_fp16_t * mask = io->mask->data;
     const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), minus_inf = ggml_fp32_to_fp16(-INFINITY);
     for (int32_t i = 0; i < n; i++) {
-        const int32_t p = c->n_past + i;
-        pos[i] = p;
+        const int32_t s = b->seq[i], p = b->pos[i];
+        ggml_fp16_t * row = mask + (size_t) i * n_kv;
         for (int32_t j = 0; j < n_kv; j++) {
-            // causal; Mistral's window: position p sees p-window+1..p
-            const bool visible = j <= p && (window <= 0 || p - j < window);
-            mask[(size_t) i * n_kv + j] = visible ? zero : minus_inf;
+            // own sequence, causal; Mistral's window: position p sees p-window+1..p
+            const bool visible = cell_seq[j] == s && cell_pos[j] <= p && (window <= 0 || p - cell_pos[j] < window);
+            row[j] = visible ? zero : minus_inf;
         }
     }
 }

@@ -269,7 +269,7 @@ static void gate_up_compute(struct ggml_tensor * dst, int ith, int nth, void * u
         struct ggml_tensor wg_e = expert_slice(wg, e), wu_e = expert_slice(wu, e);
         struct ggml_tensor x_e = pair_rows(x, off[e], n_e), a_e = pair_rows(dst, off[e], n_e);
         struct ggml_tensor lg_e = lg ? pair_rows(lg, off[e], n_e) : x_e;
-        n_computed += ts_gate_up_run(&op->base, &wg_e, &wu_e, &x_e, lg ? &lg_e : NULL, &a_e, ith, nth);
+        n_computed += ts_gate_up_run(&op->base, &wg_e, &wu_e, &x_e, lg ? &lg_e : NULL, &a_e, ith, nth, NULL);
     }
     if (op->stats) {
         __atomic_fetch_add(&op->stats->neurons_computed, n_computed, __ATOMIC_RELAXED);

@@ -22,10 +22,11 @@ int ts_sub_batch_setting(void);
 
 // Thread ith of nth computes its share of a [n_ff, T] from w_gate/w_up [n_embd, n_ff] and
 // x [n_embd, T] (and logits lg [n_ff, T] when op->predicted); returns its count for
-// stats.neurons_computed (the caller adds it). Every element of a is written.
+// stats.neurons_computed (the caller adds it) and adds the weight rows it read to *rows_read
+// (when not NULL; for stats.rows_read). Every element of a is written.
 int64_t ts_gate_up_run(const struct gate_up_op * op, const struct ggml_tensor * wg, const struct ggml_tensor * wu,
                        const struct ggml_tensor * x, const struct ggml_tensor * lg, struct ggml_tensor * a,
-                       int ith, int nth);
+                       int ith, int nth, int64_t * rows_read);
 
 // Thread ith of nth computes its columns of y [n_embd, T] = w_down_t [n_embd, n_ff] by the
 // non-zeros of a [n_ff, T]. setting: ts_sub_batch_setting().

@@ -445,6 +445,7 @@ struct gu_batch {
     int32_t * tok_rows;          // [ROW_CHUNK] one token's rows needing up
     uint8_t * need;              // [cap][ROW_CHUNK] whether the pair needs its up value
     float * deq;      // [DEQ_GROUP][n_embd], generic path
+    int64_t rows_read; // this thread's count for stats.rows_read
 };
 
 static float * act_row(const struct gu_batch * b, int64_t t) {
@@ -499,6 +500,9 @@ static int64_t gu_rows(struct gu_batch * b, const int32_t * tok, int64_t n_tok,
             }
         }
         const bool per_token = n_tok > 1 && (double) n_pairs * (r + 1.0) < (double) n_up * (r + (double) n_tok);
+        if (!b->lg) { // exact mode: the up rows are what sparsity saves (stats.rows_read)
+            b->rows_read += per_token ? n_pairs : n_up;
+        }
         if (per_token) { // b->u[s][m]: token s's m-th needed row
             for (int64_t s = 0; s < n_tok; s++) {
                 int64_t n_s = 0;
@@ -593,6 +597,9 @@ static int64_t gu_batch_predicted(struct gu_batch * b, int64_t T, struct plan * 
         for (int64_t s = 0; s < p->n_tok && hi > lo; s++) {
             memset(act_row(b, p->tok[s]) + lo, 0, (size_t) (hi - lo) * sizeof(float));
         }
+        if (ith == 0) { // predicted mode: each sub-batch reads its union's gate rows once
+            b->rows_read += p->n_rows;
+        }
         if (k1 > k0) {
             gu_load_x(b, p->tok, p->n_tok);
             gu_rows(b, p->tok, p->n_tok, p->rows + k0, k1 - k0);
@@ -603,7 +610,7 @@ static int64_t gu_batch_predicted(struct gu_batch * b, int64_t T, struct plan * 
 
 int64_t ts_gate_up_run(const struct gate_up_op * op, const struct ggml_tensor * wg, const struct ggml_tensor * wu,
                        const struct ggml_tensor * x, const struct ggml_tensor * lg, struct ggml_tensor * a,
-                       int ith, int nth) {
+                       int ith, int nth, int64_t * rows_read) {
     struct gu_batch b = {
         .k = ts_kernels_best(), .r = weight_reader_of(wg->type), .op = op,
         .wg = wg, .wu = wu, .x = x, .lg = op->predicted ? lg : NULL,
@@ -632,19 +639,28 @@ int64_t ts_gate_up_run(const struct gate_up_op * op, const struct ggml_tensor * 
     b.deq     = ts_carve(&cur, deq);
     int32_t * rows = ts_carve(&cur, ff_i32);
     int32_t * tok  = ts_carve(&cur, (size_t) T * sizeof(int32_t));
+    int64_t n_computed;
     if (!b.lg) {
-        return gu_batch_exact(&b, T, cap, ith, nth, tok, rows);
+        n_computed = gu_batch_exact(&b, T, cap, ith, nth, tok, rows);
+    } else {
+        struct plan p = plan_carve(&cur, op->sub_batch, T, b.n_ff, cap);
+        n_computed = gu_batch_predicted(&b, T, &p, ith, nth);
     }
-    struct plan p = plan_carve(&cur, op->sub_batch, T, b.n_ff, cap);
-    return gu_batch_predicted(&b, T, &p, ith, nth);
+    if (rows_read) {
+        *rows_read += b.rows_read;
+    }
+    return n_computed;
 }
 
-static void stats_of_gate_up(const struct gate_up_op * op, int64_t n_computed, int64_t n_ff, int64_t T, int ith) {
+static void stats_of_gate_up(const struct gate_up_op * op, int64_t n_computed, int64_t rows_read, int64_t n_ff,
+                             int64_t T, int ith) {
     if (op->stats) {
         stats_add(&op->stats->neurons_computed, n_computed);
+        stats_add(&op->stats->rows_read, rows_read);
         if (ith == 0) {
             stats_add(&op->stats->neurons_total, n_ff * T);
             stats_add(&op->stats->tokens, T);
+            stats_add(&op->stats->rows_total, n_ff);
         }
     }
 }
@@ -652,9 +668,10 @@ static void stats_of_gate_up(const struct gate_up_op * op, int64_t n_computed, i
 // dst a [n_ff, T]; src: w_gate, w_up, x, and logits in predicted mode.
 static void gate_up_compute(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
     const struct gate_up_op * op = userdata;
+    int64_t rows_read = 0;
     const int64_t n_computed = ts_gate_up_run(op, dst->src[0], dst->src[1], dst->src[2],
-                                              op->predicted ? dst->src[3] : NULL, dst, ith, nth);
-    stats_of_gate_up(op, n_computed, dst->ne[0], dst->ne[1], ith);
+                                              op->predicted ? dst->src[3] : NULL, dst, ith, nth, &rows_read);
+    stats_of_gate_up(op, n_computed, rows_read, dst->ne[0], dst->ne[1], ith);
 }
 
 // ---- sparse down over batches of tokens ---------------------------------------------------------

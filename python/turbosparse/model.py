@@ -28,7 +28,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Set, Union, overload
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Literal, Optional, Sequence, Set, Union, overload
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from ._sampling import Sampler, SamplingParams, StopFilter, check_seed, stop_lis
 from ._tokenizer import Tokenizer, token_ids
 from .errors import (ContextError, ContextFullError, DecodeError, ModelClosedError, ModelLoadError,
                      NoDefaultModelError, TemplateError, TokenizeError)
+
+if TYPE_CHECKING:
+    from .batch import Batch, SequenceHandle
 
 ffi, lib = load()
 
@@ -179,6 +182,8 @@ class Model(Closeable):
         collect_act_hist: threshold mode: keep per-layer histograms of |silu(gate)|
             (act_histograms(); for calibration); a file without thresholds then runs with
             -inf thresholds (every neuron) until set_act_thresholds().
+        n_seq_max: sequences the context holds at once (they share its n_ctx KV cells); more
+            than one is for batched decoding of several sequences (turbosparse.batch).
 
     Raises:
         ModelLoadError: the file is missing or bad (the message is the C loader's).
@@ -188,7 +193,7 @@ class Model(Closeable):
     def __init__(self, path: Optional[PathLike] = None, *, n_ctx: Optional[int] = None,
                  n_threads: Optional[int] = None, ffn_mode: str = "auto", threshold: Optional[float] = None,
                  seed: Optional[int] = None, use_mmap: bool = True, collect_act_hist: bool = False,
-                 act_thresholds: Optional[Sequence[float]] = None) -> None:
+                 act_thresholds: Optional[Sequence[float]] = None, n_seq_max: int = 1) -> None:
         self._model: Any = None
         self._ctx: Any = None
         self._tok: Optional[Tokenizer] = None
@@ -208,6 +213,7 @@ class Model(Closeable):
         cp.n_ctx = 0 if n_ctx is None else _positive_int("n_ctx", n_ctx)
         cp.n_threads = 0 if n_threads is None else _positive_int("n_threads", n_threads)
         cp.ffn_mode = FFN_MODES[ffn_mode]
+        cp.n_seq_max = _positive_int("n_seq_max", n_seq_max)
         if threshold is not None:
             if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
                 raise TypeError(f"threshold must be a float, not {type(threshold).__name__}")
@@ -412,6 +418,76 @@ class Model(Closeable):
             self._kv_tokens, self._kv_logits = toks, out[-1]
             return out
 
+    # ---- several sequences (turbosparse.batch) -------------------------------------------
+    @property
+    def n_seq_max(self) -> int:
+        """Sequences the context holds at once (Model(n_seq_max=...))."""
+        with self._lock:
+            self._check_open()
+            return int(lib.ts_context_n_seq_max(self._ctx))
+
+    def decode_batch(self, batch: "Batch") -> np.ndarray:
+        """Decodes a turbosparse.batch.Batch (entries of one or several sequences) in one graph
+        and adds its entries to the KV cache; returns the wanted entries' logits, shape
+        [n_wanted, n_vocab], in entry order. Raises ContextFullError when the cache has too
+        few free cells and DecodeError for a bad entry (sequence id, a position that does not
+        continue its sequence, token); the cache is then left as it was. The single-sequence
+        calls (generate, chat, eval) use sequence 0: do not mix them with batches that do."""
+        tokens, pos, seq, want = batch.arrays()
+        n = len(tokens)
+        n_out = int(sum(want)) if n else 0
+        out = np.empty((n_out, self.n_vocab), dtype=np.float32)
+        with self._lock:
+            self._check_open()
+            self._kv_valid = False  # sequence 0's cells may change: the next generate() starts afresh
+            b = ffi.new("struct ts_batch *")
+            keep = [ffi.new("int32_t[]", tokens), ffi.new("int32_t[]", pos), ffi.new("int32_t[]", seq),
+                    ffi.new("int8_t[]", want)]
+            b.n_tokens, b.tokens, b.pos, b.seq, b.logits = n, keep[0], keep[1], keep[2], keep[3]
+            buf = ffi.from_buffer(out, require_writable=True)
+            rc = lib.ts_decode_batch(self._ctx, b, ffi.cast("float *", buf) if n_out else ffi.NULL)
+            self._raise_for(rc)
+        return out
+
+    def remove_sequence(self, seq: int) -> None:
+        """Frees sequence seq's KV cells; it starts again at position 0."""
+        with self._lock:
+            self._check_open()
+            if seq == 0:
+                self._kv_valid = False
+            self._raise_for(lib.ts_seq_remove(self._ctx, int(seq)))
+
+    def sequence_length(self, seq: int) -> int:
+        """The position sequence seq's next token takes (its length in the cache)."""
+        with self._lock:
+            self._check_open()
+            n = int(lib.ts_seq_n_past(self._ctx, int(seq)))
+            if n < 0:
+                raise ValueError(f"sequence id {seq} is out of range (0..{self.n_seq_max - 1})")
+            return n
+
+    @property
+    def last_step(self) -> Dict[str, float]:
+        """The last decode: its tokens, milliseconds, FFN density (mean share of neurons per
+        token) and union density (weight rows read over the rows of the FFNs: below the
+        density times the tokens when the batch's tokens share rows)."""
+        with self._lock:
+            self._check_open()
+            s = ffi.new("struct ts_stats *")
+            lib.ts_context_get_stats(self._ctx, s)
+            return {"n_tokens": int(s.last_n_tokens), "ms": float(s.last_ms), "ffn_density": float(s.last_ffn_density),
+                    "ffn_union_density": float(s.last_ffn_union_density)}
+
+    def _raise_for(self, rc: int) -> None:
+        if rc == 0:
+            return
+        msg = ffi.string(lib.ts_context_error(self._ctx)).decode("utf-8", "replace")
+        if rc == _TS_ERR_CONTEXT_FULL:
+            raise ContextFullError(msg)
+        if rc == _TS_ERR_ABORTED and self._closing:
+            raise ModelClosedError("the Model was closed during the computation")
+        raise DecodeError(msg or f"decode failed (status {rc})")
+
     def reset(self) -> None:
         """Empties the KV cache and the statistics."""
         with self._lock:
@@ -482,17 +558,22 @@ class Model(Closeable):
             assert cur.hist is not None
             return self._layers.hist + cur.hist
 
-    def _check_fits(self, n: int) -> None:
-        n_ctx = int(lib.ts_context_n_ctx(self._ctx))
+    def _check_fits(self, n: int, n_ctx: Optional[int] = None) -> None:
+        if n_ctx is None:
+            n_ctx = int(lib.ts_context_n_ctx(self._ctx))
         if n > n_ctx:
             raise ContextFullError(f"{n} tokens do not fit the context of {n_ctx} tokens "
                                    "(make the Model with a larger n_ctx, or shorten the prompt)")
 
     def _reset_kv(self) -> None:
-        """Empties the KV cache, keeping its statistics in _stats_base."""
-        self._stats_base = self._stats_base + self._c_stats()
-        self._layers.add(self._c_layer_counts())
-        lib.ts_context_reset(self._ctx)
+        """Empties sequence 0's cells (the whole KV cache, keeping its statistics in _stats_base,
+        when the context holds one sequence; other sequences' cells are left alone)."""
+        if int(lib.ts_context_n_seq_max(self._ctx)) > 1:
+            lib.ts_seq_remove(self._ctx, 0)
+        else:
+            self._stats_base = self._stats_base + self._c_stats()
+            self._layers.add(self._c_layer_counts())
+            lib.ts_context_reset(self._ctx)
         self._kv_tokens, self._kv_logits, self._kv_valid = [], None, True
 
     def _decode(self, toks: List[int], logits_all: bool) -> np.ndarray:
@@ -588,20 +669,29 @@ class Model(Closeable):
         params = SamplingParams.checked(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n)
         return params, (check_seed(seed) if seed is not None else self._seed_rng.getrandbits(64))
 
+    def _locked_sync(self, toks: List[int]) -> np.ndarray:
+        with self._lock:
+            self._check_open()
+            return self._sync(toks)
+
     def _run(self, prompt: List[int], max_tokens: Optional[int], params: SamplingParams, seed: int,
              stops: List[str], at_text_start: bool, gen: Generation,
-             stop_ids: Set[int] = frozenset()) -> Iterator[str]:  # type: ignore[assignment]
-        """The generation loop: one decode per token, the lock held only inside a step."""
+             stop_ids: Set[int] = frozenset(),  # type: ignore[assignment]
+             sequence: Optional["SequenceHandle"] = None) -> Iterator[str]:
+        """The generation loop: one decode per token, the lock held only inside a step. With a
+        sequence (turbosparse.batch), its scheduler decodes the tokens, batched with the other
+        sequences' (the lock is then not held while waiting for it)."""
         limit = math.inf if max_tokens is None or max_tokens < 0 else max_tokens
+        sync = sequence.sync if sequence is not None else self._locked_sync
         sampler = Sampler(params, seed)
         filt = StopFilter(stops)
         try:
             with self._lock:
                 tok = self._tokenizer()
-                self._check_fits(len(prompt))
-                n_ctx = int(lib.ts_context_n_ctx(self._ctx))
-                logits = self._sync(prompt)
+                n_ctx = sequence.n_ctx if sequence is not None else int(lib.ts_context_n_ctx(self._ctx))
+                self._check_fits(len(prompt), n_ctx)
                 stream = tok.stream(at_text_start)
+            logits = sync(prompt)
             if params.repeat_last_n > 0:
                 for t in prompt[-params.repeat_last_n:]:
                     sampler.accept(t)
@@ -620,16 +710,16 @@ class Model(Closeable):
                     tokens.append(t)
                     gen.completion_tokens.append(t)
                     text = filt.feed(stream.push(t))
-                    if not filt.stopped and len(tokens) < n_ctx and len(gen.completion_tokens) < limit:
-                        logits = self._sync(tokens)
                 if text:
-                    yield text
+                    yield text  # before the next decode: a stream's reader gets each piece a step sooner
                 if filt.stopped:
                     gen.finish_reason = "stop"
                     break
                 if len(tokens) >= n_ctx:
                     gen.finish_reason = "length"
                     break
+                if len(gen.completion_tokens) < limit:
+                    logits = sync(tokens)
             if not filt.stopped:
                 with self._lock:
                     self._check_open()
@@ -733,7 +823,8 @@ class Model(Closeable):
 
     def _chat_run(self, messages: Sequence[chat_mod.Message], max_tokens: Optional[int], temperature: float,
                   top_k: int, top_p: float, min_p: float, repeat_penalty: float, stop: Any, seed: Optional[int],
-                  repeat_last_n: int, variables: Dict[str, Any]) -> tuple:
+                  repeat_last_n: int, variables: Dict[str, Any],
+                  sequence: Optional["SequenceHandle"] = None) -> tuple:
         ids = self.tokenize_chat(messages, True, **variables)
         prompt_ids, max_tokens, params, seed_v, stops = self._prepare(
             ids, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, stop, seed, None)
@@ -744,7 +835,7 @@ class Model(Closeable):
             if end >= 0:
                 stop_ids.add(end)
         gen = Generation(prompt_ids)
-        return self._run(prompt_ids, max_tokens, params, seed_v, stops, True, gen, stop_ids), gen
+        return self._run(prompt_ids, max_tokens, params, seed_v, stops, True, gen, stop_ids, sequence), gen
 
     def chat(self, messages: Sequence[chat_mod.Message], max_tokens: Optional[int] = None,
              temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,

@@ -17,6 +17,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Union
 
 if TYPE_CHECKING:
+    from .batch import SequenceHandle
     from .model import Model, Prompt
 
 Completion = Dict[str, Any]
@@ -42,13 +43,15 @@ def create_completion(model: "Model", prompt: "Prompt", max_tokens: Optional[int
                       seed: Optional[int] = None, suffix: Optional[str] = None, logprobs: Optional[int] = None,
                       frequency_penalty: float = 0.0, presence_penalty: float = 0.0, typical_p: float = 1.0,
                       mirostat_mode: int = 0, grammar: Any = None, logit_bias: Any = None,
-                      model_name: Optional[str] = None) -> Union[Completion, Iterator[CompletionChunk]]:
+                      model_name: Optional[str] = None,
+                      sequence: Optional["SequenceHandle"] = None) -> Union[Completion, Iterator[CompletionChunk]]:
     """A text completion of prompt, as llama-cpp-python returns it: {"id", "object":
     "text_completion", "created", "model", "choices": [{"text", "index", "logprobs",
     "finish_reason"}], "usage"}; with stream=True an iterator of such chunks, the last one
     with an empty text, the finish_reason and the "usage" (the others have none; a server
     reads the token counts of a stream there). max_tokens None or <= 0: until the
-    end of text or of the context."""
+    end of text or of the context. sequence: a turbosparse.batch sequence to decode in (its
+    scheduler batches it with the others), else the model's own."""
     from .model import Generation
 
     _unsupported(suffix=suffix, logprobs=logprobs, frequency_penalty=frequency_penalty,
@@ -59,7 +62,7 @@ def create_completion(model: "Model", prompt: "Prompt", max_tokens: Optional[int
     ids, max_tokens, params, seed_v, stops = model._prepare(
         prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, 64, stop, seed, None)
     gen = Generation(ids)
-    pieces = model._run(ids, max_tokens, params, seed_v, stops, False, gen)
+    pieces = model._run(ids, max_tokens, params, seed_v, stops, False, gen, frozenset(), sequence)
     head = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
             "model": model_name or model.path}
     prefix = (prompt if isinstance(prompt, str) else model.detokenize(ids)) if echo else ""
@@ -89,19 +92,21 @@ def create_chat_completion(model: "Model", messages: Sequence[Dict[str, Any]], t
                            repeat_penalty: float = 1.0, logprobs: Optional[bool] = None,
                            frequency_penalty: float = 0.0, presence_penalty: float = 0.0, typical_p: float = 1.0,
                            mirostat_mode: int = 0, grammar: Any = None, logit_bias: Any = None,
-                           model_name: Optional[str] = None) -> Union[Completion, Iterator[CompletionChunk]]:
+                           model_name: Optional[str] = None,
+                           sequence: Optional["SequenceHandle"] = None) -> Union[Completion, Iterator[CompletionChunk]]:
     """The assistant's reply, as llama-cpp-python returns it: {"id", "object":
     "chat.completion", "created", "model", "choices": [{"index", "message": {"role":
     "assistant", "content"}, "logprobs", "finish_reason"}], "usage"}; with stream=True an
     iterator of "chat.completion.chunk" dicts: first a delta {"role": "assistant"}, then
-    {"content": piece} deltas, then an empty delta with the finish_reason and the "usage"."""
+    {"content": piece} deltas, then an empty delta with the finish_reason and the "usage".
+    sequence: as create_completion."""
     _unsupported(logprobs=None if not logprobs else logprobs, frequency_penalty=frequency_penalty,
                  presence_penalty=presence_penalty, typical_p=typical_p, mirostat_mode=mirostat_mode,
                  grammar=grammar, logit_bias=logit_bias)
     if max_tokens is not None and not isinstance(max_tokens, bool) and isinstance(max_tokens, int) and max_tokens <= 0:
         max_tokens = None
     pieces, gen = model._chat_run(messages, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, stop,
-                                  seed, 64, {})
+                                  seed, 64, {}, sequence)
     head = {"id": f"chatcmpl-{uuid.uuid4()}", "created": int(time.time()), "model": model_name or model.path}
 
     if not stream:

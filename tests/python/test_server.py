@@ -214,7 +214,7 @@ def test_unknown_endpoint_and_method(server):
 
 # ---- concurrency ---------------------------------------------------------------------------
 
-def test_concurrent_requests_give_the_sequential_texts(client):
+def test_concurrent_requests_give_the_sequential_texts(server, client):
     def one(i: int) -> str:
         p = PROMPTS[i % len(PROMPTS)]
         if i % 2:
@@ -229,6 +229,8 @@ def test_concurrent_requests_give_the_sequential_texts(client):
         concurrent_ = list(ex.map(one, jobs))
     assert concurrent_ == sequential
     assert len(set(sequential)) > 3  # the prompts do give different texts
+    # and they were decoded together: both slots in one batched step
+    assert server.metrics()["turbosparse_batch_sequences_max"] == 2
 
 
 def test_client_leaving_mid_stream_frees_its_slot(server):
@@ -268,5 +270,9 @@ def test_metrics(server, client):
     assert after[ok] == before[ok] + 1
     assert 0.0 < after["turbosparse_ffn_density"] < 0.5  # the bundled model runs predicted: sparse
     assert after["turbosparse_decode_tokens_per_second"] > 0
+    # one sequence per step here: the union of a step's rows is that token's rows
+    assert 0.0 < after["turbosparse_ffn_union_density"] < 0.5
+    assert 0.0 < after["turbosparse_ffn_union_density_avg"] <= 1.0
+    assert after["turbosparse_batch_steps_total"] >= before["turbosparse_batch_steps_total"] + 8
     assert after["turbosparse_slots"] == 2 and after["turbosparse_slots_busy"] == 0
     assert after["turbosparse_queue_length"] == 0 and after["turbosparse_queue_capacity"] == 16

@@ -72,7 +72,7 @@ def run_batch(url: str, ids) -> list:
 
 
 def test_mixed_load_from_16_clients():
-    s = ServerProcess(["--parallel", "2", "--max-queue", "32", "-c", "512", "-t", "1"])
+    s = ServerProcess(["--parallel", "4", "--max-queue", "32", "-c", "512", "-t", "1"])
     try:
         t0 = time.monotonic()
         warm_up = run_batch(s.url, range(1000, 1040))  # allocator pools, imports, thread stacks
@@ -82,7 +82,7 @@ def test_mixed_load_from_16_clients():
         assert elapsed < TIME_LIMIT_S
         assert s.proc.poll() is None, s.output()
         outcomes = [o for _, o in results]
-        # 16 clients never exceed 2 slots + 32 queued: no request is turned away
+        # 16 clients never exceed 4 slots + 32 queued: no request is turned away
         assert outcomes.count("503") == 0
         n_cancelled = outcomes.count("cancelled")
         assert n_cancelled >= 10 and outcomes.count("ok") == N_REQUESTS - n_cancelled

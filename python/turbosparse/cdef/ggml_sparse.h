@@ -23,6 +23,8 @@ struct ggml_sparse_stats {
     int64_t neurons_computed;
     int64_t neurons_total;
     int64_t tokens;
+    int64_t rows_read;
+    int64_t rows_total;
 };
 
 #define GGML_SPARSE_ACT_HIST_BINS 32768

@@ -70,7 +70,9 @@ struct ts_context_params {
     int32_t kv_f32;
     int32_t collect_act_hist;
     const float * act_thresholds;
+    int32_t n_seq_max;
 };
+#define TS_MAX_SEQ 256
 struct ts_stats {
     int64_t n_prompt_tokens;
     double  prompt_ms;
@@ -80,6 +82,13 @@ struct ts_stats {
     int64_t ffn_neurons_total;
     double  ffn_density;
     double  load_ms;
+    int64_t ffn_rows_read;
+    int64_t ffn_rows_total;
+    double  ffn_union_density;
+    int32_t last_n_tokens;
+    double  last_ms;
+    double  last_ffn_density;
+    double  last_ffn_union_density;
 };
 struct ts_model;
 struct ts_context;
@@ -101,6 +110,19 @@ int32_t ts_context_ffn_mode(const struct ts_context * ctx);
 float   ts_context_threshold(const struct ts_context * ctx);
 int32_t ts_decode(struct ts_context * ctx, const int32_t * tokens, int32_t n,
                   float * logits, int32_t logits_all);
+struct ts_batch {
+    int32_t         n_tokens;
+    const int32_t * tokens;
+    const int32_t * pos;
+    const int32_t * seq;
+    const int8_t  * logits;
+};
+int32_t ts_decode_batch(struct ts_context * ctx, const struct ts_batch * batch, float * logits);
+int32_t ts_seq_n_past(const struct ts_context * ctx, int32_t seq);
+int32_t ts_seq_remove(struct ts_context * ctx, int32_t seq);
+void ts_kv_clear(struct ts_context * ctx);
+int32_t ts_context_n_seq_max(const struct ts_context * ctx);
+int32_t ts_context_n_free(const struct ts_context * ctx);
 void ts_context_abort(struct ts_context * ctx);
 const char * ts_context_error(const struct ts_context * ctx);
 int32_t ts_context_set_act_thresholds(struct ts_context * ctx, const float * thresholds, int32_t n);

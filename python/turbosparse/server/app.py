@@ -22,8 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from ..batch import Scheduler, SequenceHandle
 from ..errors import ContextFullError, TurboSparseError
-from ..model import Model, Stats
+from ..model import Model
 from .errors import APIError, bad_request
 from .metrics import Metrics
 from .schemas import ChatCompletionRequest, CompletionRequest, parse_request
@@ -73,18 +74,20 @@ def api_error_of(e: BaseException, endpoint: str) -> APIError:
 
 
 class Server:
-    """The state behind the routes: slots, metrics, options."""
+    """The state behind the routes: the model, its batch scheduler and slots, metrics, options."""
 
-    def __init__(self, models: List[Model], options: ServerOptions) -> None:
-        self.models = models
+    def __init__(self, model: Model, scheduler: Scheduler, options: ServerOptions) -> None:
+        self.model = model
+        self.scheduler = scheduler
         self.options = options
-        self.pool = SlotPool(models, options.max_queue)
+        self.pool = SlotPool(scheduler.sequences, options.max_queue)
         self.metrics = Metrics()
-        self.n_ctx = models[0].n_ctx
-        self.created = int(os.path.getmtime(models[0].path)) if os.path.exists(models[0].path) else int(time.time())
-        self.info = {"n_ctx_per_slot": self.n_ctx, "n_slots": len(models), "n_vocab": models[0].n_vocab,
-                     "ffn_mode": models[0].ffn_mode, "n_threads_per_slot": models[0].n_threads,
-                     "path": models[0].path}
+        self.n_slots = len(scheduler.sequences)
+        self.n_ctx = scheduler.sequences[0].n_ctx
+        self.created = int(os.path.getmtime(model.path)) if os.path.exists(model.path) else int(time.time())
+        self.info = {"n_ctx_per_slot": self.n_ctx, "n_slots": self.n_slots, "n_vocab": model.n_vocab,
+                     "ffn_mode": model.ffn_mode, "n_threads": model.n_threads,
+                     "prefill_chunk": scheduler.prefill_chunk, "path": model.path}
 
     # ---- helpers ------------------------------------------------------------------------
     def check_auth(self, request: Request) -> None:
@@ -154,14 +157,16 @@ class Server:
         return await self.generate(request, "chat", ChatCompletionRequest)
 
     def start_fn(self, endpoint: str,
-                 req: Union[CompletionRequest, ChatCompletionRequest]) -> Callable[[Model], Iterator[Chunk]]:
+                 req: Union[CompletionRequest, ChatCompletionRequest]) -> Callable[[SequenceHandle], Iterator[Chunk]]:
         kwargs = req.completion_kwargs()
         alias = self.options.alias
+        model = self.model
         if isinstance(req, CompletionRequest):
             prompt = req.prompt_value()
-            return lambda model: model.create_completion(prompt, stream=True, model_name=alias, **kwargs)
+            return lambda seq: model.create_completion(prompt, stream=True, model_name=alias, sequence=seq, **kwargs)
         messages = [m.as_dict() for m in req.messages]
-        return lambda model: model.create_chat_completion(messages, stream=True, model_name=alias, **kwargs)
+        return lambda seq: model.create_chat_completion(messages, stream=True, model_name=alias, sequence=seq,
+                                                        **kwargs)
 
     async def generate(self, request: Request, endpoint: str,
                        cls: Type[Union[CompletionRequest, ChatCompletionRequest]]) -> Response:
@@ -270,7 +275,7 @@ class Server:
 
     async def health(self, request: Request) -> Response:
         busy = self.pool.n_busy
-        return JSONResponse({"status": "ok", "slots_idle": len(self.models) - busy, "slots_processing": busy,
+        return JSONResponse({"status": "ok", "slots_idle": self.n_slots - busy, "slots_processing": busy,
                              "queue_length": self.pool.n_waiting})
 
     async def metrics_text(self, request: Request) -> Response:
@@ -278,10 +283,9 @@ class Server:
             self.check_auth(request)
         except APIError as e:
             return error_response(e)
-        # Model.stats waits for the model's current step: read them off the loop's thread
-        # summed over the slots: tokens / ms is then the mean speed of one slot
-        stats = await run_in_threadpool(lambda: sum((m.stats for m in self.models), Stats(0, 0.0, 0, 0.0, 0, 0, 0.0)))
-        text = self.metrics.render(stats, len(self.models), self.pool.n_busy, self.pool.n_waiting,
+        # Model.stats waits for the scheduler's current step: read them off the loop's thread
+        stats = await run_in_threadpool(lambda: self.model.stats)
+        text = self.metrics.render(stats, self.scheduler.stats, self.n_slots, self.pool.n_busy, self.pool.n_waiting,
                                    self.options.max_queue)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
@@ -299,8 +303,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(APIError(exc.status_code, what, "invalid_request_error"), getattr(exc, "headers", None))
 
 
-def create_app(models: List[Model], options: ServerOptions) -> Starlette:
-    server = Server(models, options)
+def create_app(model: Model, scheduler: Scheduler, options: ServerOptions) -> Starlette:
+    server = Server(model, scheduler, options)
 
     from contextlib import asynccontextmanager
 
@@ -309,8 +313,8 @@ def create_app(models: List[Model], options: ServerOptions) -> Starlette:
         yield
         # uvicorn has waited for in-flight requests; cancelled jobs may still be ending
         await server.pool.wait_idle(options.shutdown_timeout_s)
-        for m in models:
-            m.close()
+        scheduler.close()
+        model.close()
 
     routes = [
         Route("/v1/completions", server.completions, methods=["POST"]),

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Deque, Dict, List, Tuple
 
+from ..batch import StepStats
 from ..model import Stats
 
 RATE_WINDOW_S = 10.0  # generated tokens/s is over this many recent seconds
@@ -48,7 +49,7 @@ class Metrics:
         self._trim(now)
         return sum(n for _, n in self._recent) / RATE_WINDOW_S
 
-    def render(self, model_stats: Stats, slots_total: int, slots_busy: int, queue_length: int,
+    def render(self, model_stats: Stats, steps: StepStats, slots_total: int, slots_busy: int, queue_length: int,
                queue_capacity: int) -> str:
         lines: List[str] = []
 
@@ -67,10 +68,11 @@ class Metrics:
                f"Tokens generated per second, all slots, over the last {RATE_WINDOW_S:g} s.",
                [("", self.recent_tokens_per_s())])
         metric("turbosparse_decode_tokens_per_second", "gauge",
-               "Decode speed of one slot (generated tokens per second of decoding, since start).",
+               "Generated tokens per second of decoding, all slots together (a batched step's time is shared "
+               "between its prompt and generated tokens by count), since start.",
                [("", model_stats.gen_tokens_per_s)])
         metric("turbosparse_prompt_tokens_per_second", "gauge",
-               "Prompt processing speed of one slot (tokens per second, since start).",
+               "Prompt tokens per second of prompt processing, all slots together, since start.",
                [("", model_stats.prompt_tokens_per_s)])
         metric("turbosparse_time_to_first_token_seconds_avg", "gauge",
                "Mean time from a slot starting a request to its first chunk.",
@@ -78,7 +80,20 @@ class Metrics:
         metric("turbosparse_ffn_density", "gauge",
                "Share of FFN neurons computed (1 = dense), over every token of every slot since start.",
                [("", model_stats.ffn_density)])
-        metric("turbosparse_slots", "gauge", "Slots (independent sequences).", [("", slots_total)])
+        metric("turbosparse_ffn_union_density", "gauge",
+               "FFN weight rows read in the last batched step over the FFNs' rows: the union of the step's "
+               "tokens' active rows, read once (1 = dense).", [("", steps.last_union_density)])
+        metric("turbosparse_ffn_union_density_avg", "gauge",
+               "Mean of the union density over the steps that generated tokens, since start.",
+               [("", steps.mean_union_density)])
+        metric("turbosparse_batch_steps_total", "counter", "Batched decode steps run.", [("", steps.steps)])
+        metric("turbosparse_batch_sequences", "gauge", "Sequences in the last batched step.",
+               [("", steps.last_sequences)])
+        metric("turbosparse_batch_sequences_max", "gauge", "Most sequences one batched step held, since start.",
+               [("", steps.max_sequences)])
+        metric("turbosparse_batch_tokens", "gauge", "Tokens (generated and prompt) in the last batched step.",
+               [("", steps.last_tokens)])
+        metric("turbosparse_slots", "gauge", "Slots (sequences decoded together).", [("", slots_total)])
         metric("turbosparse_slots_busy", "gauge", "Slots running a request.", [("", slots_busy)])
         metric("turbosparse_queue_length", "gauge", "Requests waiting for a slot.", [("", queue_length)])
         metric("turbosparse_queue_capacity", "gauge", "Requests that may wait before 503.", [("", queue_capacity)])

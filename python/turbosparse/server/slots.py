@@ -1,15 +1,13 @@
-"""The slot pool: N independent sequences, one turbosparse.Model (its own context and KV cache)
-per slot, and the worker threads that run generations on them.
+"""The slot pool: N sequences of one turbosparse.Model context (turbosparse.batch), and the
+worker threads that run generations on them.
 
 A request waits for a free slot in a bounded FIFO queue (full: QueueFull, answered 503), then
-its generation runs in a thread of its own (the native decode releases the GIL, so N slots
-decode in parallel) and hands each chunk to the event loop. The thread checks the job's cancel
-flag between chunks, so a client that goes away stops its generation within a token; the
-slot is given back when the thread has ended, not before, so a slot never runs two sequences.
-
-This is N sequences side by side, not continuous batching: every slot runs its own graph per
-token. One batched graph per step over all busy slots needs several sequences in one C context
-(a KV cache with per-sequence cells), which the runtime does not have yet.
+its generation runs in a thread of its own and hands each chunk to the event loop. Where the
+generation decodes, it hands its tokens to the batch scheduler (SequenceHandle.sync), whose
+one thread decodes every busy slot's next token in one batched graph per step and prefills
+new prompts in chunks between them. A client that goes away cancels its job: the sequence's
+wait (mid-prompt too) ends at once and the thread stops; the slot is given back when the
+thread has ended, not before, so a slot never runs two sequences.
 
 All SlotPool methods run on the event loop's thread; only Job._work runs elsewhere.
 """
@@ -22,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
-from ..model import Model
+from ..batch import SequenceCancelled, SequenceHandle
 
 
 class QueueFull(Exception):
@@ -32,15 +30,15 @@ class QueueFull(Exception):
 @dataclass
 class Slot:
     index: int
-    model: Model
+    sequence: SequenceHandle
     busy: bool = False
 
 
 class SlotPool:
-    def __init__(self, models: List[Model], max_queue: int) -> None:
-        if not models:
-            raise ValueError("a slot pool needs at least one model")
-        self.slots = [Slot(i, m) for i, m in enumerate(models)]
+    def __init__(self, sequences: List[SequenceHandle], max_queue: int) -> None:
+        if not sequences:
+            raise ValueError("a slot pool needs at least one sequence")
+        self.slots = [Slot(i, s) for i, s in enumerate(sequences)]
         self.max_queue = max_queue
         self._free: Deque[Slot] = collections.deque(self.slots)
         self._waiters: Deque["asyncio.Future[Slot]"] = collections.deque()
@@ -105,8 +103,8 @@ Event = Tuple[str, Any]
 
 @dataclass
 class Job:
-    """One generation on one slot. `start(fn)` runs fn(model) -> iterator of chunk dicts in a
-    thread; `events` receives them on the loop; `cancel()` stops it after the current token."""
+    """One generation on one slot. `start(fn)` runs fn(sequence) -> iterator of chunk dicts in a
+    thread; `events` receives them on the loop; `cancel()` stops it (a prompt mid-way too)."""
 
     pool: SlotPool
     slot: Slot
@@ -119,13 +117,16 @@ class Job:
     cancelled: bool = False
     error: Optional[BaseException] = None
     _stop: threading.Event = field(default_factory=threading.Event)
+    _generation: int = -1  # the sequence's generation number this job runs
 
-    def start(self, fn: Callable[[Model], Iterator[Dict[str, Any]]]) -> None:
+    def start(self, fn: Callable[[SequenceHandle], Iterator[Dict[str, Any]]]) -> None:
+        self._generation = self.slot.sequence.begin()
         threading.Thread(target=self._work, args=(fn,), name=f"ts-slot-{self.slot.index}", daemon=True).start()
 
     def cancel(self) -> None:
         self.cancelled = True
         self._stop.set()
+        self.slot.sequence.cancel(self._generation)  # ignored once a later job runs on the slot
 
     def _post(self, kind: str, value: Any) -> None:
         try:
@@ -133,10 +134,10 @@ class Job:
         except RuntimeError:  # the loop is closed (the process is ending)
             pass
 
-    def _work(self, fn: Callable[[Model], Iterator[Dict[str, Any]]]) -> None:
+    def _work(self, fn: Callable[[SequenceHandle], Iterator[Dict[str, Any]]]) -> None:
         it: Optional[Iterator[Dict[str, Any]]] = None
         try:
-            it = fn(self.slot.model)
+            it = fn(self.slot.sequence)
             for chunk in it:
                 if self._stop.is_set():
                     break
@@ -144,6 +145,8 @@ class Job:
                     self.first_chunk_at = time.monotonic()
                 self.last_chunk = chunk
                 self._post("chunk", chunk)
+        except SequenceCancelled:
+            pass  # cancel() was called: nobody waits for an answer
         except Exception as e:  # argument errors (before the first chunk) and runtime failures
             self.error = e
             self._post("error", e)
@@ -154,6 +157,7 @@ class Job:
                     close()  # ends the generator: its sampler is freed now, in this thread
                 except Exception:
                     pass
+            self.slot.sequence.finish()  # its cells are freed; the slot's next job starts afresh
             self._post("end", None)
             try:
                 self.loop.call_soon_threadsafe(self._finish)
