@@ -251,12 +251,12 @@ void ts_context_get_stats(const struct ts_context * c, struct ts_stats * s) {
 // ---- threshold mode ------------------------------------------------------------------------
 
 int32_t ts_context_set_act_thresholds(struct ts_context * c, const float * t, int32_t n) {
-    if (!c->act_thresholds) return set_err(c, TS_ERR_INVALID, "activation thresholds apply to FFN mode 'threshold' only");
+    if (!c->act_thresholds) return ts_context_fail(c, TS_ERR_INVALID, "activation thresholds apply to FFN mode 'threshold' only");
     if (!t || n != c->model->meta.n_layer) {
-        return set_err(c, TS_ERR_INVALID, "expected %d thresholds (one per layer), got %d", c->model->meta.n_layer, n);
+        return ts_context_fail(c, TS_ERR_INVALID, "expected %d thresholds (one per layer), got %d", c->model->meta.n_layer, n);
     }
     for (int32_t il = 0; il < n; il++) {
-        if (isnan(t[il])) return set_err(c, TS_ERR_INVALID, "threshold of layer %d is NaN", il);
+        if (isnan(t[il])) return ts_context_fail(c, TS_ERR_INVALID, "threshold of layer %d is NaN", il);
     }
     memcpy(c->act_thresholds, t, sizeof(float) * (size_t) n);
     return TS_OK;

@@ -26,7 +26,7 @@ struct ts_sampler {
     uint8_t          * penalized;   // per id: already penalized this step
 };
 
-static void set_err(char * err, size_t err_size, const char * fmt, ...) {
+static void ts_context_fail(char * err, size_t err_size, const char * fmt, ...) {
     if (!err || err_size == 0) return;
     va_list ap;
     va_start(ap, fmt);
@@ -53,41 +53,41 @@ struct ts_sampler_params ts_sampler_default_params(void) {
 }
 
 struct ts_sampler * ts_sampler_new(const struct ts_sampler_params * p, char * err, size_t err_size) {
-    set_err(err, err_size, "%s", "");
+    ts_context_fail(err, err_size, "%s", "");
     if (!p) {
-        set_err(err, err_size, "no sampler parameters");
+        ts_context_fail(err, err_size, "no sampler parameters");
         return NULL;
     }
-    if (isnan(p->temperature)) { set_err(err, err_size, "temperature is NaN"); return NULL; }
-    if (isnan(p->top_p))       { set_err(err, err_size, "top_p is NaN"); return NULL; }
-    if (isnan(p->min_p))       { set_err(err, err_size, "min_p is NaN"); return NULL; }
+    if (isnan(p->temperature)) { ts_context_fail(err, err_size, "temperature is NaN"); return NULL; }
+    if (isnan(p->top_p))       { ts_context_fail(err, err_size, "top_p is NaN"); return NULL; }
+    if (isnan(p->min_p))       { ts_context_fail(err, err_size, "min_p is NaN"); return NULL; }
     // Out of range values are refused, not clamped: --top-p 7 or a negative temperature is a
     // mistake (a typo, a misread API) that silently sampling something else would hide.
     if (!(p->temperature >= 0.0f) || isinf(p->temperature)) {
-        set_err(err, err_size, "temperature must be a finite number >= 0 (0: greedy), got %g", (double) p->temperature);
+        ts_context_fail(err, err_size, "temperature must be a finite number >= 0 (0: greedy), got %g", (double) p->temperature);
         return NULL;
     }
     if (!(p->top_p >= 0.0f && p->top_p <= 1.0f)) {
-        set_err(err, err_size, "top_p must be between 0 and 1 (1: off), got %g", (double) p->top_p);
+        ts_context_fail(err, err_size, "top_p must be between 0 and 1 (1: off), got %g", (double) p->top_p);
         return NULL;
     }
     if (!(p->min_p >= 0.0f && p->min_p <= 1.0f)) {
-        set_err(err, err_size, "min_p must be between 0 and 1 (0: off), got %g", (double) p->min_p);
+        ts_context_fail(err, err_size, "min_p must be between 0 and 1 (0: off), got %g", (double) p->min_p);
         return NULL;
     }
     if (!(p->repeat_penalty > 0.0f) || isinf(p->repeat_penalty)) {
-        set_err(err, err_size, "repeat_penalty must be a positive finite number, got %g", (double) p->repeat_penalty);
+        ts_context_fail(err, err_size, "repeat_penalty must be a positive finite number, got %g", (double) p->repeat_penalty);
         return NULL;
     }
     if (p->repeat_last_n < 0) {
-        set_err(err, err_size, "repeat_last_n must be >= 0, got %d", p->repeat_last_n);
+        ts_context_fail(err, err_size, "repeat_last_n must be >= 0, got %d", p->repeat_last_n);
         return NULL;
     }
     struct ts_sampler * s = calloc(1, sizeof(*s));
     if (s && p->repeat_last_n > 0) s->history = malloc((size_t) p->repeat_last_n * sizeof(int32_t));
     if (!s || (p->repeat_last_n > 0 && !s->history)) {
         free(s);
-        set_err(err, err_size, "out of memory");
+        ts_context_fail(err, err_size, "out of memory");
         return NULL;
     }
     s->params = *p;

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void set_err(char * err, size_t err_size, const char * fmt, ...) {
+static void ts_context_fail(char * err, size_t err_size, const char * fmt, ...) {
     if (!err || err_size == 0) return;
     va_list ap;
     va_start(ap, fmt);
@@ -60,13 +60,13 @@ bool ts_bpe_load(struct ts_tokenizer * tok, const struct gguf_context * ctx, cha
     // pre-tokenizer
     const int64_t k_pre = gguf_find_key(ctx, "tokenizer.ggml.pre");
     if (k_pre < 0 || gguf_get_kv_type(ctx, k_pre) != GGUF_TYPE_STRING) {
-        set_err(err, err_size, "tokenizer.ggml.pre is %s: a byte-level BPE vocabulary (tokenizer.ggml.model 'gpt2') "
+        ts_context_fail(err, err_size, "tokenizer.ggml.pre is %s: a byte-level BPE vocabulary (tokenizer.ggml.model 'gpt2') "
                 "needs its pre-tokenizer named (llama.cpp's 'default' guess is not supported)", k_pre < 0 ? "missing" : "not a string");
         return false;
     }
     const char * pre = gguf_get_val_str(ctx, k_pre);
     if (!ts_pretok_from_name(pre, &tok->pretok, &tok->ignore_merges)) {
-        set_err(err, err_size, "tokenizer.ggml.pre '%s' is not supported (supported: llama-bpe/llama3, qwen2, gpt-2, "
+        ts_context_fail(err, err_size, "tokenizer.ggml.pre '%s' is not supported (supported: llama-bpe/llama3, qwen2, gpt-2, "
                 "starcoder, smollm, deepseek-llm and the names llama.cpp gives the same rules)", pre);
         return false;
     }
@@ -76,16 +76,16 @@ bool ts_bpe_load(struct ts_tokenizer * tok, const struct gguf_context * ctx, cha
     // merges
     const int64_t k_merges = gguf_find_key(ctx, "tokenizer.ggml.merges");
     if (k_merges < 0) {
-        set_err(err, err_size, "tokenizer.ggml.merges is missing (byte-level BPE needs its merges)");
+        ts_context_fail(err, err_size, "tokenizer.ggml.merges is missing (byte-level BPE needs its merges)");
         return false;
     }
     if (gguf_get_kv_type(ctx, k_merges) != GGUF_TYPE_ARRAY || gguf_get_arr_type(ctx, k_merges) != GGUF_TYPE_STRING) {
-        set_err(err, err_size, "tokenizer.ggml.merges must be an array of strings");
+        ts_context_fail(err, err_size, "tokenizer.ggml.merges must be an array of strings");
         return false;
     }
     const size_t n_merges = gguf_get_arr_n(ctx, k_merges);
     if (n_merges > (size_t) INT32_MAX / 4) {
-        set_err(err, err_size, "tokenizer.ggml.merges has %zu entries", n_merges);
+        ts_context_fail(err, err_size, "tokenizer.ggml.merges has %zu entries", n_merges);
         return false;
     }
     size_t pool = 0;
@@ -195,7 +195,7 @@ bool ts_bpe_load(struct ts_tokenizer * tok, const struct gguf_context * ctx, cha
     return true;
 
 oom:
-    set_err(err, err_size, "out of memory loading the BPE merges (%zu)", n_merges);
+    ts_context_fail(err, err_size, "out of memory loading the BPE merges (%zu)", n_merges);
     return false;
 }
 

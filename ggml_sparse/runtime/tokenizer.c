@@ -11,7 +11,7 @@
 #include <string.h>
 
 
-static void set_err(char * err, size_t err_size, const char * fmt, ...) {
+static void ts_context_fail(char * err, size_t err_size, const char * fmt, ...) {
     if (!err || err_size == 0) return;
     va_list ap;
     va_start(ap, fmt);
@@ -46,11 +46,11 @@ static bool read_opt_id(const struct gguf_context * ctx, const char * key, int32
         case GGUF_TYPE_UINT64: v = (int64_t) gguf_get_val_u64(ctx, k); break;
         case GGUF_TYPE_INT64:  v = gguf_get_val_i64(ctx, k); break;
         default:
-            set_err(err, err_size, "%s has type %s, expected u32", key, gguf_type_name(gguf_get_kv_type(ctx, k)));
+            ts_context_fail(err, err_size, "%s has type %s, expected u32", key, gguf_type_name(gguf_get_kv_type(ctx, k)));
             return false;
     }
     if (v < 0 || v >= n_vocab) {
-        set_err(err, err_size, "%s = %lld is outside the vocabulary (%d tokens)", key, (long long) v, n_vocab);
+        ts_context_fail(err, err_size, "%s = %lld is outside the vocabulary (%d tokens)", key, (long long) v, n_vocab);
         return false;
     }
     *out = (int32_t) v;
@@ -61,7 +61,7 @@ static bool read_opt_bool(const struct gguf_context * ctx, const char * key, boo
     const int64_t k = gguf_find_key(ctx, key);
     if (k < 0) return true;
     if (gguf_get_kv_type(ctx, k) != GGUF_TYPE_BOOL) {
-        set_err(err, err_size, "%s has type %s, expected bool", key, gguf_type_name(gguf_get_kv_type(ctx, k)));
+        ts_context_fail(err, err_size, "%s has type %s, expected bool", key, gguf_type_name(gguf_get_kv_type(ctx, k)));
         return false;
     }
     *out = gguf_get_val_bool(ctx, k);
@@ -74,18 +74,18 @@ static int64_t find_array(const struct gguf_context * ctx, const char * key, enu
     const int64_t k = gguf_find_key(ctx, key);
     if (k < 0) {
         if (required) {
-            set_err(err, err_size, "%s is missing", key);
+            ts_context_fail(err, err_size, "%s is missing", key);
             *ok = false;
         }
         return -1;
     }
     if (gguf_get_kv_type(ctx, k) != GGUF_TYPE_ARRAY || gguf_get_arr_type(ctx, k) != type) {
-        set_err(err, err_size, "%s must be an array of %s", key, gguf_type_name(type));
+        ts_context_fail(err, err_size, "%s must be an array of %s", key, gguf_type_name(type));
         *ok = false;
         return -1;
     }
     if (n >= 0 && (int64_t) gguf_get_arr_n(ctx, k) != n) {
-        set_err(err, err_size, "%s has %zu entries, tokenizer.ggml.tokens has %lld", key, gguf_get_arr_n(ctx, k),
+        ts_context_fail(err, err_size, "%s has %zu entries, tokenizer.ggml.tokens has %lld", key, gguf_get_arr_n(ctx, k),
                 (long long) n);
         *ok = false;
         return -1;
@@ -121,18 +121,18 @@ static int cmp_special(const void * a, const void * b) {  // by first byte, then
 }
 
 struct ts_tokenizer * ts_tokenizer_from_gguf(const struct gguf_context * ctx, char * err, size_t err_size) {
-    set_err(err, err_size, "%s", "");
+    ts_context_fail(err, err_size, "%s", "");
     if (!ctx) {
-        set_err(err, err_size, "no gguf context");
+        ts_context_fail(err, err_size, "no gguf context");
         return NULL;
     }
     const int64_t k_model = gguf_find_key(ctx, "tokenizer.ggml.model");
     if (k_model < 0) {
-        set_err(err, err_size, "tokenizer.ggml.model is missing");
+        ts_context_fail(err, err_size, "tokenizer.ggml.model is missing");
         return NULL;
     }
     if (gguf_get_kv_type(ctx, k_model) != GGUF_TYPE_STRING) {
-        set_err(err, err_size, "tokenizer.ggml.model must be a string");
+        ts_context_fail(err, err_size, "tokenizer.ggml.model must be a string");
         return NULL;
     }
     const char * model = gguf_get_val_str(ctx, k_model);
@@ -142,7 +142,7 @@ struct ts_tokenizer * ts_tokenizer_from_gguf(const struct gguf_context * ctx, ch
     } else if (strcmp(model, "gpt2") == 0) {
         kind = TS_TOK_BPE;
     } else {
-        set_err(err, err_size, "tokenizer.ggml.model '%s' is not supported (only 'llama', SentencePiece, and "
+        ts_context_fail(err, err_size, "tokenizer.ggml.model '%s' is not supported (only 'llama', SentencePiece, and "
                 "'gpt2', byte-level BPE)", model);
         return NULL;
     }
@@ -152,7 +152,7 @@ struct ts_tokenizer * ts_tokenizer_from_gguf(const struct gguf_context * ctx, ch
     if (!ok) return NULL;
     const int64_t n_vocab = (int64_t) gguf_get_arr_n(ctx, k_tokens);
     if (n_vocab <= 0 || n_vocab > INT32_MAX / 2) {
-        set_err(err, err_size, "tokenizer.ggml.tokens has %lld entries", (long long) n_vocab);
+        ts_context_fail(err, err_size, "tokenizer.ggml.tokens has %lld entries", (long long) n_vocab);
         return NULL;
     }
     const int64_t k_scores = find_array(ctx, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, n_vocab, false, &ok, err, err_size);
@@ -187,7 +187,7 @@ struct ts_tokenizer * ts_tokenizer_from_gguf(const struct gguf_context * ctx, ch
         const char * s = gguf_get_arr_str(ctx, k_tokens, (size_t) i);
         const size_t n = strlen(s);
         if (n == 0) {
-            set_err(err, err_size, "token %lld has empty text", (long long) i);
+            ts_context_fail(err, err_size, "token %lld has empty text", (long long) i);
             goto fail;
         }
         memcpy(tok->text_pool + pos, s, n + 1);
@@ -205,7 +205,7 @@ struct ts_tokenizer * ts_tokenizer_from_gguf(const struct gguf_context * ctx, ch
         if (types) {
             t = types[i];
             if (t < TS_TOKEN_UNDEFINED || t > TS_TOKEN_BYTE) {
-                set_err(err, err_size, "tokenizer.ggml.token_type[%lld] = %d is not a llama.cpp token type (0..6)",
+                ts_context_fail(err, err_size, "tokenizer.ggml.token_type[%lld] = %d is not a llama.cpp token type (0..6)",
                         (long long) i, t);
                 goto fail;
             }
@@ -240,7 +240,7 @@ struct ts_tokenizer * ts_tokenizer_from_gguf(const struct gguf_context * ctx, ch
         if (tok->types[id] != TS_TOKEN_BYTE) continue;
         const int b = parse_byte_piece(tok->text[id], tok->text_len[id]);
         if (b < 0) {
-            set_err(err, err_size, "byte token %d has text '%s', expected <0xXX>", id, tok->text[id]);
+            ts_context_fail(err, err_size, "byte token %d has text '%s', expected <0xXX>", id, tok->text[id]);
             goto fail;
         }
         if (tok->byte_id[b] < 0) {
@@ -274,7 +274,7 @@ struct ts_tokenizer * ts_tokenizer_from_gguf(const struct gguf_context * ctx, ch
         }
     }
     if (kind == TS_TOK_SPM && info->unk_id < 0 && !info->byte_fallback) {
-        set_err(err, err_size, "the vocabulary has no unknown token and only %d of the 256 byte tokens: "
+        ts_context_fail(err, err_size, "the vocabulary has no unknown token and only %d of the 256 byte tokens: "
                 "some text could not be tokenized", n_bytes);
         goto fail;
     }
@@ -306,7 +306,7 @@ struct ts_tokenizer * ts_tokenizer_from_gguf(const struct gguf_context * ctx, ch
     return tok;
 
 oom:
-    set_err(err, err_size, "out of memory loading the tokenizer (%lld tokens)", (long long) n_vocab);
+    ts_context_fail(err, err_size, "out of memory loading the tokenizer (%lld tokens)", (long long) n_vocab);
 fail:
     ts_tokenizer_free(tok);
     return NULL;
@@ -316,7 +316,7 @@ struct ts_tokenizer * ts_tokenizer_from_file(const char * path, char * err, size
     struct gguf_init_params params = { .no_alloc = true, .ctx = NULL };
     struct gguf_context * ctx = gguf_init_from_file(path, params);
     if (!ctx) {
-        set_err(err, err_size, "cannot read GGUF file '%s'", path);
+        ts_context_fail(err, err_size, "cannot read GGUF file '%s'", path);
         return NULL;
     }
     struct ts_tokenizer * tok = ts_tokenizer_from_gguf(ctx, err, err_size);
