@@ -14,11 +14,11 @@
 #include "ggml-sparse.h"
 #include "ts-kernels.h"
 #include "scratch.h"
+#include "op-error.h"
 
 #include "ggml.h"
 #include "ggml-backend.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,15 +27,6 @@
 // never cut by a thread boundary.
 #define ROW_CHUNK TS_R16
 
-static bool fail(char * err, size_t err_size, const char * fmt, ...) {
-    if (err && err_size > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, err_size, fmt, ap);
-        va_end(ap);
-    }
-    return false;
-}
 
 static bool matmul_type(enum ggml_type type, enum ts_type * out) {
     switch (type) {
@@ -70,37 +61,37 @@ static bool r16_layout(const struct ggml_tensor * w) {
 
 static bool check_matmul(const struct ggml_tensor * w, const struct ggml_tensor * x, char * err, size_t err_size) {
     if (!w || !x) {
-        return fail(err, err_size, "%s: missing", !w ? "W" : "x");
+        return ts_op_fail(err, err_size, "%s: missing", !w ? "W" : "x");
     }
     enum ts_type tt;
     if (!matmul_type(w->type, &tt)) {
-        return fail(err, err_size, "W (%s): type %s has no turbosparse kernel (f32, f16, bf16, q8_0, q4_0, q4_K, q6_K)",
+        return ts_op_fail(err, err_size, "W (%s): type %s has no turbosparse kernel (f32, f16, bf16, q8_0, q4_0, q4_K, q6_K)",
                     name_of(w, "W"), ggml_type_name(w->type));
     }
     if (w->ne[2] != 1 || w->ne[3] != 1 || !ggml_is_contiguous(w)) {
-        return fail(err, err_size, "W (%s): shape [%lld, %lld, %lld, %lld]: must be a contiguous 2-D matrix",
+        return ts_op_fail(err, err_size, "W (%s): shape [%lld, %lld, %lld, %lld]: must be a contiguous 2-D matrix",
                     name_of(w, "W"), (long long) w->ne[0], (long long) w->ne[1], (long long) w->ne[2],
                     (long long) w->ne[3]);
     }
     if (!ts_row_ok(tt, w->ne[0])) {
-        return fail(err, err_size, "W (%s): row length %lld is not a whole number of %s blocks",
+        return ts_op_fail(err, err_size, "W (%s): row length %lld is not a whole number of %s blocks",
                     name_of(w, "W"), (long long) w->ne[0], ggml_type_name(w->type));
     }
     if (!plain_layout(w) && !r16_layout(w)) {
-        return fail(err, err_size, "W (%s): held in a repacked ggml buffer; only ggml_mul_mat reads that layout",
+        return ts_op_fail(err, err_size, "W (%s): held in a repacked ggml buffer; only ggml_mul_mat reads that layout",
                     name_of(w, "W"));
     }
     if (x->type != GGML_TYPE_F32) {
-        return fail(err, err_size, "x (%s): type %s, expected f32", name_of(x, "x"), ggml_type_name(x->type));
+        return ts_op_fail(err, err_size, "x (%s): type %s, expected f32", name_of(x, "x"), ggml_type_name(x->type));
     }
     if (x->ne[0] != w->ne[0] || x->ne[2] != 1 || x->ne[3] != 1) {
-        return fail(err, err_size, "x (%s): shape [%lld, %lld, %lld, %lld], expected [%lld, T] to meet W (%s) [%lld, %lld]",
+        return ts_op_fail(err, err_size, "x (%s): shape [%lld, %lld, %lld, %lld], expected [%lld, T] to meet W (%s) [%lld, %lld]",
                     name_of(x, "x"), (long long) x->ne[0], (long long) x->ne[1], (long long) x->ne[2],
                     (long long) x->ne[3], (long long) w->ne[0], name_of(w, "W"), (long long) w->ne[0],
                     (long long) w->ne[1]);
     }
     if (x->nb[0] != sizeof(float)) {
-        return fail(err, err_size, "x (%s): rows are not contiguous", name_of(x, "x"));
+        return ts_op_fail(err, err_size, "x (%s): rows are not contiguous", name_of(x, "x"));
     }
     return true;
 }

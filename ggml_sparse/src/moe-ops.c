@@ -15,26 +15,17 @@
 #include "ggml-sparse.h"
 #include "ts-kernels.h"
 #include "scratch.h"
+#include "op-error.h"
 #include "ops-internal.h"
 
 #include "ggml.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #define MAX_EXPERTS 256
 
-static bool fail(char * err, size_t err_size, const char * fmt, ...) {
-    if (err && err_size > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, err_size, fmt, ap);
-        va_end(ap);
-    }
-    return false;
-}
 
 // ---- the routing table ---------------------------------------------------------------------
 //
@@ -108,11 +99,11 @@ struct ggml_tensor * ggml_sparse_moe_route(struct ggml_context * ctx, struct ggm
                                            char * err, size_t err_size) {
     if (!logits || logits->type != GGML_TYPE_F32 || logits->ne[2] != 1 || logits->ne[3] != 1 ||
         logits->nb[0] != sizeof(float)) {
-        fail(err, err_size, "moe route: logits must be f32 [n_expert, T] with contiguous rows");
+        ts_op_fail(err, err_size, "moe route: logits must be f32 [n_expert, T] with contiguous rows");
         return NULL;
     }
     if (logits->ne[0] < 1 || logits->ne[0] > MAX_EXPERTS || k < 1 || k > logits->ne[0]) {
-        fail(err, err_size, "moe route: %lld experts, %d used: need 1 <= used <= experts <= %d",
+        ts_op_fail(err, err_size, "moe route: %lld experts, %d used: need 1 <= used <= experts <= %d",
              (long long) logits->ne[0], k, MAX_EXPERTS);
         return NULL;
     }
@@ -135,15 +126,15 @@ static bool check_experts(const struct ggml_tensor * w, const char * name, int64
                           char * err, size_t err_size) {
     enum ts_type tt;
     if (!w) {
-        return fail(err, err_size, "%s: missing", name);
+        return ts_op_fail(err, err_size, "%s: missing", name);
     }
     if (w->ne[0] != ne0 || (ne1 >= 0 && w->ne[1] != ne1) || w->ne[3] != 1 || !ggml_is_contiguous(w)) {
-        return fail(err, err_size, "%s: shape [%lld, %lld, %lld, %lld], expected a contiguous [%lld, %lld, n_expert]",
+        return ts_op_fail(err, err_size, "%s: shape [%lld, %lld, %lld, %lld], expected a contiguous [%lld, %lld, n_expert]",
                     name, (long long) w->ne[0], (long long) w->ne[1], (long long) w->ne[2], (long long) w->ne[3],
                     (long long) ne0, (long long) (ne1 >= 0 ? ne1 : w->ne[1]));
     }
     if (!ts_kernel_type(w->type, &tt) || !ts_row_ok(tt, ne0)) {
-        return fail(err, err_size, "%s: type %s has no kernel for the MoE ops (f32, f16, bf16, q8_0, q4_0)",
+        return ts_op_fail(err, err_size, "%s: type %s has no kernel for the MoE ops (f32, f16, bf16, q8_0, q4_0)",
                     name, ggml_type_name(w->type));
     }
     return true;
@@ -155,10 +146,10 @@ static bool check_pairs(const struct ggml_tensor * x, const char * name, int64_t
                         int64_t n_expert, char * err, size_t err_size) {
     if (!x || x->type != GGML_TYPE_F32 || x->ne[0] != n || x->ne[2] != 1 || x->ne[3] != 1 ||
         x->nb[0] != sizeof(float)) {
-        return fail(err, err_size, "%s: expected f32 [%lld, n_pairs] with contiguous rows", name, (long long) n);
+        return ts_op_fail(err, err_size, "%s: expected f32 [%lld, n_pairs] with contiguous rows", name, (long long) n);
     }
     if (!route || route->type != GGML_TYPE_I32 || route_experts(route, x->ne[1]) != n_expert) {
-        return fail(err, err_size, "%s: the route is not over %lld pairs and %lld experts", name,
+        return ts_op_fail(err, err_size, "%s: the route is not over %lld pairs and %lld experts", name,
                     (long long) x->ne[1], (long long) n_expert);
     }
     return true;
@@ -289,7 +280,7 @@ struct ggml_tensor * ggml_sparse_moe_gate_up(struct ggml_context * ctx, struct g
                                              enum ggml_sparse_ffn_kind kind, float threshold,
                                              struct ggml_sparse_stats * stats, char * err, size_t err_size) {
     if (kind != GGML_SPARSE_FFN_REGLU && kind != GGML_SPARSE_FFN_DRELU) {
-        fail(err, err_size, "moe gate/up: only ReGLU and dReLU experts have natural zeros");
+        ts_op_fail(err, err_size, "moe gate/up: only ReGLU and dReLU experts have natural zeros");
         return NULL;
     }
     if (!check_experts(w_gate, "moe gate/up: w_gate", x ? x->ne[0] : 0, -1, err, err_size) ||
@@ -298,16 +289,16 @@ struct ggml_tensor * ggml_sparse_moe_gate_up(struct ggml_context * ctx, struct g
         return NULL;
     }
     if (w_up->type != w_gate->type || w_up->ne[2] != w_gate->ne[2]) {
-        fail(err, err_size, "moe gate/up: w_up differs from w_gate in type or experts");
+        ts_op_fail(err, err_size, "moe gate/up: w_up differs from w_gate in type or experts");
         return NULL;
     }
     if (logits && (!check_pairs(logits, "moe gate/up: logits", w_gate->ne[1], route, w_gate->ne[2], err, err_size) ||
                    logits->ne[1] != x->ne[1] || isnan(threshold))) {
-        fail(err, err_size, "moe gate/up: logits must be [n_ff, n_pairs] like x, threshold not NaN");
+        ts_op_fail(err, err_size, "moe gate/up: logits must be [n_ff, n_pairs] like x, threshold not NaN");
         return NULL;
     }
     if (k < 1 || x->ne[1] % k != 0) {
-        fail(err, err_size, "moe gate/up: %lld pairs is not a multiple of %d experts per token",
+        ts_op_fail(err, err_size, "moe gate/up: %lld pairs is not a multiple of %d experts per token",
              (long long) x->ne[1], k);
         return NULL;
     }
@@ -385,7 +376,7 @@ struct ggml_tensor * ggml_sparse_moe_combine(struct ggml_context * ctx, struct g
                                              struct ggml_tensor * route, int k, char * err, size_t err_size) {
     if (!y || y->type != GGML_TYPE_F32 || y->nb[0] != sizeof(float) || k < 1 || y->ne[1] % k != 0 ||
         !route || route->type != GGML_TYPE_I32 || route_experts(route, y->ne[1]) < k) {
-        fail(err, err_size, "moe combine: y must be f32 [n_embd, T * %d] over the route's pairs", k);
+        ts_op_fail(err, err_size, "moe combine: y must be f32 [n_embd, T * %d] over the route's pairs", k);
         return NULL;
     }
     struct ggml_tensor * args[2] = { y, route };

@@ -7,28 +7,16 @@
 #include "ggml-sparse.h"
 #include "ts-kernels.h"
 #include "scratch.h"
+#include "op-error.h"
 #include "ops-internal.h"
 
 #include "ggml.h"
 
 #include <math.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-// ---- errors -------------------------------------------------------------------------------
-
-static bool fail(char * err, size_t err_size, const char * fmt, ...) {
-    if (err && err_size > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, err_size, fmt, ap);
-        va_end(ap);
-    }
-    return false;
-}
 
 // ---- weight types -------------------------------------------------------------------------
 
@@ -76,7 +64,7 @@ static bool sparse_type_ok(const struct ggml_tensor * w, const char * name, char
     }
     if ((unsigned) w->type >= GGML_TYPE_COUNT || ggml_get_type_traits(w->type)->to_float == NULL ||
         ggml_blck_size(w->type) <= 0) {
-        return fail(err, err_size, "%s: weight type %s cannot be read by the sparse ops (ggml has no to_float for it)",
+        return ts_op_fail(err, err_size, "%s: weight type %s cannot be read by the sparse ops (ggml has no to_float for it)",
                     name, ggml_type_name(w->type));
     }
     return true;
@@ -92,18 +80,18 @@ static bool is_2d(const struct ggml_tensor * t) {
 static bool check_act(const struct ggml_tensor * t, const char * name, int64_t n0, int64_t T,
                       char * err, size_t err_size) {
     if (!t) {
-        return fail(err, err_size, "%s: missing", name);
+        return ts_op_fail(err, err_size, "%s: missing", name);
     }
     if (t->type != GGML_TYPE_F32) {
-        return fail(err, err_size, "%s: type %s, expected f32", name, ggml_type_name(t->type));
+        return ts_op_fail(err, err_size, "%s: type %s, expected f32", name, ggml_type_name(t->type));
     }
     if (!is_2d(t) || t->ne[0] != n0 || (T >= 0 && t->ne[1] != T)) {
-        return fail(err, err_size, "%s: shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]", name,
+        return ts_op_fail(err, err_size, "%s: shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]", name,
                     (long long) t->ne[0], (long long) t->ne[1], (long long) t->ne[2], (long long) t->ne[3],
                     (long long) n0, (long long) (T >= 0 ? T : t->ne[1]));
     }
     if (t->nb[0] != sizeof(float)) {
-        return fail(err, err_size, "%s: rows are not contiguous", name);
+        return ts_op_fail(err, err_size, "%s: rows are not contiguous", name);
     }
     return true;
 }
@@ -112,15 +100,15 @@ static bool check_act(const struct ggml_tensor * t, const char * name, int64_t n
 static bool check_weight(const struct ggml_tensor * w, const char * name, int64_t ne0, int64_t ne1,
                          char * err, size_t err_size) {
     if (!w) {
-        return fail(err, err_size, "%s: missing", name);
+        return ts_op_fail(err, err_size, "%s: missing", name);
     }
     if (!is_2d(w) || w->ne[0] != ne0 || (ne1 >= 0 && w->ne[1] != ne1)) {
-        return fail(err, err_size, "%s: shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]", name,
+        return ts_op_fail(err, err_size, "%s: shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]", name,
                     (long long) w->ne[0], (long long) w->ne[1], (long long) w->ne[2], (long long) w->ne[3],
                     (long long) ne0, (long long) (ne1 >= 0 ? ne1 : w->ne[1]));
     }
     if (!ggml_is_contiguous(w)) {
-        return fail(err, err_size, "%s: not contiguous", name);
+        return ts_op_fail(err, err_size, "%s: not contiguous", name);
     }
     return true;
 }
@@ -129,7 +117,7 @@ static bool check_predictor(const struct ggml_tensor * fc1, const struct ggml_te
                             const struct ggml_tensor * u, int64_t n_embd, int64_t n_ff, int64_t T,
                             char * err, size_t err_size) {
     if (!fc1 || !fc2 || !u) {
-        return fail(err, err_size, "%s: missing (the predictor needs u, fc1 and fc2)",
+        return ts_op_fail(err, err_size, "%s: missing (the predictor needs u, fc1 and fc2)",
                     !u ? "u" : !fc1 ? "fc1" : "fc2");
     }
     if (!check_act(u, "u", n_embd, T, err, err_size) ||
@@ -145,9 +133,9 @@ static bool sparse_kind_ok(enum ggml_sparse_ffn_kind kind, char * err, size_t er
         return true;
     }
     if (kind == GGML_SPARSE_FFN_SWIGLU) {
-        return fail(err, err_size, "params: SwiGLU has no natural zeros; it runs in dense mode only");
+        return ts_op_fail(err, err_size, "params: SwiGLU has no natural zeros; it runs in dense mode only");
     }
-    return fail(err, err_size, "params: unknown FFN kind %d", (int) kind);
+    return ts_op_fail(err, err_size, "params: unknown FFN kind %d", (int) kind);
 }
 
 static bool check_gate_up(const struct ggml_tensor * w_gate, const struct ggml_tensor * w_up,
@@ -161,7 +149,7 @@ static bool check_gate_up(const struct ggml_tensor * w_gate, const struct ggml_t
         return false;
     }
     if (w_gate->type != w_up->type) {
-        return fail(err, err_size, "w_up: type %s differs from w_gate's %s", ggml_type_name(w_up->type),
+        return ts_op_fail(err, err_size, "w_up: type %s differs from w_gate's %s", ggml_type_name(w_up->type),
                     ggml_type_name(w_gate->type));
     }
     return sparse_type_ok(w_gate, "w_gate", err, err_size);
@@ -175,16 +163,16 @@ bool ggml_sparse_check_ffn(
         const struct ggml_sparse_ffn_params * params,
         char * err, size_t err_size) {
     if (!params) {
-        return fail(err, err_size, "params: missing");
+        return ts_op_fail(err, err_size, "params: missing");
     }
     if ((unsigned) params->kind > GGML_SPARSE_FFN_DRELU) {
-        return fail(err, err_size, "params: unknown FFN kind %d", (int) params->kind);
+        return ts_op_fail(err, err_size, "params: unknown FFN kind %d", (int) params->kind);
     }
     if ((unsigned) params->mode > GGML_SPARSE_MODE_THRESHOLD) {
-        return fail(err, err_size, "params: unknown mode %d", (int) params->mode);
+        return ts_op_fail(err, err_size, "params: unknown mode %d", (int) params->mode);
     }
     if ((unsigned) params->down_layout > GGML_SPARSE_DOWN_NEURON_MAJOR) {
-        return fail(err, err_size, "params: unknown down layout %d", (int) params->down_layout);
+        return ts_op_fail(err, err_size, "params: unknown down layout %d", (int) params->down_layout);
     }
     if (!check_act(x, "x", x ? x->ne[0] : 0, -1, err, err_size)) {
         return false;
@@ -211,11 +199,11 @@ bool ggml_sparse_check_ffn(
     }
     if (params->mode == GGML_SPARSE_MODE_THRESHOLD) {
         if (params->kind != GGML_SPARSE_FFN_SWIGLU) {
-            return fail(err, err_size, "params: threshold mode is for SwiGLU FFNs (ReGLU/dReLU have exact zeros: "
+            return ts_op_fail(err, err_size, "params: threshold mode is for SwiGLU FFNs (ReGLU/dReLU have exact zeros: "
                         "use the exact or predicted mode)");
         }
         if (isnan(params->threshold)) {
-            return fail(err, err_size, "params: threshold is NaN");
+            return ts_op_fail(err, err_size, "params: threshold is NaN");
         }
         return sparse_type_ok(w_up, "w_up", err, err_size);
     }
@@ -225,7 +213,7 @@ bool ggml_sparse_check_ffn(
     }
     if (params->mode == GGML_SPARSE_MODE_PREDICTED) {
         if (isnan(params->threshold)) {
-            return fail(err, err_size, "params: threshold is NaN");
+            return ts_op_fail(err, err_size, "params: threshold is NaN");
         }
         return check_predictor(fc1, fc2, u, n_embd, n_ff, T, err, err_size);
     }
@@ -850,7 +838,7 @@ struct ggml_tensor * ggml_sparse_gate_up(
             return NULL;
         }
         if (isnan(threshold)) {
-            fail(err, err_size, "threshold is NaN");
+            ts_op_fail(err, err_size, "threshold is NaN");
             return NULL;
         }
     }

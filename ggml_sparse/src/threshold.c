@@ -11,11 +11,11 @@
 #include "ggml-sparse.h"
 #include "ts-kernels.h"
 #include "scratch.h"
+#include "op-error.h"
 
 #include "ggml.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -25,15 +25,6 @@ struct up_threshold_op {
     struct ggml_sparse_act_hist * hist;
 };
 
-static bool fail(char * err, size_t err_size, const char * fmt, ...) {
-    if (err && err_size > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, err_size, fmt, ap);
-        va_end(ap);
-    }
-    return false;
-}
 
 static bool kernel_type(enum ggml_type type, enum ts_type * out) {
     switch (type) {
@@ -189,14 +180,14 @@ static void up_threshold_compute(struct ggml_tensor * dst, int ith, int nth, voi
 
 static bool check_f32_rows(const struct ggml_tensor * t, const char * name, int64_t n0, int64_t T,
                            char * err, size_t err_size) {
-    if (!t) return fail(err, err_size, "%s: missing", name);
-    if (t->type != GGML_TYPE_F32) return fail(err, err_size, "%s: type %s, expected f32", name, ggml_type_name(t->type));
+    if (!t) return ts_op_fail(err, err_size, "%s: missing", name);
+    if (t->type != GGML_TYPE_F32) return ts_op_fail(err, err_size, "%s: type %s, expected f32", name, ggml_type_name(t->type));
     if (t->ne[0] != n0 || t->ne[1] != T || t->ne[2] != 1 || t->ne[3] != 1) {
-        return fail(err, err_size, "%s: shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]", name,
+        return ts_op_fail(err, err_size, "%s: shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]", name,
                     (long long) t->ne[0], (long long) t->ne[1], (long long) t->ne[2], (long long) t->ne[3],
                     (long long) n0, (long long) T);
     }
-    if (t->nb[0] != sizeof(float)) return fail(err, err_size, "%s: rows are not contiguous", name);
+    if (t->nb[0] != sizeof(float)) return ts_op_fail(err, err_size, "%s: rows are not contiguous", name);
     return true;
 }
 
@@ -209,14 +200,14 @@ struct ggml_tensor * ggml_sparse_up_threshold(
         struct ggml_sparse_stats * stats,
         struct ggml_sparse_act_hist * hist,
         char * err, size_t err_size) {
-    if (!w_up) { fail(err, err_size, "w_up: missing"); return NULL; }
+    if (!w_up) { ts_op_fail(err, err_size, "w_up: missing"); return NULL; }
     if (w_up->ne[2] != 1 || w_up->ne[3] != 1 || !ggml_is_contiguous(w_up)) {
-        fail(err, err_size, "w_up: must be a contiguous 2-D matrix");
+        ts_op_fail(err, err_size, "w_up: must be a contiguous 2-D matrix");
         return NULL;
     }
     enum ts_type tt;
     if (!kernel_type(w_up->type, &tt) && ggml_get_type_traits(w_up->type)->to_float == NULL) {
-        fail(err, err_size, "w_up: weight type %s cannot be read by the sparse ops (ggml has no to_float for it)",
+        ts_op_fail(err, err_size, "w_up: weight type %s cannot be read by the sparse ops (ggml has no to_float for it)",
              ggml_type_name(w_up->type));
         return NULL;
     }
@@ -224,7 +215,7 @@ struct ggml_tensor * ggml_sparse_up_threshold(
         !check_f32_rows(s, "s", w_up->ne[1], x->ne[1], err, err_size)) {
         return NULL;
     }
-    if (isnan(threshold)) { fail(err, err_size, "threshold is NaN"); return NULL; }
+    if (isnan(threshold)) { ts_op_fail(err, err_size, "threshold is NaN"); return NULL; }
     struct up_threshold_op * op = ggml_new_buffer(ctx, sizeof(*op));
     op->threshold = threshold;
     op->stats     = stats;
