@@ -64,6 +64,16 @@ static inline const char * drv_row(const void * w, size_t row_bytes, const int32
 
 static inline int64_t drv_min(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// The TS_GROUP row pointers of the group starting at list entry j (R of them real, the rest
+// repeating the last) and of the group `ahead` entries later, for prefetching.
+static inline void drv_group(const void * w, size_t row_bytes, const int32_t * idx, int64_t n_idx, int64_t j,
+                             int R, int64_t ahead, const char ** rows, const char ** next) {
+    for (int r = 0; r < TS_GROUP; r++) {
+        rows[r] = drv_row(w, row_bytes, idx, j + (r < R ? r : R - 1));
+        next[r] = drv_row(w, row_bytes, idx, drv_min(j + ahead + r, n_idx - 1));
+    }
+}
+
 static void drv_dot_rows(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                          const void * x, const int32_t * idx, int64_t n_idx, float * out) {
     const int64_t ahead = drv_ahead(row_bytes);
@@ -71,10 +81,7 @@ static void drv_dot_rows(enum ts_type type, int64_t n, const void * w, size_t ro
         const int R = (int) drv_min(TS_GROUP, n_idx - j);
         const char * rows[TS_GROUP];
         const char * next[TS_GROUP];
-        for (int r = 0; r < TS_GROUP; r++) {
-            rows[r] = drv_row(w, row_bytes, idx, j + (r < R ? r : R - 1));
-            next[r] = drv_row(w, row_bytes, idx, drv_min(j + ahead + r, n_idx - 1));
-        }
+        drv_group(w, row_bytes, idx, n_idx, j, R, ahead, rows, next);
         dot_group(type, R, rows, next, n, x, out + j);
     }
 }
@@ -159,10 +166,7 @@ static void drv_kq_dot_rows_batch(enum ts_type type, int64_t n, const void * w, 
         const int R = (int) drv_min(TS_GROUP, n_idx - j);
         const char * rows[TS_GROUP];
         const char * next[TS_GROUP];
-        for (int r = 0; r < TS_GROUP; r++) {
-            rows[r] = drv_row(w, row_bytes, idx, j + (r < R ? r : R - 1));
-            next[r] = drv_row(w, row_bytes, idx, drv_min(j + ahead + r, n_idx - 1));
-        }
+        drv_group(w, row_bytes, idx, n_idx, j, R, ahead, rows, next);
         for (int64_t t = 0; t < n_tok; t++) {
             dot_group(type, R, rows, t == 0 ? next : rows, n, (const char *) x + (size_t) t * x_stride,
                       out + t * out_stride + j);
