@@ -71,32 +71,41 @@ static void quantize_q8_0(const float * x, ts_block_q8_0 * y, int64_t n) {
 
 // ---- dot products -------------------------------------------------------------------------
 
+// The first sum of a float dot product covers [0, h) and the second [h, n) (tail included),
+// h a multiple of 32: two chains per row for the out-of-order core, each a contiguous stretch,
+// so that dot_float_tile can run them one after the other without reading a line twice.
+static ALWAYS_INLINE int64_t dot_float_half(int64_t n) { return n / 64 * 32; }
+
 static ALWAYS_INLINE void dot_float(enum ts_type type, int R, const char * const * rows,
                                     const char * const * next, int64_t n, const float * x, float * out) {
     const size_t esz = elem_size(type);
+    const int64_t h = dot_float_half(n);
     __m512 acc0[TS_GROUP], acc1[TS_GROUP];
     for (int r = 0; r < R; r++) {
         acc0[r] = _mm512_setzero_ps();
         acc1[r] = _mm512_setzero_ps();
     }
-    int64_t k = 0;
-    for (; k + 32 <= n; k += 32) {
+    for (int64_t k = 0; k < h; k += 32) {
         prefetch_rows_l2(R, next, (size_t) k * esz);
+        prefetch_rows_l2(R, next, (size_t) (h + k) * esz);
         if (esz == 4) {
             prefetch_rows_l2(R, next, (size_t) k * esz + 64);
+            prefetch_rows_l2(R, next, (size_t) (h + k) * esz + 64);
         }
-        const __m512 x0 = _mm512_loadu_ps(x + k);
-        const __m512 x1 = _mm512_loadu_ps(x + k + 16);
-        for (int r = 0; r < R; r++) {
-            acc0[r] = _mm512_fmadd_ps(load16(type, rows[r], k,      0xFFFF), x0, acc0[r]);
-            acc1[r] = _mm512_fmadd_ps(load16(type, rows[r], k + 16, 0xFFFF), x1, acc1[r]);
+        for (int s = 0; s < 32; s += 16) {
+            const __m512 x0 = _mm512_loadu_ps(x + k + s);
+            const __m512 x1 = _mm512_loadu_ps(x + h + k + s);
+            for (int r = 0; r < R; r++) {
+                acc0[r] = _mm512_fmadd_ps(load16(type, rows[r], k + s,     0xFFFF), x0, acc0[r]);
+                acc1[r] = _mm512_fmadd_ps(load16(type, rows[r], h + k + s, 0xFFFF), x1, acc1[r]);
+            }
         }
     }
-    for (; k < n; k += 16) {
+    for (int64_t k = 2 * h; k < n; k += 16) {
         const __mmask16 m  = tail_mask(n - k);
-        const __m512    x0 = _mm512_maskz_loadu_ps(m, x + k);
+        const __m512    x1 = _mm512_maskz_loadu_ps(m, x + k);
         for (int r = 0; r < R; r++) {
-            acc0[r] = _mm512_fmadd_ps(load16(type, rows[r], k, m), x0, acc0[r]);
+            acc1[r] = _mm512_fmadd_ps(load16(type, rows[r], k, m), x1, acc1[r]);
         }
     }
     for (int r = 0; r < R; r++) {
@@ -665,65 +674,74 @@ static void dot_rows_r16(enum ts_type type, int64_t n, const void * w16, int64_t
 }
 
 // ---- float rows against a batch of tokens ----------------------------------------------------
-// Register tiles of 4 rows x 3 tokens (24 accumulators): each row's 16 weights are loaded and
-// converted once per step for the three tokens. Per row and token the steps are dot_float's
-// exactly (two accumulators over 32-element steps, a masked 16-element tail into the first,
-// the same final reduction), so the results are dot_rows' bit for bit.
+// Register tiles of FT_ROWS rows x FT_TOK tokens (24 accumulators of 32 registers): per
+// 16-element step each row's weights are loaded and converted once for all the tile's tokens
+// and each token's activations loaded once for all its rows, 4 x 32 + 6 x 64 bytes for 24
+// FMAs. dot_float keeps two sums per row (the first and the second stretch of the row), which
+// 24 pairs cannot hold at once; so the tile makes two passes, one per stretch, keeps the first
+// pass's sums in memory meanwhile and adds them as dot_float does: dot_rows' bits exactly. The
+// former single-pass 4 x 3 tile (two sums per pair) moved 320 bytes for 12 FMAs.
 #define FT_ROWS 4
-#define FT_TOK  3
+#define FT_TOK  6
+
+// acc[r][t] += row r . token t over the 16 elements at k (lanes outside m read nothing)
+static ALWAYS_INLINE void dot_float_step(enum ts_type type, int TT, const char * const * rows,
+                                         const float * const * xt, int64_t k, __mmask16 m,
+                                         __m512 acc[FT_ROWS][FT_TOK]) {
+    __m512 w[FT_ROWS];
+    for (int r = 0; r < FT_ROWS; r++) {
+        w[r] = load16(type, rows[r], k, m);
+    }
+    for (int t = 0; t < TT; t++) {
+        const __m512 xv = m == 0xFFFF ? _mm512_loadu_ps(xt[t] + k) : _mm512_maskz_loadu_ps(m, xt[t] + k);
+        for (int r = 0; r < FT_ROWS; r++) {
+            acc[r][t] = _mm512_fmadd_ps(w[r], xv, acc[r][t]);
+        }
+    }
+}
 
 static ALWAYS_INLINE void dot_float_tile(enum ts_type type, int TT, const char * const * rows,
                                          const char * const * next, int64_t n, const char * x, size_t x_stride,
                                          int nr, float * out, int64_t out_stride) {
     const size_t esz = elem_size(type);
-    __m512 acc0[FT_ROWS][FT_TOK], acc1[FT_ROWS][FT_TOK];
-    for (int r = 0; r < FT_ROWS; r++) {
-        for (int t = 0; t < TT; t++) {
-            acc0[r][t] = _mm512_setzero_ps();
-            acc1[r][t] = _mm512_setzero_ps();
-        }
+    const float * xt[FT_TOK];
+    for (int t = 0; t < TT; t++) {
+        xt[t] = (const float *) (x + (size_t) t * x_stride);
     }
-    int64_t k = 0;
-    for (; k + 32 <= n; k += 32) {
-        if (next) {
-            prefetch_rows(FT_ROWS, next, (size_t) k * esz);
-            if (esz == 4) {
-                prefetch_rows(FT_ROWS, next, (size_t) k * esz + 64);
+    const int64_t h = dot_float_half(n);
+    __m512 first[FT_ROWS][FT_TOK]; // dot_float's first sum, while the second pass runs
+    __m512 acc[FT_ROWS][FT_TOK];
+    for (int pass = 0; pass < 2; pass++) {
+        for (int r = 0; r < FT_ROWS; r++) {
+            for (int t = 0; t < TT; t++) {
+                acc[r][t] = _mm512_setzero_ps();
             }
         }
-        for (int h = 0; h < 2; h++) {
-            __m512 w[FT_ROWS];
-            for (int r = 0; r < FT_ROWS; r++) {
-                w[r] = load16(type, rows[r], k + 16 * h, 0xFFFF);
-            }
-            for (int t = 0; t < TT; t++) {
-                const __m512 xv = _mm512_loadu_ps((const float *) (x + (size_t) t * x_stride) + k + 16 * h);
-                for (int r = 0; r < FT_ROWS; r++) {
-                    if (h == 0) {
-                        acc0[r][t] = _mm512_fmadd_ps(w[r], xv, acc0[r][t]);
-                    } else {
-                        acc1[r][t] = _mm512_fmadd_ps(w[r], xv, acc1[r][t]);
-                    }
+        const int64_t k1 = pass == 0 ? h : n;
+        int64_t k = pass == 0 ? 0 : h;
+        for (; k + 16 <= k1; k += 16) {
+            if (next && k % 32 == 0) {
+                prefetch_rows(FT_ROWS, next, (size_t) k * esz);
+                if (esz == 4) {
+                    prefetch_rows(FT_ROWS, next, (size_t) k * esz + 64);
                 }
             }
+            dot_float_step(type, TT, rows, xt, k, 0xFFFF, acc);
         }
-    }
-    for (; k < n; k += 16) {
-        const __mmask16 m = tail_mask(n - k);
-        __m512 w[FT_ROWS];
-        for (int r = 0; r < FT_ROWS; r++) {
-            w[r] = load16(type, rows[r], k, m);
+        if (k < k1) {
+            dot_float_step(type, TT, rows, xt, k, tail_mask(k1 - k), acc);
         }
-        for (int t = 0; t < TT; t++) {
-            const __m512 xv = _mm512_maskz_loadu_ps(m, (const float *) (x + (size_t) t * x_stride) + k);
+        if (pass == 0) {
             for (int r = 0; r < FT_ROWS; r++) {
-                acc0[r][t] = _mm512_fmadd_ps(w[r], xv, acc0[r][t]);
+                for (int t = 0; t < TT; t++) {
+                    first[r][t] = acc[r][t];
+                }
             }
         }
     }
     for (int r = 0; r < nr; r++) {
         for (int t = 0; t < TT; t++) {
-            out[t * out_stride + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r][t], acc1[r][t]));
+            out[t * out_stride + r] = _mm512_reduce_add_ps(_mm512_add_ps(first[r][t], acc[r][t]));
         }
     }
 }
@@ -740,12 +758,15 @@ static ALWAYS_INLINE void dot_float_batch(enum ts_type type, int64_t n, const vo
             rows[r] = drv_row(w, row_bytes, idx, j + (r < nr ? r : nr - 1));
             next[r] = drv_row(w, row_bytes, idx, drv_min(j + ahead + r, n_idx - 1));
         }
-        // the rows stay in L1 for the later token tiles; only the first prefetches
+        // the rows stay in cache for the later token tiles; only the first prefetches
         for (int64_t t = 0; t < n_tok; t += FT_TOK) {
             const char * xt = (const char *) x + (size_t) t * x_stride;
             const char * const * nx = t == 0 ? next : NULL;
             float * o = out + t * out_stride + j;
             switch (drv_min(FT_TOK, n_tok - t)) {
+                case 6:  dot_float_tile(type, 6, rows, nx, n, xt, x_stride, nr, o, out_stride); break;
+                case 5:  dot_float_tile(type, 5, rows, nx, n, xt, x_stride, nr, o, out_stride); break;
+                case 4:  dot_float_tile(type, 4, rows, nx, n, xt, x_stride, nr, o, out_stride); break;
                 case 3:  dot_float_tile(type, 3, rows, nx, n, xt, x_stride, nr, o, out_stride); break;
                 case 2:  dot_float_tile(type, 2, rows, nx, n, xt, x_stride, nr, o, out_stride); break;
                 default: dot_float_tile(type, 1, rows, nx, n, xt, x_stride, nr, o, out_stride); break;
