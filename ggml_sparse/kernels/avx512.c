@@ -933,13 +933,19 @@ static ALWAYS_INLINE void axpy_quant(enum ts_type type, int R, const char * cons
 // rows) or a * d (quantised rows) as in axpy_rows, so each token's columns are its axpy_rows
 // result bit for bit (an FMA rounds each element on its own: lanes and grouping do not matter).
 
-#define AXPY_TILE 8  // tokens per tile: 16 accumulators
+// A tile of 12 tokens holds 24 accumulators, so each row's 32 dequantised weights serve 24
+// FMAs, and for whole tiles the driver multiplies the values by the quantised rows' scales
+// once per column block (a * d for every row and token of the chunk), so the tile does nothing
+// but convert and FMA (8-token tiles with a * d per tile: 20-25% slower, bench_kernels axpy).
+#define AXPY_TILE 12 // tokens per tile: 24 accumulators
 #define AXPY_ROWS 64 // rows per chunk
-#define AXPY_TOKS 64 // tokens whose values are transposed at a time
-#define AXPY_PITCH (AXPY_TOKS + 8) // floats per row of aT: a tile at t reads t..t+7, t + 8 may pass 64
+#define AXPY_TOKS 24 // tokens whose values are transposed at a time (2 tiles)
+#define AXPY_PITCH 32 // floats per row of aT (a multiple of 16 >= AXPY_TOKS)
 
+// a: the chunk's values, token-contiguous per row; for quantised rows already times each row's
+// scale when `scaled`, else multiplied here, token by token (the same a * d).
 static ALWAYS_INLINE void axpy_batch_tile(enum ts_type type, int TT, const void * w_t, size_t row_bytes,
-                                          const int32_t * idx, const float * a, int64_t j0, int64_t j1,
+                                          const int32_t * idx, const float * a, bool scaled, int64_t j0, int64_t j1,
                                           int64_t c, int64_t c1, float * y, int64_t y_stride) {
     const bool quant = type == TS_TYPE_Q8_0 || type == TS_TYPE_Q4_0;
     const __mmask16 m0 = tail_mask(c1 - c);
@@ -955,28 +961,20 @@ static ALWAYS_INLINE void axpy_batch_tile(enum ts_type type, int TT, const void 
         const char * row = drv_row(w_t, row_bytes, idx, j);
         // the next lines of this row, read by the next column tiles
         _mm_prefetch(row + off + 128, _MM_HINT_T1);
-        __m512 w0, w1, d = _mm512_setzero_ps();
+        __m512 w0, w1; // quantised rows: the integer quants (exact)
         if (type == TS_TYPE_Q4_0) {
             q4_0_to_ps(_mm_loadu_si128((const __m128i *) (row + off + 2)), &w0, &w1);
-            d = _mm512_set1_ps(half_at(row + off));
         } else if (type == TS_TYPE_Q8_0) {
             w0 = i8x16_to_ps(_mm_loadu_si128((const __m128i *) (row + off + 2)));
             w1 = i8x16_to_ps(_mm_loadu_si128((const __m128i *) (row + off + 18)));
-            d = _mm512_set1_ps(half_at(row + off));
         } else {
             w0 = load16(type, row, c, m0);
             w1 = load16(type, row, c + 16, m1);
         }
-        // the tile's values of this row, token-contiguous; quantised rows: a * d for all of
-        // them in one multiply (the same product per token), then broadcast from memory
-        const float * aj = a + (j - j0) * AXPY_PITCH;
-        _Alignas(32) float sj[AXPY_TILE];
-        if (quant) {
-            _mm256_store_ps(sj, _mm256_mul_ps(_mm256_loadu_ps(aj), _mm512_castps512_ps256(d)));
-            aj = sj;
-        }
+        const float * aj = a + (j - j0) * AXPY_PITCH; // the tile's values of this row
+        const __m512 d = quant && !scaled ? _mm512_set1_ps(half_at(row + off)) : _mm512_setzero_ps();
         for (int t = 0; t < TT; t++) {
-            const __m512 sv = _mm512_set1_ps(aj[t]);
+            const __m512 sv = quant && !scaled ? _mm512_mul_ps(_mm512_set1_ps(aj[t]), d) : _mm512_set1_ps(aj[t]);
             acc0[t] = _mm512_fmadd_ps(sv, w0, acc0[t]);
             acc1[t] = _mm512_fmadd_ps(sv, w1, acc1[t]);
         }
@@ -987,24 +985,28 @@ static ALWAYS_INLINE void axpy_batch_tile(enum ts_type type, int TT, const void 
     }
 }
 
-// One column tile for every token, in register tiles of 8, 4, 2, 1 tokens (compiled constants).
+// One column tile for every token, in register tiles of 12, 8, 4, 2, 1 tokens (compiled constants).
 static ALWAYS_INLINE void axpy_batch_cols(enum ts_type type, const void * w_t, size_t row_bytes,
-                                          const int32_t * idx, const float * aT, int64_t j0, int64_t j1,
+                                          const int32_t * idx, const float * aT, bool scaled, int64_t j0, int64_t j1,
                                           int64_t n_tok, int64_t c, int64_t c1, float * y, int64_t y_stride) {
     int64_t t = 0;
-    for (; n_tok - t >= 8; t += 8) {
-        axpy_batch_tile(type, 8, w_t, row_bytes, idx, aT + t, j0, j1, c, c1, y + t * y_stride, y_stride);
+    for (; n_tok - t >= 12; t += 12) {
+        axpy_batch_tile(type, 12, w_t, row_bytes, idx, aT + t, scaled, j0, j1, c, c1, y + t * y_stride, y_stride);
+    }
+    if (n_tok - t >= 8) {
+        axpy_batch_tile(type, 8, w_t, row_bytes, idx, aT + t, scaled, j0, j1, c, c1, y + t * y_stride, y_stride);
+        t += 8;
     }
     if (n_tok - t >= 4) {
-        axpy_batch_tile(type, 4, w_t, row_bytes, idx, aT + t, j0, j1, c, c1, y + t * y_stride, y_stride);
+        axpy_batch_tile(type, 4, w_t, row_bytes, idx, aT + t, scaled, j0, j1, c, c1, y + t * y_stride, y_stride);
         t += 4;
     }
     if (n_tok - t >= 2) {
-        axpy_batch_tile(type, 2, w_t, row_bytes, idx, aT + t, j0, j1, c, c1, y + t * y_stride, y_stride);
+        axpy_batch_tile(type, 2, w_t, row_bytes, idx, aT + t, scaled, j0, j1, c, c1, y + t * y_stride, y_stride);
         t += 2;
     }
     if (n_tok - t >= 1) {
-        axpy_batch_tile(type, 1, w_t, row_bytes, idx, aT + t, j0, j1, c, c1, y + t * y_stride, y_stride);
+        axpy_batch_tile(type, 1, w_t, row_bytes, idx, aT + t, scaled, j0, j1, c, c1, y + t * y_stride, y_stride);
     }
 }
 
@@ -1035,6 +1037,7 @@ static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size
         return;
     }
     _Alignas(64) float aT[AXPY_ROWS * AXPY_PITCH];
+    _Alignas(64) float sT[AXPY_ROWS * AXPY_PITCH];
     for (int64_t j0 = 0; j0 < n_idx; j0 += AXPY_ROWS)
     for (int64_t t0 = 0; t0 < n_tok; t0 += AXPY_TOKS) {
         const int64_t j1 = drv_min(j0 + AXPY_ROWS, n_idx);
@@ -1043,19 +1046,36 @@ static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size
             for (int64_t t = 0; t < nt; t++) {
                 aT[(j - j0) * AXPY_PITCH + t] = a[(t0 + t) * a_stride + j];
             }
-            for (int64_t t = nt; t < AXPY_PITCH; t++) { // read (8 at a time) but never used
+            for (int64_t t = nt; t < AXPY_PITCH; t++) { // scaled (16 at a time) but never used
                 aT[(j - j0) * AXPY_PITCH + t] = 0.0f;
             }
         }
         float * yt = y + t0 * y_stride;
-        for (int64_t c = c0; c < c1; c += 32)
-        switch (type) {
-            case TS_TYPE_F32:  axpy_batch_cols(TS_TYPE_F32,  w_t, row_bytes, idx, aT, j0, j1, nt, c, c1, yt, y_stride); break;
-            case TS_TYPE_F16:  axpy_batch_cols(TS_TYPE_F16,  w_t, row_bytes, idx, aT, j0, j1, nt, c, c1, yt, y_stride); break;
-            case TS_TYPE_BF16: axpy_batch_cols(TS_TYPE_BF16, w_t, row_bytes, idx, aT, j0, j1, nt, c, c1, yt, y_stride); break;
-            case TS_TYPE_Q8_0: axpy_batch_cols(TS_TYPE_Q8_0, w_t, row_bytes, idx, aT, j0, j1, nt, c, c1, yt, y_stride); break;
-            case TS_TYPE_Q4_0: axpy_batch_cols(TS_TYPE_Q4_0, w_t, row_bytes, idx, aT, j0, j1, nt, c, c1, yt, y_stride); break;
-            default: break;
+        for (int64_t c = c0; c < c1; c += 32) {
+            // quantised rows and whole tiles: the values times the row's scale of this column
+            // block, a * d per element as axpy_rows has it, once for all the tiles' FMAs
+            // (for fewer tokens the products cost more here than in the tile)
+            const bool scaled = (type == TS_TYPE_Q4_0 || type == TS_TYPE_Q8_0) && nt >= AXPY_TILE;
+            const float * at = aT;
+            if (scaled) {
+                const size_t off = (size_t) (c / TS_QK) * block_bytes(type);
+                for (int64_t j = j0; j < j1; j++) {
+                    const __m512 d = _mm512_set1_ps(half_at(drv_row(w_t, row_bytes, idx, j) + off));
+                    for (int64_t t = 0; t < nt; t += 16) {
+                        const size_t o = (size_t) (j - j0) * AXPY_PITCH + (size_t) t;
+                        _mm512_store_ps(sT + o, _mm512_mul_ps(_mm512_load_ps(aT + o), d));
+                    }
+                }
+                at = sT;
+            }
+            switch (type) {
+                case TS_TYPE_F32:  axpy_batch_cols(TS_TYPE_F32,  w_t, row_bytes, idx, at, scaled, j0, j1, nt, c, c1, yt, y_stride); break;
+                case TS_TYPE_F16:  axpy_batch_cols(TS_TYPE_F16,  w_t, row_bytes, idx, at, scaled, j0, j1, nt, c, c1, yt, y_stride); break;
+                case TS_TYPE_BF16: axpy_batch_cols(TS_TYPE_BF16, w_t, row_bytes, idx, at, scaled, j0, j1, nt, c, c1, yt, y_stride); break;
+                case TS_TYPE_Q8_0: axpy_batch_cols(TS_TYPE_Q8_0, w_t, row_bytes, idx, at, scaled, j0, j1, nt, c, c1, yt, y_stride); break;
+                case TS_TYPE_Q4_0: axpy_batch_cols(TS_TYPE_Q4_0, w_t, row_bytes, idx, at, scaled, j0, j1, nt, c, c1, yt, y_stride); break;
+                default: break;
+            }
         }
     }
 }

@@ -561,7 +561,7 @@ static char * make_tokens(enum ts_type dt, int64_t n, int64_t n_tok, size_t x_st
     return x;
 }
 
-static const int64_t BATCH_TOKENS[] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 37, 62, 70 }; // 62, 70: 64-token blocks' tails
+static const int64_t BATCH_TOKENS[] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 29, 37, 62, 70 }; // 29: a 24-token block then 5; 62, 70: 64-token blocks' tails
 #define N_BATCH_TOKENS ((int) (sizeof(BATCH_TOKENS) / sizeof(BATCH_TOKENS[0])))
 static const float SENTINEL_F = 12345.0f;
 
