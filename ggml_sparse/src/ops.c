@@ -259,6 +259,12 @@ static void dequant_row(const struct weight_reader * r, const void * w, size_t r
 // the tokens share most of their rows. Re-measure when the batch kernels change
 // (TURBOSPARSE_ROW_COST=r overrides; bench_ffn.py --batch).
 #define ROW_COST 3.0
+// The same for the down node, whose batch tile (12 tokens x 32 columns of a row per step)
+// costs more per product next to its single-token path than the gate/up tiles do: measured
+// (AVX-512, Q4_0, dense mode on the natural-25% bench model, 128-token prompt, TURBOSPARSE_PROFILE
+// per-node times) the down node took ~0.6 s at 1, 0.84-0.96 s at 3, ~0.6 s with one token per
+// sub-batch (TURBOSPARSE_DOWN_ROW_COST=r overrides).
+#define DOWN_ROW_COST 1.0
 // Tokens in a sub-batch at most: the down node keeps n_ff values per token of one.
 #define SUB_BATCH_MAX 64
 // Rows per batch-kernel call in the gate/up node: long, so that the kernels' prefetching
@@ -267,21 +273,24 @@ static void dequant_row(const struct weight_reader * r, const void * w, size_t r
 // Rows dequantised at a time for types without a kernel.
 #define DEQ_GROUP 16
 
-static double row_cost_value = ROW_COST;
+static double row_cost_value = ROW_COST, down_row_cost_value = DOWN_ROW_COST;
 static pthread_once_t row_cost_once = PTHREAD_ONCE_INIT;
 
 static void row_cost_read(void) {
     const char * s = getenv("TURBOSPARSE_ROW_COST");
-    const double v = s ? atof(s) : 0.0;
-    if (v > 0.0) {
-        row_cost_value = v;
+    if (s && atof(s) > 0.0) {
+        row_cost_value = atof(s);
+    }
+    s = getenv("TURBOSPARSE_DOWN_ROW_COST");
+    if (s && atof(s) > 0.0) {
+        down_row_cost_value = atof(s);
     }
 }
 
-// ROW_COST, or TURBOSPARSE_ROW_COST when set (for measuring).
-static double row_cost(void) {
+// ROW_COST (down: DOWN_ROW_COST), or the environment's value when set (for measuring).
+static double row_cost(bool down) {
     pthread_once(&row_cost_once, row_cost_read);
-    return row_cost_value;
+    return down ? down_row_cost_value : row_cost_value;
 }
 
 // 0: adaptive; N > 0: sub-batches of N tokens (at most 256).
@@ -302,6 +311,7 @@ static int64_t sub_batch_cap(int setting, int64_t T) {
 struct plan {
     int        setting; // ts_sub_batch_setting()
     int64_t    cap;     // sub_batch_cap()
+    double     row_cost; // row_cost() of the node
     int64_t    n_words; // 64-bit words of one token's row set
     uint64_t * sets;    // [T][n_words] each token's rows
     int64_t  * n_set;   // [T] rows per token
@@ -319,8 +329,8 @@ static size_t plan_bytes(int64_t T, int64_t n_all, int64_t cap) {
            ts_carve_size((size_t) cap * sizeof(int32_t));
 }
 
-static struct plan plan_carve(char ** cur, int setting, int64_t T, int64_t n_all, int64_t cap) {
-    struct plan p = { .setting = setting, .cap = cap, .n_words = (n_all + 63) / 64 };
+static struct plan plan_carve(char ** cur, int setting, double row_cost, int64_t T, int64_t n_all, int64_t cap) {
+    struct plan p = { .setting = setting, .cap = cap, .row_cost = row_cost, .n_words = (n_all + 63) / 64 };
     p.sets  = ts_carve(cur, (size_t) (T * p.n_words) * sizeof(uint64_t));
     p.n_set = ts_carve(cur, (size_t) T * sizeof(int64_t));
     p.uni   = ts_carve(cur, (size_t) p.n_words * sizeof(uint64_t));
@@ -361,7 +371,7 @@ static bool plan_next(struct plan * p, int64_t T, int64_t * t) {
         memset(p->uni, 0, (size_t) W * sizeof(uint64_t));
         int64_t n_union = 0;
         double best_cost = INFINITY;
-        const double r = row_cost();
+        const double r = p->row_cost;
         for (int64_t n = 1; n <= m; n++) {
             const uint64_t * st = p->sets + p->tok[n - 1] * W;
             for (int64_t w = 0; w < W; w++) {
@@ -467,7 +477,7 @@ static void gu_load_x(struct gu_batch * b, const int32_t * tok, int64_t n_tok) {
 // non-zero.
 static int64_t gu_rows(struct gu_batch * b, const int32_t * tok, int64_t n_tok,
                        const int32_t * rows, int64_t n_rows) {
-    const double r = row_cost();
+    const double r = row_cost(false);
     int64_t n_nz = 0;
     for (int64_t j0 = 0; j0 < n_rows; j0 += ROW_CHUNK) {
         const int64_t n_ch = n_rows - j0 < ROW_CHUNK ? n_rows - j0 : ROW_CHUNK;
@@ -631,7 +641,7 @@ int64_t ts_gate_up_run(const struct gate_up_op * op, const struct ggml_tensor * 
     if (!b.lg) {
         n_computed = gu_batch_exact(&b, T, cap, ith, nth, tok, rows);
     } else {
-        struct plan p = plan_carve(&cur, op->sub_batch, T, b.n_ff, cap);
+        struct plan p = plan_carve(&cur, op->sub_batch, row_cost(false), T, b.n_ff, cap);
         n_computed = gu_batch_predicted(&b, T, &p, ith, nth);
     }
     if (rows_read) {
@@ -676,7 +686,7 @@ static void down_batch(const struct ts_kernels * k, enum ts_type type, const str
     const size_t vals   = (size_t) cap * n_ff * sizeof(float);
     const size_t ybuf   = (size_t) cap * n_embd * sizeof(float);
     char * cur = ts_scratch(plan_bytes(T, n_ff, cap) + ts_carve_size(vals) + ts_carve_size(ybuf));
-    struct plan p = plan_carve(&cur, setting, T, n_ff, cap);
+    struct plan p = plan_carve(&cur, setting, row_cost(true), T, n_ff, cap);
     float * av = ts_carve(&cur, vals);
     float * yb = ts_carve(&cur, ybuf);
     const int64_t y_stride = (int64_t) (dst->nb[1] / sizeof(float));
