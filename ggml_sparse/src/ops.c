@@ -267,6 +267,9 @@ static void dequant_row(const struct weight_reader * r, const void * w, size_t r
 #define DOWN_ROW_COST 1.0
 // Tokens in a sub-batch at most: the down node keeps n_ff values per token of one.
 #define SUB_BATCH_MAX 64
+// Tokens per sub-batch of the exact-mode gate/up node at most (its scratch holds this many
+// tokens' activations and ROW_CHUNK gates and ups of each).
+#define EXACT_CAP 512
 // Rows per batch-kernel call in the gate/up node: long, so that the kernels' prefetching
 // (which starts a few rows into each call) covers most rows; the gates stay in L2.
 #define ROW_CHUNK 256
@@ -615,7 +618,9 @@ int64_t ts_gate_up_run(const struct gate_up_op * op, const struct ggml_tensor * 
         .a = a, .n_embd = wg->ne[0], .n_ff = wg->ne[1],
     };
     const int64_t T   = b.x->ne[1];
-    const int64_t cap = sub_batch_cap(op->sub_batch, T);
+    // exact mode: every token's gates are read anyway, so its sub-batches are only as small
+    // as the scratch needs (a 128-token prompt in two sub-batches of 64 read gate and up twice)
+    const int64_t cap = op->predicted || op->sub_batch > 0 ? sub_batch_cap(op->sub_batch, T) : (T < EXACT_CAP ? T : EXACT_CAP);
     b.x_bytes = ts_row_size(ts_dot_type(b.r.type), b.n_embd);
     const size_t ff_i32  = (size_t) b.n_ff * sizeof(int32_t);
     const size_t tile    = (size_t) cap * ROW_CHUNK * sizeof(float);
