@@ -197,7 +197,11 @@ struct ggml_tensor * ggml_sparse_matmul(
 // ggml has an x86 repacked layout for Q4_K (q4_K_8x8, AVX2), which these runs did not time; none
 // for Q6_K. So:
 //   - AVX-512 table: ours for every type it has (decode and, by far, prompt processing),
-//     except Q4_K, left to ggml's repacked kernels (ours only matched ggml's plain ones);
+//     except Q4_K, left to ggml's repacked kernels (ours only matched ggml's plain ones), and
+//     Q6_K: re-measured on a quieter machine (Zen 4 VM, load ~3, bench_matmul q6_K 32000 4096
+//     T=1, 2 threads, 5 runs of 20) ggml took 3.2-3.9 ms (min) against ours 4.9-6.8, T=8 the
+//     same 20 ms; ts-main decode with PowerInfer's Q6_K head, Q4_0 predicted 10%: 49.8-60.6 ->
+//     52.4-67.0 tok/s over 6 interleaved rounds (5 faster), F16 unchanged;
 //   - AVX2 table: ggml's repacked kernels where ggml has a layout (Q4_0: faster GEMV and GEMM),
 //     ours for Q8_0 (ggml has no x86 layout for it and its plain vec_dot is slower); K-quants
 //     are left to ggml (ours not clearly faster: Q6_K 10% in L2, Q4_K 7% slower);
@@ -236,7 +240,7 @@ static bool ours_is_faster(enum ts_type type) {
         return forced >= 1;
     }
     switch (ts_kernels_best()->isa) {
-        case TS_ISA_AVX512: return type != TS_TYPE_Q4_K;
+        case TS_ISA_AVX512: return type != TS_TYPE_Q4_K && type != TS_TYPE_Q6_K;
         case TS_ISA_AVX2:   return type == TS_TYPE_Q8_0;
         default:            return false;
     }
