@@ -97,7 +97,10 @@ struct ggml_sparse_ffn_params {
 //   dense, neuron-major down:  gate/up by ggml_mul_mat, activation by ggml ops, then the
 //                              sparse down node over every row (it skips exact zeros)
 //   predicted:                 predictor (ggml_mul_mat, relu, ggml_mul_mat), sparse gate/up
-//   exact:                     sparse gate/up in exact mode
+//   exact:                     sparse gate/up in exact mode; a batch of 16 tokens or more
+//                              whose gate and up run on turbosparse's matmul: the two dense
+//                              products and the activation ops instead (the same values and
+//                              statistics; hardly a row is unused by that many tokens)
 //   threshold (SwiGLU only):   gate by ggml_sparse_mul_mat, s = ggml_silu(gate) (ggml's own
 //                              op, so s is the bits ggml's SwiGLU uses), then the sparse up
 //                              node (ggml_sparse_up_threshold)
