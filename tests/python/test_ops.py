@@ -281,7 +281,8 @@ def test_threshold_mode_against_numpy(type_: str, T: int):
     want_all, scale_all = reference(f.ref, x_dot, "swiglu")
     assert rel_err(results[0][1], want_all, scale_all) <= tol_dense(type_)
     ours = G.isa() == "avx512" and os.environ.get("TURBOSPARSE_MATMUL", "auto") == "auto"
-    if ours and type_ in ("f32", "f16", "bf16", "q8_0", "q4_0"):
+    # (q4_K: the auto policy leaves its dense product to ggml, whose sums differ; q6_K is ours)
+    if ours and type_ in ("f32", "f16", "bf16", "q8_0", "q4_0", "q6_K"):
         assert np.array_equal(results[0][1], dense_nm.numpy())
 
 
