@@ -190,6 +190,16 @@ struct ggml_tensor * ggml_sparse_down(
         struct ggml_tensor  * a,
         char * err, size_t err_size);
 
+// The same product, the neurons split into 4 fixed ranges whose partial sums are added in
+// order (two nodes, src/down-chunked.c): threads then read whole rows, not slices of every
+// row. Bit-identical for any thread count and batch size; differs from ggml_sparse_down by
+// rounding. ggml_sparse_ffn uses it for SwiGLU's neuron-major down (threshold, dense modes).
+struct ggml_tensor * ggml_sparse_down_chunked(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * w_down_t,
+        struct ggml_tensor  * a,
+        char * err, size_t err_size);
+
 // ---- dense products on the turbosparse kernels (src/matmul.c) -----------------------------
 
 // y [rows, T] f32 = W x, as ggml_mul_mat(W, x), for a contiguous 2-D W [n, rows] of type

@@ -28,6 +28,10 @@ int64_t ts_gate_up_run(const struct gate_up_op * op, const struct ggml_tensor * 
                        const struct ggml_tensor * x, const struct ggml_tensor * lg, struct ggml_tensor * a,
                        int ith, int nth, int64_t * rows_read);
 
+// The arguments of a sparse down node (ggml_sparse_down, ggml_sparse_down_chunked): false
+// with err filled when they do not fit.
+bool ts_check_down(const struct ggml_tensor * w_down_t, const struct ggml_tensor * a, char * err, size_t err_size);
+
 // Thread ith of nth computes its columns of y [n_embd, T] = w_down_t [n_embd, n_ff] by the
 // non-zeros of a [n_ff, T]. setting: ts_sub_batch_setting().
 void ts_down_run(const struct ggml_tensor * w, const struct ggml_tensor * a, struct ggml_tensor * y,

@@ -870,14 +870,18 @@ struct ggml_tensor * ggml_sparse_gate_up(
     return a;
 }
 
+bool ts_check_down(const struct ggml_tensor * w_down_t, const struct ggml_tensor * a, char * err, size_t err_size) {
+    return check_weight(w_down_t, "w_down_t", w_down_t ? w_down_t->ne[0] : 0, -1, err, err_size) &&
+           sparse_type_ok(w_down_t, "w_down_t", err, err_size) &&
+           check_act(a, "a", w_down_t->ne[1], -1, err, err_size);
+}
+
 struct ggml_tensor * ggml_sparse_down(
         struct ggml_context * ctx,
         struct ggml_tensor  * w_down_t,
         struct ggml_tensor  * a,
         char * err, size_t err_size) {
-    if (!check_weight(w_down_t, "w_down_t", w_down_t ? w_down_t->ne[0] : 0, -1, err, err_size) ||
-        !sparse_type_ok(w_down_t, "w_down_t", err, err_size) ||
-        !check_act(a, "a", w_down_t->ne[1], -1, err, err_size)) {
+    if (!ts_check_down(w_down_t, a, err, err_size)) {
         return NULL;
     }
     struct ggml_tensor * args[2] = { w_down_t, a };
@@ -986,13 +990,19 @@ struct ggml_tensor * ggml_sparse_ffn(
             return NULL;
         }
     }
-    return neuron_major ? ggml_sparse_down(ctx, w_down, a, err, err_size) : ggml_sparse_mul_mat(ctx, w_down, a);
+    if (!neuron_major) {
+        return ggml_sparse_mul_mat(ctx, w_down, a);
+    }
+    // SwiGLU's neuron-major down (threshold mode, and dense mode on such a file, so that a
+    // threshold of -inf gives the dense bits) splits the neurons among threads too
+    return params->kind == GGML_SPARSE_FFN_SWIGLU ? ggml_sparse_down_chunked(ctx, w_down, a, err, err_size)
+                                                  : ggml_sparse_down(ctx, w_down, a, err, err_size);
 }
 
 size_t ggml_sparse_ffn_ctx_size(void) {
     // At most 7 nodes (predictor 3, gate/up 1, down 1; dense: 3 mul_mat + 3 activation ops;
     // exact over a batch: 2 mul_mat + 3 activation ops + the count + down; threshold: gate,
-    // silu, up, down) plus one parameter block (gate/up's or threshold.c's,
+    // silu, up, down parts and sum) plus one parameter block (gate/up's or threshold.c's,
     // which is smaller); the slack covers ggml's object headers.
     return 8 * ggml_tensor_overhead() + sizeof(struct gate_up_op) + 256;
 }

@@ -6,12 +6,15 @@
 // Threads split the neurons: thread ith owns [n_ff ith / nth, n_ff (ith + 1) / nth) of every
 // token, gathers the selected rows of its share and runs dot_rows on them (a prompt's tokens
 // in sub-batches through dot_rows_batch, which gives the same bits), so each a[i] is one
-// dot_rows result times s[i] whoever computes it and however the tokens are batched. Weight
-// types without a kernel are dequantised a row at a time and go through the F32 kernel.
+// dot_rows result times s[i] whoever computes it and however the tokens are batched. Every
+// type with a kernel (ts_kernel_type: F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q6_K) takes it; other
+// types are dequantised a row at a time and go through the F32 kernel (slow: Q4_K rows took
+// that path before and the up node cost 2x a dense FFN's up).
 #include "ggml-sparse.h"
 #include "ts-kernels.h"
 #include "scratch.h"
 #include "op-error.h"
+#include "ops-internal.h"
 
 #include "ggml.h"
 
@@ -25,17 +28,6 @@ struct up_threshold_op {
     struct ggml_sparse_act_hist * hist;
 };
 
-
-static bool kernel_type(enum ggml_type type, enum ts_type * out) {
-    switch (type) {
-        case GGML_TYPE_F32:  *out = TS_TYPE_F32;  return true;
-        case GGML_TYPE_F16:  *out = TS_TYPE_F16;  return true;
-        case GGML_TYPE_BF16: *out = TS_TYPE_BF16; return true;
-        case GGML_TYPE_Q8_0: *out = TS_TYPE_Q8_0; return true;
-        case GGML_TYPE_Q4_0: *out = TS_TYPE_Q4_0; return true;
-        default:             return false;
-    }
-}
 
 float ggml_sparse_act_hist_edge(int32_t bin) {
     if (bin <= 0) return 0.0f;
@@ -62,7 +54,7 @@ static int32_t hist_bin(float v) {
 struct up_share {
     const struct ts_kernels * k;
     enum ts_type type;
-    bool fast, q8;
+    bool fast, quantised; // quantised: x goes to the kernels in the dot type (Q8_0 / Q8_K)
     ggml_to_float_t to_float;
     int64_t n_embd;
     size_t x_bytes;
@@ -75,8 +67,8 @@ static const float * row_of(const struct ggml_tensor * t, int64_t i) {
 }
 
 static void load_x(const struct up_share * u, int64_t t, void * dst) {
-    if (u->q8) u->k->quantize_q8_0(row_of(u->x, t), (ts_block_q8_0 *) dst, u->n_embd);
-    else       memcpy(dst, row_of(u->x, t), (size_t) u->n_embd * sizeof(float));
+    if (u->quantised) ts_quantize_dot(u->k, u->type, row_of(u->x, t), dst, u->n_embd);
+    else              memcpy(dst, row_of(u->x, t), (size_t) u->n_embd * sizeof(float));
 }
 
 // One token, neurons idx[0..n_sel): a[idx[j]] = s[idx[j]] * dot(W_up[idx[j]], x_t).
@@ -107,10 +99,10 @@ static void up_threshold_compute(struct ggml_tensor * dst, int ith, int nth, voi
     if (i1 <= i0) return;
 
     struct up_share u = { .k = ts_kernels_best(), .n_embd = n_embd, .w = w, .x = x, .s = s, .a = dst };
-    u.fast = kernel_type(w->type, &u.type);
-    u.q8 = u.fast && ts_dot_type(u.type) == TS_TYPE_Q8_0;
+    u.fast = ts_kernel_type(w->type, &u.type);
+    u.quantised = u.fast && ts_dot_type(u.type) != TS_TYPE_F32;
     u.to_float = u.fast ? NULL : ggml_get_type_traits(w->type)->to_float;
-    u.x_bytes = u.q8 ? ts_row_size(TS_TYPE_Q8_0, n_embd) : (size_t) n_embd * sizeof(float);
+    u.x_bytes = u.fast ? ts_row_size(ts_dot_type(u.type), n_embd) : (size_t) n_embd * sizeof(float);
     const int64_t share = i1 - i0;
     const int64_t cap = u.fast && T > 1 ? (T < SUB_BATCH ? T : SUB_BATCH) : 1;
     char * cur = ts_scratch(ts_carve_size((size_t) cap * u.x_bytes) + ts_carve_size((size_t) share * sizeof(int32_t)) +
@@ -206,7 +198,7 @@ struct ggml_tensor * ggml_sparse_up_threshold(
         return NULL;
     }
     enum ts_type tt;
-    if (!kernel_type(w_up->type, &tt) && ggml_get_type_traits(w_up->type)->to_float == NULL) {
+    if (!ts_kernel_type(w_up->type, &tt) && ggml_get_type_traits(w_up->type)->to_float == NULL) {
         ts_op_fail(err, err_size, "w_up: weight type %s cannot be read by the sparse ops (ggml has no to_float for it)",
              ggml_type_name(w_up->type));
         return NULL;

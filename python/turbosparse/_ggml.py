@@ -245,6 +245,12 @@ class Context(Closeable):
         t = self._lib.ggml_sparse_down(self.ptr, w_down_t.ptr, a.ptr, err, _ERR_SIZE)
         return self._checked(t, err, "ggml_sparse_down")
 
+    def sparse_down_chunked(self, w_down_t: Tensor, a: Tensor) -> Tensor:
+        """The down projection in 4 neuron ranges added in order (SwiGLU's neuron-major down)."""
+        err = self._ffi.new("char[]", _ERR_SIZE)
+        t = self._lib.ggml_sparse_down_chunked(self.ptr, w_down_t.ptr, a.ptr, err, _ERR_SIZE)
+        return self._checked(t, err, "ggml_sparse_down_chunked")
+
 
 class ThreadPool(Closeable):
     """A ggml threadpool kept across computes (threads are started once).

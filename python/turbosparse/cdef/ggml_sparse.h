@@ -61,6 +61,8 @@ struct ggml_tensor * ggml_sparse_up_threshold(struct ggml_context * ctx, struct 
         struct ggml_sparse_act_hist * hist, char * err, size_t err_size);
 struct ggml_tensor * ggml_sparse_down(struct ggml_context * ctx, struct ggml_tensor * w_down_t,
         struct ggml_tensor * a, char * err, size_t err_size);
+struct ggml_tensor * ggml_sparse_down_chunked(struct ggml_context * ctx, struct ggml_tensor * w_down_t,
+        struct ggml_tensor * a, char * err, size_t err_size);
 struct ggml_tensor * ggml_sparse_matmul(struct ggml_context * ctx, struct ggml_tensor * w,
         struct ggml_tensor * x, char * err, size_t err_size);
 bool ggml_sparse_matmul_preferred(const struct ggml_tensor * w);
