@@ -1052,7 +1052,7 @@ static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size
             // quantised rows and whole tiles: the values times the row's scale of this column
             // block, a * d per element as axpy_rows has it, once for all the tiles' FMAs
             // (for fewer tokens the products cost more here than in the tile)
-            const bool scaled = (type == TS_TYPE_Q4_0 || type == TS_TYPE_Q8_0) && nt >= AXPY_TILE;
+            const bool scaled = is_quant(type) && nt >= AXPY_TILE;
             const float * at = aT;
             if (scaled) {
                 const size_t off = (size_t) (c / TS_QK) * block_bytes(type);

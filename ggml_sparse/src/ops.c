@@ -655,15 +655,17 @@ int64_t ts_gate_up_run(const struct gate_up_op * op, const struct ggml_tensor * 
     return n_computed;
 }
 
-static void stats_of_gate_up(const struct gate_up_op * op, int64_t n_computed, int64_t rows_read, int64_t n_ff,
+// One thread's share of a gate/up evaluation of T tokens over n_ff neurons: its computed
+// neurons and rows read; thread 0 adds the evaluation's totals.
+static void stats_of_gate_up(struct ggml_sparse_stats * stats, int64_t n_computed, int64_t rows_read, int64_t n_ff,
                              int64_t T, int ith) {
-    if (op->stats) {
-        stats_add(&op->stats->neurons_computed, n_computed);
-        stats_add(&op->stats->rows_read, rows_read);
+    if (stats) {
+        stats_add(&stats->neurons_computed, n_computed);
+        stats_add(&stats->rows_read, rows_read);
         if (ith == 0) {
-            stats_add(&op->stats->neurons_total, n_ff * T);
-            stats_add(&op->stats->tokens, T);
-            stats_add(&op->stats->rows_total, n_ff);
+            stats_add(&stats->neurons_total, n_ff * T);
+            stats_add(&stats->tokens, T);
+            stats_add(&stats->rows_total, n_ff);
         }
     }
 }
@@ -674,7 +676,7 @@ static void gate_up_compute(struct ggml_tensor * dst, int ith, int nth, void * u
     int64_t rows_read = 0;
     const int64_t n_computed = ts_gate_up_run(op, dst->src[0], dst->src[1], dst->src[2],
                                               op->predicted ? dst->src[3] : NULL, dst, ith, nth, &rows_read);
-    stats_of_gate_up(op, n_computed, rows_read, dst->ne[0], dst->ne[1], ith);
+    stats_of_gate_up(op->stats, n_computed, rows_read, dst->ne[0], dst->ne[1], ith);
 }
 
 // ---- sparse down over batches of tokens ---------------------------------------------------------
@@ -923,13 +925,8 @@ static void exact_count_compute(struct ggml_tensor * dst, int ith, int nth, void
             n_nz += at[i] != 0.0f;
         }
     }
-    stats_add(&stats->neurons_computed, n_nz);
-    if (ith == 0) {
-        stats_add(&stats->neurons_total, n_ff * T);
-        stats_add(&stats->tokens, T);
-        stats_add(&stats->rows_read, n_ff);
-        stats_add(&stats->rows_total, n_ff);
-    }
+    // every up row read once for the batch (thread 0 counts the rows with the totals)
+    stats_of_gate_up(stats, n_nz, ith == 0 ? n_ff : 0, n_ff, T, ith);
 }
 
 // Exact mode's activations of a batch through the dense products, where those give the exact
