@@ -20,6 +20,11 @@
 // embedding, read by get_rows) qualifies for the huge-page copy, which keeps the layout, as do
 // ffn_up and ffn_down_t of a dense SwiGLU file that has both down layouts (the threshold
 // mode gathers their rows in the file's layout).
+//
+// The sparse FFN weights (those of dReLU/ReGLU models, and MoE experts read by the MoE ops)
+// are read in the file's layout too, by row gathers and, in exact mode, a dense pass over
+// the gate; they are also copied to huge pages as they are, when the copy fits in the memory
+// the system has available (else they stay in the mapping, as with --no-repack).
 #define _GNU_SOURCE // madvise
 #include "repack.h"
 #include "ffn.h"
@@ -48,8 +53,10 @@ static void add(struct candidates * c, struct ggml_tensor * t) {
 // Appends the eligible tensors; c->t has room for 10 per layer + 2. `keep` gets the tensors
 // that the threshold mode's sparse nodes read (ffn_up's rows gathered, ffn_down_t's rows
 // scaled and added): they are copied to huge pages as they are, in the file's layout
-// (room for 2 per layer).
-static void collect(const struct ts_model * m, struct candidates * c, struct candidates * keep) {
+// (room for 2 per layer). `sparse` gets the sparse FFN's weights, copied the same way when
+// they fit in memory (room for 6 per layer).
+static void collect(const struct ts_model * m, struct candidates * c, struct candidates * keep,
+                    struct candidates * sparse) {
     const struct ts_model_meta * h = &m->meta;
     const bool dense_ffn = h->ffn_kind == TS_FFN_SWIGLU;
     const bool moe = h->n_expert > 0;
@@ -63,7 +70,8 @@ static void collect(const struct ts_model * m, struct candidates * c, struct can
         add(c, l->wq); add(c, l->wk); add(c, l->wv); add(c, l->wo);
         add(c, l->ffn_gate_inp);
         if (!moe) { add(c, l->pred_fc1); add(c, l->pred_fc2); }
-        if (ffn_ok && !(moe && ts_moe_experts_ours(l))) {
+        const bool ffn_in_c = ffn_ok && !(moe && ts_moe_experts_ours(l));
+        if (ffn_in_c) {
             // with ffn_down_t in the file the threshold mode may run, whose up node reads
             // ffn_up's rows sparsely in the file's layout (the gate stays dense in every mode)
             add(c, l->ffn_gate);
@@ -79,7 +87,52 @@ static void collect(const struct ts_model * m, struct candidates * c, struct can
                 add(keep, l->ffn_down_t);
             }
         }
+        // The sparse FFN: every weight the sparse nodes gather rows of, whichever mode runs.
+        // A 2-MiB page holds ~900 Q4_0 rows of 4096 against 1.8 in a 4-KiB page, so gathered
+        // rows stop missing the TLB; exact mode's dense gate pass streams faster too.
+        if (!ffn_in_c && (!dense_ffn || moe)) {
+            add(sparse, l->ffn_gate);
+            add(sparse, l->ffn_up);
+            add(sparse, l->ffn_down);
+            if (l->ffn_down_t != l->ffn_down) add(sparse, l->ffn_down_t);
+            if (moe) { add(sparse, l->pred_fc1); add(sparse, l->pred_fc2); }
+        }
     }
+}
+
+// Bytes the system can still give this process: MemAvailable (free memory plus reclaimable
+// page cache, which includes the file's own cached pages), or 0 when unknown.
+static size_t available_memory(void) {
+    FILE * f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long kib = 0;
+    while (fgets(line, sizeof(line), f)) {
+        if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
+    }
+    fclose(f);
+    return (size_t) kib * 1024;
+}
+
+static size_t bytes_of(const struct candidates * c) {
+    size_t total = 0;
+    for (int i = 0; i < c->n; i++) total += GGML_PAD(ggml_nbytes(c->t[i]), 64);
+    return total;
+}
+
+// Moves the sparse FFN weights into `keep` when their copy, with the rest copied at load,
+// leaves an eighth of the available memory (at least 1 GiB) free: a model larger than that
+// is read from the mapping, where the page cache can drop and re-read its pages.
+// TURBOSPARSE_FFN_MAPPED=1 keeps them mapped (to measure the difference).
+static void keep_sparse_if_fits(const struct ts_model * m, const struct candidates * c, struct candidates * keep,
+                                const struct candidates * sparse) {
+    const char * env = getenv("TURBOSPARSE_FFN_MAPPED");
+    if (!m->mapped || sparse->n == 0 || (env && env[0] == '1')) return;
+    const size_t avail = available_memory();
+    const size_t reserve = avail / 8 > ((size_t) 1 << 30) ? avail / 8 : ((size_t) 1 << 30);
+    const size_t need = bytes_of(c) + bytes_of(keep) + bytes_of(sparse);
+    if (avail == 0 || need + reserve > avail) return;
+    for (int i = 0; i < sparse->n; i++) keep->t[keep->n++] = sparse->t[i];
 }
 
 // The first extra buffer type whose kernels take a mul_mat (2-D) or mul_mat_id (3-D) with this
@@ -243,16 +296,20 @@ static bool repack_tensors(struct ts_model * m, char * err, size_t err_size) {
     m->meta.n_bytes_repacked = 0;
     const size_t n_max = 10 * (size_t) m->meta.n_layer + 2;
     struct candidates c = { .t = malloc(n_max * sizeof(*c.t)), .n = 0 };
-    struct candidates keep = { .t = malloc((2 * (size_t) m->meta.n_layer + 1) * sizeof(*keep.t)), .n = 0 };
+    struct candidates keep = { .t = malloc((8 * (size_t) m->meta.n_layer + 1) * sizeof(*keep.t)), .n = 0 };
+    struct candidates sparse = { .t = malloc((6 * (size_t) m->meta.n_layer + 1) * sizeof(*sparse.t)), .n = 0 };
     int * chosen = malloc(n_max * sizeof(int));
-    if (!c.t || !chosen || !keep.t) {
+    if (!c.t || !chosen || !keep.t || !sparse.t) {
         free(c.t);
         free(keep.t);
+        free(sparse.t);
         free(chosen);
         snprintf(err, err_size, "out of memory");
         return false;
     }
-    collect(m, &c, &keep);
+    collect(m, &c, &keep, &sparse);
+    keep_sparse_if_fits(m, &c, &keep, &sparse);
+    free(sparse.t);
     const bool copied = copy_for_matmul(m, &c, &keep, err, err_size);
     free(keep.t);
     if (!copied) {

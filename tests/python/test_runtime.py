@@ -298,21 +298,40 @@ def test_moe_density_counts_routed_tokens_only(tmp_path):
     assert density == 1.0  # every routed neuron computed, nothing for the others
 
 
+def tensor_bytes(path: Path) -> dict[str, int]:
+    from gguf import GGUFReader
+
+    return {t.name: int(t.n_bytes) for t in GGUFReader(path).tensors}
+
+
 @pytest.mark.parametrize("outtype", ["q4_0", "q8_0"])
 @pytest.mark.parametrize("arch", ["dense_llama_swiglu", "bamboo_drelu_pred"])
 def test_repacked_weights(tmp_path, arch, outtype):
     """Weights only read densely go into the layout of the kernel that reads them (ggml's repack
     buffer, or ours: the 16-row layout for Q8_0/Q4_0): same logits within the quantised
     tolerance as the mapped weights, in every mode (bit for bit where ours reads both), and
-    sparse FFN weights stay mapped (the sparse ops read the file's layout)."""
+    sparse FFN weights keep the file's layout (the sparse ops read it), copied to huge pages
+    when they fit in memory, else (TURBOSPARSE_FFN_MAPPED=1 here) left in the mapping."""
     cfg, held, path = make(tmp_path, arch, outtype)
     packed, plain = Model(path), Model(path, repack=False)
     in_ram = Model(path, use_mmap=False)  # the whole file in RAM: our layout made in place
+    os.environ["TURBOSPARSE_FFN_MAPPED"] = "1"
+    try:
+        ffn_mapped = Model(path)
+    finally:
+        del os.environ["TURBOSPARSE_FFN_MAPPED"]
     assert plain.meta.n_repacked == 0 and plain.meta.n_bytes_repacked == 0
     if outtype == "q4_0":  # ggml's AVX2 repack has Q4_0 layouts for these shapes
         assert packed.meta.n_repacked > 0 and packed.meta.n_bytes_repacked > 0
     per_layer = 7 if arch == "dense_llama_swiglu" else 6  # attention 4 + FFN 3, or + predictor 2
-    assert packed.meta.n_repacked <= cfg.n_layer * per_layer + 1
+    assert ffn_mapped.meta.n_repacked <= cfg.n_layer * per_layer + 1
+    if arch == "dense_llama_swiglu":  # a dense FFN is in `c` already: nothing sparse to copy
+        assert packed.meta.n_repacked == ffn_mapped.meta.n_repacked
+    else:  # gate, up and down of every layer, in the file's layout
+        ffn_bytes = sum(n for name, n in tensor_bytes(path).items() if name.split(".")[-2] in
+                        ("ffn_gate", "ffn_up", "ffn_down", "ffn_down_t"))
+        assert packed.meta.n_repacked == ffn_mapped.meta.n_repacked + 3 * cfg.n_layer
+        assert packed.meta.n_bytes_repacked - ffn_mapped.meta.n_bytes_repacked >= ffn_bytes
     # AVX-512: our matmul reads these weights in both models, in its 16-row layout in `packed`
     # and in the file's layout in `plain`; the layout never changes a bit
     ours_both = turbosparse.isa() == "avx512" and os.environ.get("TURBOSPARSE_MATMUL", "auto") == "auto"
@@ -324,6 +343,7 @@ def test_repacked_weights(tmp_path, arch, outtype):
         assert rel_err(a, ref) < TOL[outtype] and rel_err(b, ref) < TOL[outtype], mode
         c = Context(in_ram, mode=mode).decode(TOKENS)
         assert rel_err(c, ref) < TOL[outtype], mode
+        assert np.array_equal(a, Context(ffn_mapped, mode=mode).decode(TOKENS)), mode  # same layout, same bits
         assert not ours_both or (np.array_equal(a, b) and np.array_equal(a, c)), mode
         assert greedy(Context(packed, mode=mode, n_threads=1), TOKENS[:4], 6) == \
             greedy(Context(packed, mode=mode, n_threads=2), TOKENS[:4], 6)
