@@ -18,7 +18,10 @@ scratch folder outside this repository (never commit llama.cpp code):
   tar xf llama_cpp_python-*.tar.gz
   cmake -S llama_cpp_python-*/vendor/llama.cpp -B build -DCMAKE_BUILD_TYPE=Release \\
         -DLLAMA_CURL=OFF -DGGML_NATIVE=ON
-  cmake --build build -j2 --target llama-bench     # -> /tmp/llamacpp/build/bin/llama-bench"""
+  cmake --build build -j2 --target llama-bench     # -> /tmp/llamacpp/build/bin/llama-bench
+On an AMX CPU in a VM whose AMX tiles fault (llama.cpp's AMX matmul dies with SIGSEGV at
+ldtilecfg: seen on a 2-core Xeon VM), configure with AMX off and the rest native:
+  -DCMAKE_C_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" (and the same CMAKE_CXX_FLAGS)"""
 
 
 def find_llama_bench(given: Optional[Path]) -> Optional[Path]:

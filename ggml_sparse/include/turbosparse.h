@@ -51,11 +51,12 @@ enum ts_status {
 };
 
 struct ts_model_params {
-    int32_t use_mmap; // 1: weights stay in the memory-mapped file (default); 0: read into RAM
-    int32_t repack;   // 1 (default): weights only ever read by ggml's dense mul_mat (attention,
-                      // output, router, predictors, SwiGLU FFNs) are copied into ggml's CPU
-                      // repack buffer (interleaved layouts with faster GEMV/GEMM) where ggml has
-                      // one for their type; they then live in RAM, not the page cache
+    int32_t use_mmap; // 1: the file is memory-mapped (default; repack copies weights out of it); 0: read into RAM
+    int32_t repack;   // 1 (default): weights only ever read by dense products (attention,
+                      // output, router, predictors, SwiGLU FFNs) are copied into RAM in the layout
+                      // of the faster kernel (ours in huge pages, or ggml's CPU repack buffer), and
+                      // the sparse FFN weights into huge pages in the file's layout when they fit
+                      // in the available memory; they then live in RAM, not the page cache
 };
 
 // What a loaded file says about the model. Strings are NUL-terminated (truncated if longer).
