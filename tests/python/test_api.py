@@ -634,20 +634,33 @@ real = mm.lib.ts_decode
 mm.lib.ts_decode = lambda *a: real(*a)  # shifts module teardown order, as any user code may
 m = turbosparse.Model({str(models["bamboo"])!r}, n_ctx=512, n_threads=2)
 ids = m.tokenize("The quick brown fox jumps over the lazy dog. " * 30)[:400]
-stop = threading.Event()
-def spam():
+def spam():  # Ctrl-C every 5 ms for a second
     time.sleep(0.02)
-    while not stop.is_set():
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.005)
-t = threading.Thread(target=spam)
+t = threading.Thread(target=spam, daemon=True)
 t.start()
-try:
+# Prompts aborted again and again while the signals come. A KeyboardInterrupt can land
+# anywhere in this code too (between two statements), so the loop is guarded twice and
+# SIGINT ignored once the sender is done: the test's own code must not end the run early
+# or leave a thread sending signals (which made the interpreter's exit wait forever).
+def interrupted_prompts():
     while True:
-        m.eval(ids)
-except KeyboardInterrupt:
-    pass
-stop.set(); t.join(); time.sleep(0.05)
+        try:
+            while t.is_alive():
+                try:
+                    m.eval(ids)
+                except KeyboardInterrupt:
+                    pass
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return
+        except KeyboardInterrupt:
+            pass
+interrupted_prompts()
+time.sleep(0.05)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 m.generate("Hello", max_tokens=4)
 print("done")
 """
