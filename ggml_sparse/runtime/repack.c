@@ -237,7 +237,7 @@ static bool copy_for_matmul(struct ts_model * m, struct candidates * c, const st
     for (int i = 0; i < c->n; i++) {
         if (ggml_sparse_matmul_preferred(c->t[i])) total += GGML_PAD(ggml_nbytes(c->t[i]), 64);
     }
-    for (int i = 0; i < keep->n; i++) total += GGML_PAD(ggml_nbytes(keep->t[i]), 64);
+    total += bytes_of(keep);
     if (total == 0) return true;
     char * buf = ts_alloc_huge(total);
     if (!buf) {

@@ -349,6 +349,27 @@ def test_repacked_weights(tmp_path, arch, outtype):
             greedy(Context(packed, mode=mode, n_threads=2), TOKENS[:4], 6)
 
 
+@pytest.mark.parametrize("outtype", ["q4_0", "f32"])
+def test_moe_experts_copied_in_file_layout(tmp_path, outtype):
+    """MoE: the stacked experts and their predictors (read by the MoE ops in the file's layout)
+    are copied to huge pages when they fit, and every mode gives the same bits as with them
+    left in the mapping (TURBOSPARSE_FFN_MAPPED=1)."""
+    cfg, held, path = make(tmp_path, "turbosparsemixtral", outtype)
+    copied = Model(path)
+    os.environ["TURBOSPARSE_FFN_MAPPED"] = "1"
+    try:
+        mapped = Model(path)
+    finally:
+        del os.environ["TURBOSPARSE_FFN_MAPPED"]
+    expert_bytes = sum(n for name, n in tensor_bytes(path).items() if name.endswith("_exps.weight"))
+    assert copied.meta.n_bytes_repacked - mapped.meta.n_bytes_repacked >= expert_bytes
+    assert copied.meta.n_repacked == mapped.meta.n_repacked + 5 * cfg.n_layer  # gate, up, down, fc1, fc2
+    for mode, tau in (("dense", None), ("exact", None), ("predicted", -0.5)):
+        a = Context(copied, mode=mode, threshold=tau).decode(TOKENS)
+        b = Context(mapped, mode=mode, threshold=tau).decode(TOKENS)
+        assert np.array_equal(a, b), mode
+
+
 def test_abort(tmp_path):
     """An abort request stops the next (or running) decode, leaves the cache as it was, and is
     consumed: the decode after it runs normally."""
