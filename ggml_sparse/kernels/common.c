@@ -277,6 +277,10 @@ void ts_dot_rows_blocked(const struct ts_kernels * k, enum ts_type type, int64_t
     block_rows = block_rows > 16 ? block_rows : 16;
     int64_t chunk_tok = TS_BATCH_BLOCK_BYTES / (int64_t) x_stride / 12 * 12;
     chunk_tok = chunk_tok > 12 ? chunk_tok : 12;
+    if (k->float_batch_blocked && (type == TS_TYPE_F32 || type == TS_TYPE_F16 || type == TS_TYPE_BF16)) {
+        block_rows = n_idx;
+        chunk_tok  = n_tok;
+    }
     for (int64_t j0 = 0; j0 < n_idx; j0 += block_rows) {
         const int64_t nj = n_idx - j0 < block_rows ? n_idx - j0 : block_rows;
         // a block of consecutive rows (idx == NULL) starts at its first row

@@ -173,6 +173,9 @@ struct ts_kernels {
     void (*dot_rows_batch)(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                            const void * x, size_t x_stride, int64_t n_tok,
                            const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride);
+    // True where dot_rows_batch blocks float rows (F32/F16/BF16) for the caches itself, so
+    // ts_dot_rows_blocked hands it every token and row of a call at once.
+    bool float_batch_blocked;
 
     // Dense rows of a matrix in the 16-row layout (ts_pack_r16; Q8_0/Q4_0, ts_r16_ok), its
     // groups [g0, g1) (rows 16 g0 .. 16 g1 - 1) against n_tok tokens laid out as for
@@ -242,6 +245,8 @@ const char * ts_isa_name(enum ts_isa isa);
 // token chunk while both sit in L2. Same results as one dot_rows_batch call, bit for bit.
 // (f32 activations of 128 tokens of 4096 are 2 MB: without the chunks the whole of x was
 // streamed from L3 for every group of rows, and F16 prompt processing ran at that speed.)
+// Tables whose float kernels block for the caches themselves (float_batch_blocked) get
+// float rows in one call.
 #define TS_BATCH_BLOCK_BYTES (256 * 1024)
 void ts_dot_rows_blocked(const struct ts_kernels * k, enum ts_type type, int64_t n, const void * w,
                          size_t row_bytes, const void * x, size_t x_stride, int64_t n_tok,

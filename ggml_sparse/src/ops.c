@@ -265,6 +265,12 @@ static void dequant_row(const struct weight_reader * r, const void * w, size_t r
 // per-node times) the down node took ~0.6 s at 1, 0.84-0.96 s at 3, ~0.6 s with one token per
 // sub-batch (TURBOSPARSE_DOWN_ROW_COST=r overrides).
 #define DOWN_ROW_COST 1.0
+// Float rows (F32/F16/BF16) where the table's batch kernels block for the caches themselves
+// (AVX-512: float_batch_blocked, the down tile over packed L1 panels): a product costs far
+// less than a row fetched again. Measured (F16, dense and exact mode on the natural-25% bench
+// model, 128-token prompt, per-node profile): at 1 every token ran alone (its 25% of the rows
+// from DRAM) and the down node took 0.96 / 1.09 s; 4, 8, 16 and 64 all 0.62-0.66 s.
+#define DOWN_ROW_COST_FLOAT_BLOCKED 8.0
 // Tokens in a sub-batch at most: the down node keeps n_ff values per token of one.
 #define SUB_BATCH_MAX 64
 // Tokens per sub-batch of the exact-mode gate/up node at most (its scratch holds this many
@@ -277,6 +283,7 @@ static void dequant_row(const struct weight_reader * r, const void * w, size_t r
 #define DEQ_GROUP 16
 
 static double row_cost_value = ROW_COST, down_row_cost_value = DOWN_ROW_COST;
+static bool down_row_cost_set; // TURBOSPARSE_DOWN_ROW_COST given
 static pthread_once_t row_cost_once = PTHREAD_ONCE_INIT;
 
 static void row_cost_read(void) {
@@ -287,13 +294,22 @@ static void row_cost_read(void) {
     s = getenv("TURBOSPARSE_DOWN_ROW_COST");
     if (s && atof(s) > 0.0) {
         down_row_cost_value = atof(s);
+        down_row_cost_set = true;
     }
 }
 
-// ROW_COST (down: DOWN_ROW_COST), or the environment's value when set (for measuring).
-static double row_cost(bool down) {
+// ROW_COST (down: DOWN_ROW_COST, or DOWN_ROW_COST_FLOAT_BLOCKED for `type`'s rows where
+// that applies), or the environment's value when set (for measuring).
+static double row_cost(bool down, const struct ts_kernels * k, enum ts_type type) {
     pthread_once(&row_cost_once, row_cost_read);
-    return down ? down_row_cost_value : row_cost_value;
+    if (!down) {
+        return row_cost_value;
+    }
+    const bool float_rows = type == TS_TYPE_F32 || type == TS_TYPE_F16 || type == TS_TYPE_BF16;
+    if (float_rows && k->float_batch_blocked && !down_row_cost_set) {
+        return DOWN_ROW_COST_FLOAT_BLOCKED;
+    }
+    return down_row_cost_value;
 }
 
 // 0: adaptive; N > 0: sub-batches of N tokens (at most 256).
@@ -480,7 +496,7 @@ static void gu_load_x(struct gu_batch * b, const int32_t * tok, int64_t n_tok) {
 // non-zero.
 static int64_t gu_rows(struct gu_batch * b, const int32_t * tok, int64_t n_tok,
                        const int32_t * rows, int64_t n_rows) {
-    const double r = row_cost(false);
+    const double r = row_cost(false, NULL, TS_TYPE_F32);
     int64_t n_nz = 0;
     for (int64_t j0 = 0; j0 < n_rows; j0 += ROW_CHUNK) {
         const int64_t n_ch = n_rows - j0 < ROW_CHUNK ? n_rows - j0 : ROW_CHUNK;
@@ -646,7 +662,7 @@ int64_t ts_gate_up_run(const struct gate_up_op * op, const struct ggml_tensor * 
     if (!b.lg) {
         n_computed = gu_batch_exact(&b, T, cap, ith, nth, tok, rows);
     } else {
-        struct plan p = plan_carve(&cur, op->sub_batch, row_cost(false), T, b.n_ff, cap);
+        struct plan p = plan_carve(&cur, op->sub_batch, row_cost(false, NULL, TS_TYPE_F32), T, b.n_ff, cap);
         n_computed = gu_batch_predicted(&b, T, &p, ith, nth);
     }
     if (rows_read) {
@@ -693,7 +709,7 @@ static void down_batch(const struct ts_kernels * k, enum ts_type type, const str
     const size_t vals   = (size_t) cap * n_ff * sizeof(float);
     const size_t ybuf   = (size_t) cap * n_embd * sizeof(float);
     char * cur = ts_scratch(plan_bytes(T, n_ff, cap) + ts_carve_size(vals) + ts_carve_size(ybuf));
-    struct plan p = plan_carve(&cur, setting, row_cost(true), T, n_ff, cap);
+    struct plan p = plan_carve(&cur, setting, row_cost(true, k, type), T, n_ff, cap);
     float * av = ts_carve(&cur, vals);
     float * yb = ts_carve(&cur, ybuf);
     const int64_t y_stride = (int64_t) (dst->nb[1] / sizeof(float));

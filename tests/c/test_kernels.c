@@ -561,7 +561,10 @@ static char * make_tokens(enum ts_type dt, int64_t n, int64_t n_tok, size_t x_st
     return x;
 }
 
-static const int64_t BATCH_TOKENS[] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 29, 37, 62, 70 }; // 29: a 24-token block then 5; 62, 70: 64-token blocks' tails
+// 29: a 24-token block then 5; 62, 70: 64-token blocks' tails; 140: AVX-512's 132-token float
+// down blocks and a tail of 8
+static const int64_t BATCH_TOKENS[] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 29, 37, 62, 70, 140 };
+#define N_TOK_MAX 140
 #define N_BATCH_TOKENS ((int) (sizeof(BATCH_TOKENS) / sizeof(BATCH_TOKENS[0])))
 static const float SENTINEL_F = 12345.0f;
 
@@ -570,7 +573,7 @@ static const float SENTINEL_F = 12345.0f;
 // reference. Strides are odd on purpose (gaps between tokens' outputs must stay untouched).
 static void test_dot_batch(enum ts_type type, int64_t n) {
     const int64_t n_rows = 37; // two full groups of 16 and a partial one
-    const int64_t n_tok_max = 70;
+    const int64_t n_tok_max = N_TOK_MAX;
     const size_t row_bytes = ts_row_size(type, n) + 8;
     void * w = make_rows(type, DATA_NORMAL, n_rows, n, row_bytes);
     const enum ts_type dt = ts_dot_type(type);
@@ -639,7 +642,7 @@ static void test_dot_batch(enum ts_type type, int64_t n) {
 // token's values (zeros included), for every column split; axpy_rows itself equals scalar
 // (test_axpy), so this also pins the batch to the scalar reference.
 static void test_axpy_batch(enum ts_type type, int64_t n) {
-    const int64_t n_rows = 71, n_tok_max = 70; // rows: past a 64-row chunk
+    const int64_t n_rows = 71, n_tok_max = N_TOK_MAX; // rows: past a 64-row chunk
     const size_t row_bytes = ts_row_size(type, n) + 8;
     void * w = make_rows(type, DATA_NORMAL, n_rows, n, row_bytes);
     const int64_t a_stride = n_rows + 5, y_stride = n + 7;
