@@ -266,10 +266,14 @@ static void dequant_row(const struct weight_reader * r, const void * w, size_t r
 // sub-batch (TURBOSPARSE_DOWN_ROW_COST=r overrides).
 #define DOWN_ROW_COST 1.0
 // Float rows (F32/F16/BF16) where the table's batch kernels block for the caches themselves
-// (AVX-512: float_batch_blocked, the down tile over packed L1 panels): a product costs far
-// less than a row fetched again. Measured (F16, dense and exact mode on the natural-25% bench
-// model, 128-token prompt, per-node profile): at 1 every token ran alone (its 25% of the rows
-// from DRAM) and the down node took 0.96 / 1.09 s; 4, 8, 16 and 64 all 0.62-0.66 s.
+// (AVX-512: float_batch_blocked, dot tiles over L1 chunks of the activations, the down tile
+// over packed L1 panels): a product costs far less than a row fetched again. Measured (F16,
+// ts-main, 128-token prompt, the 2-core Xeon): down node in dense and exact mode on the
+// natural-25% bench model, per-node profile: at 1 every token ran alone (its 25% of the rows
+// from DRAM) and it took 0.96 / 1.09 s, at 4, 8, 16 and 64 0.62-0.66 s; gate/up in predicted
+// mode at 25% density, prefill tok/s over 3 alternated runs: 3 -> 8: 49-54 -> 59-61 on the
+// natural-25% model, 58-62 -> 72-75 on the natural-10% one; 16 and 32 no better than 8.
+#define ROW_COST_FLOAT_BLOCKED 8.0
 #define DOWN_ROW_COST_FLOAT_BLOCKED 8.0
 // Tokens in a sub-batch at most: the down node keeps n_ff values per token of one.
 #define SUB_BATCH_MAX 64
@@ -283,13 +287,14 @@ static void dequant_row(const struct weight_reader * r, const void * w, size_t r
 #define DEQ_GROUP 16
 
 static double row_cost_value = ROW_COST, down_row_cost_value = DOWN_ROW_COST;
-static bool down_row_cost_set; // TURBOSPARSE_DOWN_ROW_COST given
+static bool row_cost_set, down_row_cost_set; // TURBOSPARSE_ROW_COST / _DOWN_ROW_COST given
 static pthread_once_t row_cost_once = PTHREAD_ONCE_INIT;
 
 static void row_cost_read(void) {
     const char * s = getenv("TURBOSPARSE_ROW_COST");
     if (s && atof(s) > 0.0) {
         row_cost_value = atof(s);
+        row_cost_set = true;
     }
     s = getenv("TURBOSPARSE_DOWN_ROW_COST");
     if (s && atof(s) > 0.0) {
@@ -298,18 +303,15 @@ static void row_cost_read(void) {
     }
 }
 
-// ROW_COST (down: DOWN_ROW_COST, or DOWN_ROW_COST_FLOAT_BLOCKED for `type`'s rows where
-// that applies), or the environment's value when set (for measuring).
-static double row_cost(bool down, const struct ts_kernels * k, enum ts_type type) {
+// ROW_COST (down: DOWN_ROW_COST), or *_FLOAT_BLOCKED for float rows read by a kernel of a
+// table with float_batch_blocked, or the environment's value when set (for measuring).
+static double row_cost(bool down, const struct ts_kernels * k, const struct weight_reader * r) {
     pthread_once(&row_cost_once, row_cost_read);
-    if (!down) {
-        return row_cost_value;
+    const bool float_rows = r->fast && (r->type == TS_TYPE_F32 || r->type == TS_TYPE_F16 || r->type == TS_TYPE_BF16);
+    if (float_rows && k->float_batch_blocked && !(down ? down_row_cost_set : row_cost_set)) {
+        return down ? DOWN_ROW_COST_FLOAT_BLOCKED : ROW_COST_FLOAT_BLOCKED;
     }
-    const bool float_rows = type == TS_TYPE_F32 || type == TS_TYPE_F16 || type == TS_TYPE_BF16;
-    if (float_rows && k->float_batch_blocked && !down_row_cost_set) {
-        return DOWN_ROW_COST_FLOAT_BLOCKED;
-    }
-    return down_row_cost_value;
+    return down ? down_row_cost_value : row_cost_value;
 }
 
 // 0: adaptive; N > 0: sub-batches of N tokens (at most 256).
@@ -496,7 +498,7 @@ static void gu_load_x(struct gu_batch * b, const int32_t * tok, int64_t n_tok) {
 // non-zero.
 static int64_t gu_rows(struct gu_batch * b, const int32_t * tok, int64_t n_tok,
                        const int32_t * rows, int64_t n_rows) {
-    const double r = row_cost(false, NULL, TS_TYPE_F32);
+    const double r = row_cost(false, b->k, &b->r);
     int64_t n_nz = 0;
     for (int64_t j0 = 0; j0 < n_rows; j0 += ROW_CHUNK) {
         const int64_t n_ch = n_rows - j0 < ROW_CHUNK ? n_rows - j0 : ROW_CHUNK;
@@ -662,7 +664,7 @@ int64_t ts_gate_up_run(const struct gate_up_op * op, const struct ggml_tensor * 
     if (!b.lg) {
         n_computed = gu_batch_exact(&b, T, cap, ith, nth, tok, rows);
     } else {
-        struct plan p = plan_carve(&cur, op->sub_batch, row_cost(false, NULL, TS_TYPE_F32), T, b.n_ff, cap);
+        struct plan p = plan_carve(&cur, op->sub_batch, row_cost(false, b.k, &b.r), T, b.n_ff, cap);
         n_computed = gu_batch_predicted(&b, T, &p, ith, nth);
     }
     if (rows_read) {
@@ -700,8 +702,9 @@ static void gate_up_compute(struct ggml_tensor * dst, int ith, int nth, void * u
 
 // The down node for T > 1 (types with a kernel): this thread's columns [c0, c1) of every
 // token, sub-batches over the union of the tokens' non-zero rows.
-static void down_batch(const struct ts_kernels * k, enum ts_type type, const struct ggml_tensor * w,
+static void down_batch(const struct ts_kernels * k, const struct weight_reader * r, const struct ggml_tensor * w,
                        const struct ggml_tensor * a, struct ggml_tensor * dst, int setting, int64_t c0, int64_t c1) {
+    const enum ts_type type = r->type;
     const int64_t n_embd = w->ne[0];
     const int64_t n_ff   = w->ne[1];
     const int64_t T      = a->ne[1];
@@ -709,7 +712,7 @@ static void down_batch(const struct ts_kernels * k, enum ts_type type, const str
     const size_t vals   = (size_t) cap * n_ff * sizeof(float);
     const size_t ybuf   = (size_t) cap * n_embd * sizeof(float);
     char * cur = ts_scratch(plan_bytes(T, n_ff, cap) + ts_carve_size(vals) + ts_carve_size(ybuf));
-    struct plan p = plan_carve(&cur, setting, row_cost(true, k, type), T, n_ff, cap);
+    struct plan p = plan_carve(&cur, setting, row_cost(true, k, r), T, n_ff, cap);
     float * av = ts_carve(&cur, vals);
     float * yb = ts_carve(&cur, ybuf);
     const int64_t y_stride = (int64_t) (dst->nb[1] / sizeof(float));
@@ -801,7 +804,7 @@ void ts_down_run(const struct ggml_tensor * w, const struct ggml_tensor * a, str
     const struct weight_reader r = weight_reader_of(w->type);
     if (T > 1 && r.fast) {
         // (the generic path stays per token: its group sums follow each token's own list)
-        down_batch(k, r.type, w, a, dst, setting, c0, c1);
+        down_batch(k, &r, w, a, dst, setting, c0, c1);
         return;
     }
 
