@@ -687,6 +687,8 @@ static void dot_rows_r16(enum ts_type type, int64_t n, const void * w16, int64_t
 // Measured (F16 14336 x 4096 against 128 tokens, 2 threads, the 2-core Xeon, a standalone copy
 // of both loops): the former order, a group's whole rows kept in L1 while every token tile read
 // its activations from L2 over the full row (x: 16 bytes per FMA from L2), 83-96 ms; this 66-68.
+// FB_ROWS and FB_K can be set with -D for measuring: 16 or 64 rows, 512 or 2048 elements were
+// no faster (bench_matmul, F16 gate and down shapes against 128 tokens).
 #define FT_ROWS 4
 #define FT_TOK  6
 #ifndef FB_ROWS
