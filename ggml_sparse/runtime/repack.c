@@ -100,18 +100,54 @@ static void collect(const struct ts_model * m, struct candidates * c, struct can
     }
 }
 
-// Bytes the system can still give this process: MemAvailable (free memory plus reclaimable
-// page cache, which includes the file's own cached pages), or 0 when unknown.
-static size_t available_memory(void) {
-    FILE * f = fopen("/proc/meminfo", "r");
+// The number at the start of a file, or 0 when the file is missing or holds none ("max").
+static unsigned long long read_number(const char * path) {
+    FILE * f = fopen(path, "r");
     if (!f) return 0;
-    char line[256];
-    unsigned long long kib = 0;
-    while (fgets(line, sizeof(line), f)) {
-        if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
-    }
+    unsigned long long v = 0;
+    if (fscanf(f, "%llu", &v) != 1) v = 0;
     fclose(f);
-    return (size_t) kib * 1024;
+    return v;
+}
+
+// Bytes the memory cgroup of this process may still charge (its limit less its usage, page
+// cache included, so on the safe side), or 0 when it sets no limit. A container sees its own
+// cgroup at the root of /sys/fs/cgroup (cgroup namespaces), where MemAvailable still
+// describes the whole host: a copy that fits the host can exceed the container's limit.
+static size_t cgroup_headroom(void) {
+    static const char * const files[][2] = {
+        { "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current" },                        // v2
+        { "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes" }, // v1
+    };
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        const unsigned long long limit = read_number(files[i][0]);
+        if (limit == 0 || limit >= (1ull << 60)) continue; // none, or v1's "unlimited"
+        const unsigned long long usage = read_number(files[i][1]);
+        return limit > usage ? (size_t) (limit - usage) : 1;
+    }
+    return 0;
+}
+
+// Bytes the system can still give this process: MemAvailable (free memory plus reclaimable
+// page cache, which includes the file's own cached pages), or the cgroup's headroom when that
+// is smaller; 0 when unknown. TURBOSPARSE_MEM_AVAILABLE=bytes replaces both (a budget for the
+// copies; 0: none).
+static size_t available_memory(void) {
+    const char * env = getenv("TURBOSPARSE_MEM_AVAILABLE");
+    if (env && *env) return (size_t) strtoull(env, NULL, 10);
+    size_t avail = 0;
+    FILE * f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[256];
+        unsigned long long kib = 0;
+        while (fgets(line, sizeof(line), f)) {
+            if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
+        }
+        fclose(f);
+        avail = (size_t) kib * 1024;
+    }
+    const size_t headroom = cgroup_headroom();
+    return headroom && (avail == 0 || headroom < avail) ? headroom : avail;
 }
 
 static size_t bytes_of(const struct candidates * c) {

@@ -370,6 +370,37 @@ def test_moe_experts_copied_in_file_layout(tmp_path, outtype):
         assert np.array_equal(a, b), mode
 
 
+def model_with_env(path: Path, **env: str) -> Model:
+    """A Model loaded with these environment variables set (the loader reads them)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return Model(path)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
+
+
+def test_sparse_ffn_stays_mapped_when_memory_is_short(tmp_path):
+    """The sparse FFN is copied to huge pages only when the copy leaves an eighth of the
+    available memory, at least 1 GiB: with a budget of 0 or 512 MiB (TURBOSPARSE_MEM_AVAILABLE)
+    it stays in the mapping, as with TURBOSPARSE_FFN_MAPPED=1, and with 64 GiB it is copied;
+    the logits are the same bits every way."""
+    cfg, _, path = make(tmp_path, "bamboo_drelu_pred", "q4_0")
+    mapped = model_with_env(path, TURBOSPARSE_FFN_MAPPED="1")
+    roomy = model_with_env(path, TURBOSPARSE_MEM_AVAILABLE=str(64 << 30))
+    assert roomy.meta.n_repacked == mapped.meta.n_repacked + 3 * cfg.n_layer  # gate, up, down
+    ref = Context(roomy, mode="exact").decode(TOKENS)
+    for budget in ("0", str(512 << 20)):
+        short = model_with_env(path, TURBOSPARSE_MEM_AVAILABLE=budget)
+        assert short.meta.n_repacked == mapped.meta.n_repacked, budget
+        assert short.meta.n_bytes_repacked == mapped.meta.n_bytes_repacked, budget
+        assert np.array_equal(Context(short, mode="exact").decode(TOKENS), ref), budget
+
+
 def test_abort(tmp_path):
     """An abort request stops the next (or running) decode, leaves the cache as it was, and is
     consumed: the decode after it runs normally."""
