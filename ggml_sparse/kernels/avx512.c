@@ -980,6 +980,24 @@ static ALWAYS_INLINE void axpy_quant(enum ts_type type, int R, const char * cons
 #define AXPY_TOKS 24 // tokens whose values are transposed at a time (2 tiles)
 #define AXPY_PITCH 32 // floats per row of aT (a multiple of 16 >= AXPY_TOKS)
 
+// A down tile's sums: y's columns [c, c + 32) of TT tokens (lanes outside m0/m1 untouched),
+// or zeros for a tile's first rows.
+static ALWAYS_INLINE void axpy_tile_load(int TT, bool first, const float * y, int64_t y_stride, int64_t c,
+                                         __mmask16 m0, __mmask16 m1, __m512 * acc0, __m512 * acc1) {
+    for (int t = 0; t < TT; t++) {
+        acc0[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, y + t * y_stride + c);
+        acc1[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, y + t * y_stride + c + 16);
+    }
+}
+
+static ALWAYS_INLINE void axpy_tile_store(int TT, float * y, int64_t y_stride, int64_t c,
+                                          __mmask16 m0, __mmask16 m1, const __m512 * acc0, const __m512 * acc1) {
+    for (int t = 0; t < TT; t++) {
+        _mm512_mask_storeu_ps(y + t * y_stride + c,      m0, acc0[t]);
+        _mm512_mask_storeu_ps(y + t * y_stride + c + 16, m1, acc1[t]);
+    }
+}
+
 // a: the chunk's values, token-contiguous per row; for quantised rows already times each row's
 // scale when `scaled`, else multiplied here, token by token (the same a * d).
 static ALWAYS_INLINE void axpy_batch_tile(enum ts_type type, int TT, const void * w_t, size_t row_bytes,
@@ -991,10 +1009,7 @@ static ALWAYS_INLINE void axpy_batch_tile(enum ts_type type, int TT, const void 
     const size_t bs = quant ? block_bytes(type) : 0;
     const size_t off = quant ? (size_t) (c / TS_QK) * bs : (size_t) c * elem_size(type);
     __m512 acc0[AXPY_TILE], acc1[AXPY_TILE];
-    for (int t = 0; t < TT; t++) { // rows before j0 were summed by an earlier chunk
-        acc0[t] = j0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, y + t * y_stride + c);
-        acc1[t] = j0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, y + t * y_stride + c + 16);
-    }
+    axpy_tile_load(TT, j0 == 0, y, y_stride, c, m0, m1, acc0, acc1); // rows before j0: an earlier chunk's
     for (int64_t j = j0; j < j1; j++) {
         const char * row = drv_row(w_t, row_bytes, idx, j);
         // the next lines of this row, read by the next column tiles
@@ -1017,10 +1032,7 @@ static ALWAYS_INLINE void axpy_batch_tile(enum ts_type type, int TT, const void 
             acc1[t] = _mm512_fmadd_ps(sv, w1, acc1[t]);
         }
     }
-    for (int t = 0; t < TT; t++) {
-        _mm512_mask_storeu_ps(y + t * y_stride + c,      m0, acc0[t]);
-        _mm512_mask_storeu_ps(y + t * y_stride + c + 16, m1, acc1[t]);
-    }
+    axpy_tile_store(TT, y, y_stride, c, m0, m1, acc0, acc1);
 }
 
 // One column tile for every token, in register tiles of 12, 8, 4, 2, 1 tokens (compiled constants).
@@ -1067,10 +1079,7 @@ static ALWAYS_INLINE void axpy_panel_tile(enum ts_type type, int TT, const char 
     const __mmask16 m0 = tail_mask(pc1 - pc);
     const __mmask16 m1 = pc1 - pc > 16 ? tail_mask(pc1 - pc - 16) : 0;
     __m512 acc0[AXPY_TILE], acc1[AXPY_TILE];
-    for (int t = 0; t < TT; t++) {
-        acc0[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, y + t * y_stride + yc);
-        acc1[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, y + t * y_stride + yc + 16);
-    }
+    axpy_tile_load(TT, first, y, y_stride, yc, m0, m1, acc0, acc1);
     for (int64_t j = 0; j < nj; j++) {
         const char * row = panel + (size_t) j * pitch;
         const __m512 w0 = load16(type, row, pc, m0);
@@ -1082,10 +1091,7 @@ static ALWAYS_INLINE void axpy_panel_tile(enum ts_type type, int TT, const char 
             acc1[t] = _mm512_fmadd_ps(sv, w1, acc1[t]);
         }
     }
-    for (int t = 0; t < TT; t++) {
-        _mm512_mask_storeu_ps(y + t * y_stride + yc,      m0, acc0[t]);
-        _mm512_mask_storeu_ps(y + t * y_stride + yc + 16, m1, acc1[t]);
-    }
+    axpy_tile_store(TT, y, y_stride, yc, m0, m1, acc0, acc1);
 }
 
 static ALWAYS_INLINE void axpy_float_batch(enum ts_type type, const void * w_t, size_t row_bytes,
