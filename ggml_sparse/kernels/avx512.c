@@ -998,36 +998,32 @@ static ALWAYS_INLINE void axpy_tile_store(int TT, float * y, int64_t y_stride, i
     }
 }
 
-// a: the chunk's values, token-contiguous per row; for quantised rows already times each row's
-// scale when `scaled`, else multiplied here, token by token (the same a * d).
+// Quantised rows (Q8_0/Q4_0; float rows take the panel tile above). a: the chunk's values,
+// token-contiguous per row, already times each row's scale when `scaled`, else multiplied here,
+// token by token (the same a * d).
 static ALWAYS_INLINE void axpy_batch_tile(enum ts_type type, int TT, const void * w_t, size_t row_bytes,
                                           const int32_t * idx, const float * a, bool scaled, int64_t j0, int64_t j1,
                                           int64_t c, int64_t c1, float * y, int64_t y_stride) {
-    const bool quant = type == TS_TYPE_Q8_0 || type == TS_TYPE_Q4_0;
     const __mmask16 m0 = tail_mask(c1 - c);
     const __mmask16 m1 = c1 - c > 16 ? tail_mask(c1 - c - 16) : 0;
-    const size_t bs = quant ? block_bytes(type) : 0;
-    const size_t off = quant ? (size_t) (c / TS_QK) * bs : (size_t) c * elem_size(type);
+    const size_t off = (size_t) (c / TS_QK) * block_bytes(type);
     __m512 acc0[AXPY_TILE], acc1[AXPY_TILE];
     axpy_tile_load(TT, j0 == 0, y, y_stride, c, m0, m1, acc0, acc1); // rows before j0: an earlier chunk's
     for (int64_t j = j0; j < j1; j++) {
         const char * row = drv_row(w_t, row_bytes, idx, j);
         // the next lines of this row, read by the next column tiles
         _mm_prefetch(row + off + 128, _MM_HINT_T1);
-        __m512 w0, w1; // quantised rows: the integer quants (exact)
+        __m512 w0, w1; // the integer quants (exact)
         if (type == TS_TYPE_Q4_0) {
             q4_0_to_ps(_mm_loadu_si128((const __m128i *) (row + off + 2)), &w0, &w1);
-        } else if (type == TS_TYPE_Q8_0) {
+        } else {
             w0 = i8x16_to_ps(_mm_loadu_si128((const __m128i *) (row + off + 2)));
             w1 = i8x16_to_ps(_mm_loadu_si128((const __m128i *) (row + off + 18)));
-        } else {
-            w0 = load16(type, row, c, m0);
-            w1 = load16(type, row, c + 16, m1);
         }
         const float * aj = a + (j - j0) * AXPY_PITCH; // the tile's values of this row
-        const __m512 d = quant && !scaled ? _mm512_set1_ps(half_at(row + off)) : _mm512_setzero_ps();
+        const __m512 d = scaled ? _mm512_setzero_ps() : _mm512_set1_ps(half_at(row + off));
         for (int t = 0; t < TT; t++) {
-            const __m512 sv = quant && !scaled ? _mm512_mul_ps(_mm512_set1_ps(aj[t]), d) : _mm512_set1_ps(aj[t]);
+            const __m512 sv = scaled ? _mm512_set1_ps(aj[t]) : _mm512_mul_ps(_mm512_set1_ps(aj[t]), d);
             acc0[t] = _mm512_fmadd_ps(sv, w0, acc0[t]);
             acc1[t] = _mm512_fmadd_ps(sv, w1, acc1[t]);
         }
@@ -1182,7 +1178,7 @@ static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size
         }
         return;
     }
-    if (!is_quant(type)) {
+    if (ts_is_float(type)) {
         switch (type) {
             case TS_TYPE_F16:  axpy_float_batch(TS_TYPE_F16,  w_t, row_bytes, idx, a, a_stride, n_idx, n_tok, c0, c1, y, y_stride); break;
             case TS_TYPE_BF16: axpy_float_batch(TS_TYPE_BF16, w_t, row_bytes, idx, a, a_stride, n_idx, n_tok, c0, c1, y, y_stride); break;
@@ -1209,7 +1205,7 @@ static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size
             // quantised rows and whole tiles: the values times the row's scale of this column
             // block, a * d per element as axpy_rows has it, once for all the tiles' FMAs
             // (for fewer tokens the products cost more here than in the tile)
-            const bool scaled = is_quant(type) && nt >= AXPY_TILE;
+            const bool scaled = nt >= AXPY_TILE;
             const float * at = aT;
             if (scaled) {
                 const size_t off = (size_t) (c / TS_QK) * block_bytes(type);

@@ -273,14 +273,14 @@ int64_t ts_select_nonzero(const float * a, int64_t n, int32_t * idx, float * a_c
 void ts_dot_rows_blocked(const struct ts_kernels * k, enum ts_type type, int64_t n, const void * w,
                          size_t row_bytes, const void * x, size_t x_stride, int64_t n_tok,
                          const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
+    if (k->float_batch_blocked && ts_is_float(type)) {
+        k->dot_rows_batch(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
+        return;
+    }
     int64_t block_rows = TS_BATCH_BLOCK_BYTES / (int64_t) row_bytes / 16 * 16;
     block_rows = block_rows > 16 ? block_rows : 16;
     int64_t chunk_tok = TS_BATCH_BLOCK_BYTES / (int64_t) x_stride / 12 * 12;
     chunk_tok = chunk_tok > 12 ? chunk_tok : 12;
-    if (k->float_batch_blocked && (type == TS_TYPE_F32 || type == TS_TYPE_F16 || type == TS_TYPE_BF16)) {
-        block_rows = n_idx;
-        chunk_tok  = n_tok;
-    }
     for (int64_t j0 = 0; j0 < n_idx; j0 += block_rows) {
         const int64_t nj = n_idx - j0 < block_rows ? n_idx - j0 : block_rows;
         // a block of consecutive rows (idx == NULL) starts at its first row

@@ -89,6 +89,7 @@ static inline int ts_q6_K_quant(const ts_block_q6_K * blk, int e) {
 }
 
 static inline bool ts_is_kquant(int type) { return type == TS_TYPE_Q4_K || type == TS_TYPE_Q6_K; }
+static inline bool ts_is_float(int type) { return type == TS_TYPE_F32 || type == TS_TYPE_F16 || type == TS_TYPE_BF16; }
 
 // Column slices handed to threads by ts_axpy_rows start at multiples of this, so that
 // no element's arithmetic depends on where a slice begins (see axpy_rows).

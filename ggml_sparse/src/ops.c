@@ -286,32 +286,28 @@ static void dequant_row(const struct weight_reader * r, const void * w, size_t r
 // Rows dequantised at a time for types without a kernel.
 #define DEQ_GROUP 16
 
-static double row_cost_value = ROW_COST, down_row_cost_value = DOWN_ROW_COST;
-static bool row_cost_set, down_row_cost_set; // TURBOSPARSE_ROW_COST / _DOWN_ROW_COST given
+static double row_cost_env, down_row_cost_env; // TURBOSPARSE_ROW_COST / _DOWN_ROW_COST; 0: not given
 static pthread_once_t row_cost_once = PTHREAD_ONCE_INIT;
 
 static void row_cost_read(void) {
     const char * s = getenv("TURBOSPARSE_ROW_COST");
-    if (s && atof(s) > 0.0) {
-        row_cost_value = atof(s);
-        row_cost_set = true;
-    }
+    row_cost_env = s && atof(s) > 0.0 ? atof(s) : 0.0;
     s = getenv("TURBOSPARSE_DOWN_ROW_COST");
-    if (s && atof(s) > 0.0) {
-        down_row_cost_value = atof(s);
-        down_row_cost_set = true;
-    }
+    down_row_cost_env = s && atof(s) > 0.0 ? atof(s) : 0.0;
 }
 
 // ROW_COST (down: DOWN_ROW_COST), or *_FLOAT_BLOCKED for float rows read by a kernel of a
 // table with float_batch_blocked, or the environment's value when set (for measuring).
 static double row_cost(bool down, const struct ts_kernels * k, const struct weight_reader * r) {
     pthread_once(&row_cost_once, row_cost_read);
-    const bool float_rows = r->fast && (r->type == TS_TYPE_F32 || r->type == TS_TYPE_F16 || r->type == TS_TYPE_BF16);
-    if (float_rows && k->float_batch_blocked && !(down ? down_row_cost_set : row_cost_set)) {
+    const double env = down ? down_row_cost_env : row_cost_env;
+    if (env > 0.0) {
+        return env;
+    }
+    if (r->fast && ts_is_float(r->type) && k->float_batch_blocked) {
         return down ? DOWN_ROW_COST_FLOAT_BLOCKED : ROW_COST_FLOAT_BLOCKED;
     }
-    return down ? down_row_cost_value : row_cost_value;
+    return down ? DOWN_ROW_COST : ROW_COST;
 }
 
 // 0: adaptive; N > 0: sub-batches of N tokens (at most 256).
