@@ -134,7 +134,12 @@ static size_t cgroup_headroom(void) {
 // copies; 0: none).
 static size_t available_memory(void) {
     const char * env = getenv("TURBOSPARSE_MEM_AVAILABLE");
-    if (env && *env) return (size_t) strtoull(env, NULL, 10);
+    if (env && *env) {
+        char * end = NULL;
+        const unsigned long long budget = strtoull(env, &end, 10);
+        if (*end == '\0' && env[0] != '-') return (size_t) budget;
+        fprintf(stderr, "turbosparse: TURBOSPARSE_MEM_AVAILABLE=%s is not a number of bytes; ignored\n", env);
+    }
     size_t avail = 0;
     FILE * f = fopen("/proc/meminfo", "r");
     if (f) {

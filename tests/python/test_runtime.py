@@ -401,6 +401,18 @@ def test_sparse_ffn_stays_mapped_when_memory_is_short(tmp_path):
         assert np.array_equal(Context(short, mode="exact").decode(TOKENS), ref), budget
 
 
+def test_bad_memory_budget_is_reported_and_ignored(tmp_path, capfd):
+    """A TURBOSPARSE_MEM_AVAILABLE that is not a number of bytes is named on stderr and
+    ignored (the system's figure is used), not read as a budget of 0."""
+    _, _, path = make(tmp_path, "bamboo_drelu_pred", "q4_0")
+    default = Model(path)
+    capfd.readouterr()
+    bad = model_with_env(path, TURBOSPARSE_MEM_AVAILABLE="12GB")
+    assert "TURBOSPARSE_MEM_AVAILABLE=12GB is not a number of bytes" in capfd.readouterr().err
+    assert bad.meta.n_repacked == default.meta.n_repacked
+    assert bad.meta.n_bytes_repacked == default.meta.n_bytes_repacked
+
+
 def test_abort(tmp_path):
     """An abort request stops the next (or running) decode, leaves the cache as it was, and is
     consumed: the decode after it runs normally."""
