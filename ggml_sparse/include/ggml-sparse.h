@@ -203,7 +203,7 @@ struct ggml_tensor * ggml_sparse_down_chunked(
 // ---- dense products on the turbosparse kernels (src/matmul.c) -----------------------------
 
 // y [rows, T] f32 = W x, as ggml_mul_mat(W, x), for a contiguous 2-D W [n, rows] of type
-// F32/F16/BF16/Q8_0/Q4_0 in its plain layout (not in ggml's repack buffer) or the 16-row
+// F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q6_K in its plain layout (not in ggml's repack buffer) or the 16-row
 // layout of ggml_sparse_matmul_pack, and x f32 [n, T]
 // with contiguous rows. x is quantised to the row's dot type as ggml does (Q8_0 for Q8_0/Q4_0).
 // Bit-identical for any thread count. NULL with err filled (naming the tensor) otherwise.
@@ -229,7 +229,9 @@ bool ggml_sparse_matmul_preferred(const struct ggml_tensor * w);
 bool ggml_sparse_matmul_packable(const struct ggml_tensor * w);
 bool ggml_sparse_matmul_pack(struct ggml_tensor * w, void * dst);
 
-// ggml_sparse_matmul where preferred (and x fits it) or W is packed, else ggml_mul_mat.
+// ggml_sparse_matmul where preferred (and x fits it) or W is packed, or for a batch (x with
+// T > 1 tokens) of K-quant weights in the plain layout where the AVX-512 table's batch tiles
+// run; else ggml_mul_mat.
 struct ggml_tensor * ggml_sparse_mul_mat(
         struct ggml_context * ctx,
         struct ggml_tensor  * w,

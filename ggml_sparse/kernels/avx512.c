@@ -16,6 +16,17 @@
 #include "simd-drivers.h"
 #include "x86-helpers.h"
 
+// K-quant rows against a batch of tokens (avx512-kquants.c): dot_rows' bits, each row unpacked
+// once per tile of tokens.
+void ts_avx512_kq_dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                                 const void * x, size_t x_stride, int64_t n_tok,
+                                 const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride);
+// The K-quant down projection of a batch: axpy_rows' bits per token, each row's 64-column unit
+// unpacked once per tile of tokens.
+void ts_avx512_kq_axpy_rows_batch(enum ts_type type, const void * w_t, size_t row_bytes, const int32_t * idx,
+                                  const float * a, int64_t a_stride, int64_t n_idx, int64_t n_tok,
+                                  int64_t c0, int64_t c1, float * y, int64_t y_stride);
+
 // Sixteen elements of a float row as f32, exactly; lanes outside `m` read nothing and are 0.
 static ALWAYS_INLINE __m512 load16(enum ts_type type, const char * row, int64_t k, __mmask16 m) {
     if (m == 0xFFFF) {
@@ -832,8 +843,10 @@ static void dot_rows(enum ts_type type, int64_t n, const void * w, size_t row_by
 static void dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                            const void * x, size_t x_stride, int64_t n_tok,
                            const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
-    if (ts_is_kquant(type)) {
-        drv_kq_dot_rows_batch(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
+    if (ts_is_kquant(type) && n_tok == 1) {
+        drv_dot_rows(type, n, w, row_bytes, x, idx, n_idx, out);
+    } else if (ts_is_kquant(type)) {
+        ts_avx512_kq_dot_rows_batch(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
     } else if (is_quant(type) && n_tok <= Q16_FEW && n / TS_QK <= Q16_MAX_BLOCKS) {
         q16_dot_rows_few(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
     } else if (is_quant(type)) {
@@ -1161,10 +1174,6 @@ static ALWAYS_INLINE void axpy_float_batch(enum ts_type type, const void * w_t, 
 static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
                             const int32_t * idx, const float * a, int64_t a_stride, int64_t n_idx,
                             int64_t n_tok, int64_t c0, int64_t c1, float * y, int64_t y_stride) {
-    if (ts_is_kquant(type)) {
-        drv_kq_axpy_rows_batch(type, n, w_t, row_bytes, idx, a, a_stride, n_idx, n_tok, c0, c1, y, y_stride);
-        return;
-    }
     if (n_tok == 1) {
         drv_axpy_rows(type, n, w_t, row_bytes, idx, a, n_idx, c0, c1, y);
         return;
@@ -1176,6 +1185,10 @@ static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size
         for (int64_t t = 0; t < n_tok; t++) {
             memset(y + t * y_stride + c0, 0, (size_t) (c1 - c0) * sizeof(float));
         }
+        return;
+    }
+    if (ts_is_kquant(type)) {
+        ts_avx512_kq_axpy_rows_batch(type, w_t, row_bytes, idx, a, a_stride, n_idx, n_tok, c0, c1, y, y_stride);
         return;
     }
     if (ts_is_float(type)) {

@@ -158,7 +158,7 @@ static int64_t drv_gate_up_exact(enum ts_type type, enum ts_act act, int64_t n,
 
 // K-quant batches: each group of rows meets every token through the same dot_group call as
 // drv_dot_rows makes (so every result is dot_rows' bits) while the group's rows sit in L1.
-static void drv_kq_dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+static inline void drv_kq_dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                                   const void * x, size_t x_stride, int64_t n_tok,
                                   const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
     const int64_t ahead = drv_ahead(row_bytes);
@@ -179,7 +179,7 @@ static void drv_kq_dot_rows_batch(enum ts_type type, int64_t n, const void * w, 
 // Each column's chain is the one drv_axpy_rows makes: bit-identical per token.
 #define KQ_BATCH_COLS 256
 
-static void drv_kq_axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
+static inline void drv_kq_axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size_t row_bytes,
                                    const int32_t * idx, const float * a, int64_t a_stride, int64_t n_idx,
                                    int64_t n_tok, int64_t c0, int64_t c1, float * y, int64_t y_stride) {
     (void) n;
