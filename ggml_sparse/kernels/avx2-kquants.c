@@ -237,3 +237,193 @@ void TS_KQ(axpy_group)(enum ts_type type, int R, const char * const * rows, cons
         KQ_FOR_R(AXPY_Q6_K, R, rows, next, a, c0, c1, y)
     }
 }
+
+// ---- rows x tokens (prompt processing) ----------------------------------------------------------
+// As in avx512-kquants.c: dot_q4_K / dot_q6_K unpack every row's quants and scales again for
+// each token. Here one row meets a tile of up to KB_TOK tokens: per super-block the row's
+// unpacked quant vectors and scale vectors go to a 512-byte scratch in L1 (sixteen registers
+// hold no more), then each token takes exactly dot_q4_K's / dot_q6_K's steps for that (row,
+// token), reading them from there: the same exact integer sums, the same float accumulations,
+// the same final sums. So the batch gives dot_rows' bits. Loop order as in avx512-kquants.c: a
+// block of KB_ROWS rows meets each tile of tokens chunk by chunk (KB_BLKS super-blocks), the
+// tile's activations of the chunk staying in L1; the (row, token) accumulators live in memory
+// between chunks.
+#define KB_TOK  4
+#define KB_ROWS 16
+#define KB_BLKS 4
+
+struct kq_acc {
+    __m256 d[KB_TOK]; // dot_q4_K's accd
+    __m256 m[KB_TOK]; // Q4_K: accm; Q6_K: accb
+};
+
+// ysub: per token and super-block of the chunk, the activations' eight sub-block sums as floats
+// (exact); times the mins as floats (exact, < 2^24) they equal dot_q4_K's converted mins * ysub.
+static ALWAYS_INLINE void tile_q4_K(int TT, const char * row, const char * next, const ts_block_q8_K * const * xt,
+                                    const __m256 * ysub, int64_t b0, int64_t b1, struct kq_acc * s) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    __m256 accd[KB_TOK], accm[KB_TOK];
+    for (int t = 0; t < TT; t++) {
+        accd[t] = s->d[t];
+        accm[t] = s->m[t];
+    }
+    _Alignas(32) __m256i w[8], sc[8]; // per chunk c: quants of sub-blocks 2c, 2c+1 and their scales
+    for (int64_t b = b0; b < b1; b++) {
+        if (next) {
+            prefetch_span(1, &next, (size_t) b * sizeof(ts_block_q4_K), sizeof(ts_block_q4_K));
+        }
+        const ts_block_q4_K * blk = (const ts_block_q4_K *) row + b;
+        const __m128i sm = q4_K_scales_mins(blk->scales);
+        const __m128i sc16 = _mm_cvtepu8_epi16(sm);
+        for (int c = 0; c < 4; c++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *) (blk->qs + 32 * c));
+            w[2 * c]     = _mm256_and_si256(q, low4);
+            w[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+            const __m256i p = pair_words(sc16, 2 * c);
+            sc[2 * c]     = _mm256_permute2x128_si256(p, p, 0x00);
+            sc[2 * c + 1] = _mm256_permute2x128_si256(p, p, 0x11);
+        }
+        const __m256 mins = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)));
+        const float d = _cvtsh_ss(blk->d), dmin = _cvtsh_ss(blk->dmin);
+        for (int t = 0; t < TT; t++) {
+            const ts_block_q8_K * xb = xt[t] + b;
+            __m256i acc = _mm256_setzero_si256();
+            for (int c = 0; c < 4; c++) {
+                const __m256i p0 = _mm256_maddubs_epi16(w[2 * c], _mm256_loadu_si256((const __m256i *) (xb->qs + 64 * c)));
+                const __m256i p1 = _mm256_maddubs_epi16(w[2 * c + 1], _mm256_loadu_si256((const __m256i *) (xb->qs + 64 * c + 32)));
+                acc = _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(p0, sc[2 * c]), _mm256_madd_epi16(p1, sc[2 * c + 1])));
+            }
+            const float dd = xb->d * d, dm = xb->d * dmin;
+            accd[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(dd), accd[t]);
+            accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(mins, ysub[t * KB_BLKS + (b - b0)]), _mm256_set1_ps(dm), accm[t]);
+        }
+    }
+    for (int t = 0; t < TT; t++) {
+        s->d[t] = accd[t];
+        s->m[t] = accm[t];
+    }
+}
+
+static ALWAYS_INLINE void tile_q6_K(int TT, const char * row, const char * next, const ts_block_q8_K * const * xt,
+                                    int64_t b0, int64_t b1, struct kq_acc * s) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i hi2  = _mm256_set1_epi8(0x30);
+    __m256 accd[KB_TOK], accb[KB_TOK];
+    for (int t = 0; t < TT; t++) {
+        accd[t] = s->d[t];
+        accb[t] = s->m[t];
+    }
+    _Alignas(32) __m256i w[8], sc[8]; // per half h and quarter k: the 32 quants (groups 8h + 2k, + 1) and their scales
+    for (int64_t b = b0; b < b1; b++) {
+        if (next) {
+            prefetch_span(1, &next, (size_t) b * sizeof(ts_block_q6_K), sizeof(ts_block_q6_K));
+        }
+        const ts_block_q6_K * blk = (const ts_block_q6_K *) row + b;
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *) blk->scales);
+        const __m128i sc_lo = _mm_cvtepi8_epi16(sc8), sc_hi = _mm_cvtepi8_epi16(_mm_srli_si128(sc8, 8));
+        for (int h = 0; h < 2; h++) {
+            const __m256i L0 = _mm256_loadu_si256((const __m256i *) (blk->ql + 64 * h));
+            const __m256i L1 = _mm256_loadu_si256((const __m256i *) (blk->ql + 64 * h + 32));
+            const __m256i H  = _mm256_loadu_si256((const __m256i *) (blk->qh + 32 * h));
+            w[4 * h]     = _mm256_or_si256(_mm256_and_si256(L0, low4), _mm256_and_si256(_mm256_slli_epi16(H, 4), hi2));
+            w[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(L1, low4), _mm256_and_si256(_mm256_slli_epi16(H, 2), hi2));
+            w[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L0, 4), low4), _mm256_and_si256(H, hi2));
+            w[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L1, 4), low4),
+                                           _mm256_and_si256(_mm256_srli_epi16(H, 2), hi2));
+            for (int k = 0; k < 4; k++) {
+                const int g = 8 * h + 2 * k;
+                sc[4 * h + k] = pair_words(g < 8 ? sc_lo : sc_hi, g % 8);
+            }
+        }
+        const __m256i sc_all = _mm256_set_m128i(sc_hi, sc_lo);
+        const float d = _cvtsh_ss(blk->d);
+        for (int t = 0; t < TT; t++) {
+            const ts_block_q8_K * xb = xt[t] + b;
+            __m256i acc = _mm256_setzero_si256();
+            for (int h = 0; h < 2; h++) {
+                for (int k = 0; k < 4; k++) {
+                    const __m256i y = _mm256_loadu_si256((const __m256i *) (xb->qs + 128 * h + 32 * k));
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w[4 * h + k], y), sc[4 * h + k]));
+                }
+            }
+            const __m256i bias = _mm256_slli_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) xb->bsums), sc_all), 5);
+            const float dd = xb->d * d;
+            accd[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(dd), accd[t]);
+            accb[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bias), _mm256_set1_ps(dd), accb[t]);
+        }
+    }
+    for (int t = 0; t < TT; t++) {
+        s->d[t] = accd[t];
+        s->m[t] = accb[t];
+    }
+}
+
+#define KB_TILE_CASE(FN, TT_, ...) case TT_: FN(TT_, __VA_ARGS__); break;
+#define KB_TILE(FN, ...)                                                                                   \
+    switch (TT) {                                                                                          \
+        KB_TILE_CASE(FN, 4, __VA_ARGS__) KB_TILE_CASE(FN, 3, __VA_ARGS__) KB_TILE_CASE(FN, 2, __VA_ARGS__) \
+        default: FN(1, __VA_ARGS__); break;                                                                \
+    }
+
+static void tile_kq(enum ts_type type, int TT, const char * row, const char * next, const ts_block_q8_K * const * xt,
+                    const __m256 * ysub, int64_t b0, int64_t b1, struct kq_acc * s) {
+    if (type == TS_TYPE_Q4_K) {
+        KB_TILE(tile_q4_K, row, next, xt, ysub, b0, b1, s)
+    } else {
+        KB_TILE(tile_q6_K, row, next, xt, b0, b1, s)
+    }
+}
+
+static ALWAYS_INLINE const char * kb_row(const void * w, size_t row_bytes, const int32_t * idx, int64_t j) {
+    return (const char *) w + (size_t) (idx ? idx[j] : j) * row_bytes;
+}
+
+void TS_KQ(dot_rows_batch)(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                           const void * x, size_t x_stride, int64_t n_tok,
+                           const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
+    const int64_t nb = n / TS_QK_K;
+    const size_t bs = type == TS_TYPE_Q4_K ? sizeof(ts_block_q4_K) : sizeof(ts_block_q6_K);
+    struct kq_acc acc[KB_ROWS];
+    for (int64_t j0 = 0; j0 < n_idx; j0 += KB_ROWS) {
+        const int nr = (int) (n_idx - j0 < KB_ROWS ? n_idx - j0 : KB_ROWS);
+        for (int64_t t0 = 0; t0 < n_tok; t0 += KB_TOK) {
+            const int TT = (int) (n_tok - t0 < KB_TOK ? n_tok - t0 : KB_TOK);
+            const ts_block_q8_K * xt[KB_TOK];
+            for (int t = 0; t < TT; t++) {
+                xt[t] = (const ts_block_q8_K *) ((const char *) x + (size_t) (t0 + t) * x_stride);
+            }
+            memset(acc, 0, sizeof(acc));
+            for (int64_t b0 = 0; b0 < nb; b0 += KB_BLKS) {
+                const int64_t b1 = b0 + KB_BLKS < nb ? b0 + KB_BLKS : nb;
+                __m256 ysub[KB_TOK * KB_BLKS];
+                if (type == TS_TYPE_Q4_K) {
+                    for (int t = 0; t < TT; t++) {
+                        for (int64_t b = b0; b < b1; b++) {
+                            const __m256i bs16 = _mm256_loadu_si256((const __m256i *) xt[t][b].bsums);
+                            ysub[t * KB_BLKS + (b - b0)] = _mm256_cvtepi32_ps(_mm256_madd_epi16(bs16, _mm256_set1_epi16(1)));
+                        }
+                    }
+                }
+                for (int j = 0; j < nr; j++) {
+                    // the first token tile prefetches what it reads next (avx512-kquants.c)
+                    const char * next = NULL;
+                    if (t0 == 0) {
+                        if (j + 1 < nr) {
+                            next = kb_row(w, row_bytes, idx, j0 + j + 1);
+                        } else if (b1 < nb) {
+                            next = kb_row(w, row_bytes, idx, j0) + (size_t) (b1 - b0) * bs;
+                        } else if (j0 + nr < n_idx) {
+                            next = kb_row(w, row_bytes, idx, j0 + nr) - (size_t) b0 * bs;
+                        }
+                    }
+                    tile_kq(type, TT, kb_row(w, row_bytes, idx, j0 + j), next, xt, ysub, b0, b1, &acc[j]);
+                }
+            }
+            for (int j = 0; j < nr; j++) {
+                for (int t = 0; t < TT; t++) {
+                    out[(t0 + t) * out_stride + j0 + j] = hsum256(acc[j].d[t]) - hsum256(acc[j].m[t]);
+                }
+            }
+        }
+    }
+}

@@ -14,6 +14,12 @@
 #include "simd-drivers.h"
 #include "x86-helpers.h"
 
+// K-quant rows against a batch of tokens (avx2-kquants.c): dot_rows' bits, each row unpacked
+// once per tile of tokens.
+void ts_avx2_kq_dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                               const void * x, size_t x_stride, int64_t n_tok,
+                               const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride);
+
 // Eight elements of a float row (F32/F16/BF16) as f32, exactly.
 static ALWAYS_INLINE __m256 load8(enum ts_type type, const char * row, int64_t k) {
     switch (type) {
@@ -637,6 +643,8 @@ static void dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t 
         dot_rows(type, n, w, row_bytes, x, idx, n_idx, out);
     } else if (type == TS_TYPE_Q4_0) {
         r8_dot_rows_batch(n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
+    } else if (ts_is_kquant(type)) {
+        ts_avx2_kq_dot_rows_batch(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
     } else {
         drv_dot_rows_batch_tiled(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
     }
