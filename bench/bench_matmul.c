@@ -84,7 +84,7 @@ int main(int argc, char ** argv) {
     }
     ggml_cpu_init();
     const size_t w_bytes = ggml_row_size(type, n) * (size_t) rows;
-    struct ggml_init_params ip = { .mem_size = N_COPIES * w_bytes + (size_t) (64 << 20) + (size_t) (rows + n) * T * 8,
+    struct ggml_init_params ip = { .mem_size = 2 * N_COPIES * w_bytes + (size_t) (64 << 20) + (size_t) (rows + n) * T * 8,
                                    .mem_buffer = NULL, .no_alloc = false };
     struct ggml_context * ctx = ggml_init(ip);
     float * tmp = malloc((size_t) n * sizeof(float));
@@ -112,9 +112,26 @@ int main(int argc, char ** argv) {
 
     struct ggml_cgraph * g[2][N_COPIES];
     char err[256] = "";
+    // ours reads its own copies, in the kernels' 16-row layout where the runtime would store
+    // them so (ggml_sparse_matmul_packable: the policy's choice, TURBOSPARSE_MATMUL=ours forces it)
+    struct ggml_tensor * w_ours[N_COPIES];
+    bool packed = false;
+    for (int c = 0; c < N_COPIES; c++) {
+        w_ours[c] = w[c];
+        if (ggml_sparse_matmul_packable(w[c])) {
+            w_ours[c] = ggml_dup_tensor(ctx, w[c]);
+            memcpy(w_ours[c]->data, w[c]->data, w_bytes);
+            void * plain = malloc(w_bytes);
+            memcpy(plain, w_ours[c]->data, w_bytes);
+            void * dst = w_ours[c]->data;
+            w_ours[c]->data = plain;
+            packed = ggml_sparse_matmul_pack(w_ours[c], dst);
+            free(plain);
+        }
+    }
     for (int c = 0; c < N_COPIES; c++) {
         struct ggml_tensor * y_ggml = ggml_mul_mat(ctx, w[c], x);
-        struct ggml_tensor * y_ours = ggml_sparse_matmul(ctx, w[c], x, err, sizeof(err));
+        struct ggml_tensor * y_ours = ggml_sparse_matmul(ctx, w_ours[c], x, err, sizeof(err));
         if (!y_ours) {
             fprintf(stderr, "bench_matmul: ggml_sparse_matmul refused: %s\n", err);
             return 1;
@@ -140,7 +157,7 @@ int main(int argc, char ** argv) {
         printf("  ggml mul_mat, repacked (%s; one copy, so it stays warmer than the others)  min %8.3f ms  median %8.3f ms\n",
                ggml_backend_buffer_name(rp_buf), t_ms[2][0], t_ms[2][reps / 2]);
     }
-    printf("  ggml_sparse_matmul  min %8.3f ms  median %8.3f ms\n", t_ms[1][0], t_ms[1][reps / 2]);
+    printf("  ggml_sparse_matmul%s  min %8.3f ms  median %8.3f ms\n", packed ? " (16-row layout)" : "", t_ms[1][0], t_ms[1][reps / 2]);
     printf("  ours / ggml (median) %.3f  -> %s\n", t_ms[1][reps / 2] / t_ms[0][reps / 2],
            t_ms[1][reps / 2] < t_ms[0][reps / 2] ? "ours faster" : "ggml faster");
     free(tmp); free(t_ms[0]); free(t_ms[1]); free(t_ms[2]);

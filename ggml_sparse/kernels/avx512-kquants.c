@@ -4,10 +4,12 @@
 // Dot products follow ggml's vec_dot_q4_K_q8_K / vec_dot_q6_K_q8_K: per super-block, the
 // quants (u8) times the activations (s8) in 16-bit pairs (maddubs, exact: |pair| < 2^15),
 // then the 16-bit sub-block scales in one dpwssd, into an exact 32-bit sum; Q6_K's -32 and
-// Q4_K's mins meet the activations' 16-element sums (bsums). Then one f32 multiply-add per
-// super-block and row (Q4_K: two).
-// Batches of tokens (prompt processing) get their own loops at the end of the file: the same
-// steps per (row, token), with each row's quants unpacked once per tile of tokens.
+// Q4_K's mins meet the activations' 16-element sums (bsums). Then f32 multiply-adds per
+// super-block and row: Q6_K into 16 + 8 lanes summed at the end, Q4_K into two scalar chains
+// (whose bits do not depend on how the exact integers were formed, see dot_q4_K).
+// Batches of tokens (prompt processing) and the 16-row layout (ts-kernels.h) get their own loops
+// at the end of the file, with the same bits per (row, token): Q4_K with sixteen rows in the
+// lanes (dpbusd), Q6_K with each row's quants unpacked once per tile of tokens.
 #include "ts-kernels.h"
 
 #include <immintrin.h>
@@ -32,6 +34,13 @@ static ALWAYS_INLINE float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+static ALWAYS_INLINE int32_t hsum256_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    return _mm_cvtsi128_si32(s);
+}
+
 // The eight 6-bit scales (bytes 0-7) and mins (bytes 8-15) of a Q4_K block, unpacked as
 // ts_q4_K_scale_min does, by ggml's 32-bit word shuffle.
 static ALWAYS_INLINE __m128i q4_K_scales_mins(const uint8_t * scales) {
@@ -46,15 +55,16 @@ static ALWAYS_INLINE __m128i q4_K_scales_mins(const uint8_t * scales) {
     return _mm_loadu_si128((const __m128i *) u);
 }
 
+// Q4_K: each row's result is two f32 chains over its super-blocks, one multiply-add each per
+// block: sum = fma((float) T, xd * d, sum) and summ = fma((float) M, xd * dmin, summ), result
+// sum - summ, where T = sum over sub-blocks of sc * (quants . activations) and M = sum of
+// min * (the activations' sub-block sum) are exact 32-bit integers (|T| < 2^25, |M| < 2^21).
+// How T and M are computed does not matter to the result, so the batch kernel, which puts
+// sixteen rows in the lanes of a vector (rows_q4_K below), gives these bits exactly.
 static ALWAYS_INLINE void dot_q4_K(int R, const char * const * rows, const char * const * next,
                                    int64_t n, const ts_block_q8_K * x, float * out) {
     const __m512i low4 = _mm512_set1_epi8(0x0F);
-    __m512 accd[4];
-    __m256 accm[4];
-    for (int r = 0; r < R; r++) {
-        accd[r] = _mm512_setzero_ps();
-        accm[r] = _mm256_setzero_ps();
-    }
+    __m128 sum = _mm_setzero_ps(), summ = _mm_setzero_ps(); // lane r: row r
     // word index vectors: chunk c's 64 quants are sub-blocks 2c (words 0-15) and 2c+1 (16-31)
     __m512i pick[4];
     for (int c = 0; c < 4; c++) {
@@ -69,6 +79,8 @@ static ALWAYS_INLINE void dot_q4_K(int R, const char * const * rows, const char 
         }
         // per sub-block sums of the activations: bsums in pairs
         const __m256i ysub = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) xb->bsums), _mm256_set1_epi16(1));
+        int32_t T[4] = { 0 }, M[4] = { 0 };
+        float dd[4] = { 0 }, dm[4] = { 0 };
         for (int r = 0; r < R; r++) {
             const ts_block_q4_K * blk = (const ts_block_q4_K *) rows[r] + b;
             const __m128i sm = q4_K_scales_mins(blk->scales);
@@ -82,13 +94,18 @@ static ALWAYS_INLINE void dot_q4_K(int R, const char * const * rows, const char 
                 acc = _mm512_dpwssd_epi32(acc, p16, _mm512_permutexvar_epi16(pick[c], sc16));
             }
             const __m256i mins = _mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8));
-            const float dd = xb->d * _cvtsh_ss(blk->d), dm = xb->d * _cvtsh_ss(blk->dmin);
-            accd[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(dd), accd[r]);
-            accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(mins, ysub)), _mm256_set1_ps(dm), accm[r]);
+            T[r] = _mm512_reduce_add_epi32(acc);
+            M[r] = hsum256_epi32(_mm256_mullo_epi32(mins, ysub));
+            dd[r] = xb->d * _cvtsh_ss(blk->d);
+            dm[r] = xb->d * _cvtsh_ss(blk->dmin);
         }
+        sum  = _mm_fmadd_ps(_mm_cvtepi32_ps(_mm_loadu_si128((const __m128i *) T)), _mm_loadu_ps(dd), sum);
+        summ = _mm_fmadd_ps(_mm_cvtepi32_ps(_mm_loadu_si128((const __m128i *) M)), _mm_loadu_ps(dm), summ);
     }
+    float res[4];
+    _mm_storeu_ps(res, _mm_sub_ps(sum, summ));
     for (int r = 0; r < R; r++) {
-        out[r] = _mm512_reduce_add_ps(accd[r]) - hsum256(accm[r]);
+        out[r] = res[r];
     }
 }
 
@@ -197,7 +214,25 @@ static ALWAYS_INLINE void unit_quants(enum ts_type type, const char * row, int64
     }
 }
 
-// Per super-block: each row's sub-block scalars once (ts_kq_block_scales), then the block's
+// ts_kq_block_scales (kquant-group.h) in vectors: the same products, so the same floats (d * sc
+// and dmin * m are exact; a times them rounds once either way). A row's scalar version cost
+// more than the block's 256 multiply-adds it serves (a down row of one token).
+static ALWAYS_INLINE void kq_block_scales(enum ts_type type, const char * row, int64_t b, float a, float s[16], float m[8]) {
+    if (type == TS_TYPE_Q4_K) {
+        const ts_block_q4_K * blk = (const ts_block_q4_K *) row + b;
+        const __m512 scm = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q4_K_scales_mins(blk->scales))); // 8 sc, 8 m
+        const __m512 dd = _mm512_insertf32x8(_mm512_set1_ps(_cvtsh_ss(blk->d)), _mm256_set1_ps(_cvtsh_ss(blk->dmin)), 1);
+        const __m512 v = _mm512_mul_ps(_mm512_set1_ps(a), _mm512_mul_ps(dd, scm));
+        _mm256_storeu_ps(s, _mm512_castps512_ps256(v));
+        _mm256_storeu_ps(m, _mm512_extractf32x8_ps(v, 1));
+    } else {
+        const ts_block_q6_K * blk = (const ts_block_q6_K *) row + b;
+        const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *) blk->scales)));
+        _mm512_storeu_ps(s, _mm512_mul_ps(_mm512_set1_ps(a), _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(blk->d)), sc)));
+    }
+}
+
+// Per super-block: each row's sub-block scalars once (kq_block_scales), then the block's
 // 64-column units in [c0, c1): y loaded once per unit, every row's FMA chain step in row order.
 static ALWAYS_INLINE void axpy_kq(enum ts_type type, int R, const char * const * rows, const char * const * next,
                                   const float * a, int64_t c0, int64_t c1, float * y) {
@@ -208,7 +243,7 @@ static ALWAYS_INLINE void axpy_kq(enum ts_type type, int R, const char * const *
         prefetch_span(R, next, (size_t) b * bs, bs);
         float s[4][16], m[4][8];
         for (int r = 0; r < R; r++) {
-            ts_kq_block_scales(type, rows[r], b, a[r], s[r], m[r]);
+            kq_block_scales(type, rows[r], b, a[r], s[r], m[r]);
         }
         for (int64_t c = cs; c < ce; c += 64) {
             const int u = (int) (c % TS_QK_K) / 64;
@@ -250,10 +285,179 @@ void TS_KQ(axpy_group)(enum ts_type type, int R, const char * const * rows, cons
 
 // ---- rows x tokens (prompt processing) ----------------------------------------------------------
 // dot_q4_K / dot_q6_K meet one token per call, so every token unpacks every row's quants and
-// scales again (two thirds of the work of a step). Here a tile is one row against up to KB_TOK
-// tokens: per super-block the row is unpacked once, then each token takes exactly the steps
-// dot_q4_K / dot_q6_K take for that (row, token): the same exact integer sum, the same two float
-// accumulations in block order, the same final reduction. So the batch gives dot_rows' bits.
+// scales again (two thirds of the work of a step). The batch kernels below unpack them once for
+// many tokens and give, for every (row, token), exactly the bits of dot_rows.
+
+// Q4_K: sixteen rows in the lanes of a vector. Per super-block the rows' quants are transposed
+// once (lane r of vector k: row r's quants of elements 4k..4k+3, one per byte), so that one
+// dpbusd multiplies 64 quant-activation pairs against one token's four activations (broadcast):
+// half the multiply instructions of dot_q4_K's maddubs + dpwssd per 64 pairs, and no
+// per-token unpacking. T and M (see dot_q4_K) come out exact in each lane, so each lane's two
+// chains are dot_q4_K's. A group of 16 rows meets the tokens KL_TOK at a time, block by block;
+// the tokens' sums live in memory (8 KB), the group's rows (16 x 2.3 KB at n = 4096) in L2.
+#define KL_ROWS 16
+#define KL_TOK  64
+#define R16_AHEAD 4096 // bytes ahead of a 16-row layout block being read that are prefetched (avx512.c)
+
+// A super-block of 16 rows, unpacked for the lanes: q[v], dword r: row r's qs dword v (so lo
+// nibbles of vector 8c + k are elements 64c + 4k .. 64c + 4k + 3, hi nibbles 64c + 32 + 4k ..);
+// sc[s]: the 6-bit scale of sub-block s; mp[i]: the mins of sub-blocks 2i and 2i + 1 as two
+// int16; d, dmin as f32.
+struct q4_K_lanes {
+    _Alignas(64) uint32_t q[32][KL_ROWS];
+    _Alignas(64) int32_t  sc[8][KL_ROWS];
+    _Alignas(64) int32_t  mp[4][KL_ROWS];
+    _Alignas(64) float    d[KL_ROWS], dmin[KL_ROWS];
+};
+
+// From 16 plain rows (a gathered list: transposed here).
+static void q4_K_lanes_fill(const char * const * rows, int64_t b, struct q4_K_lanes * L) {
+    for (int r = 0; r < KL_ROWS; r++) {
+        const ts_block_q4_K * blk = (const ts_block_q4_K *) rows[r] + b;
+        uint32_t qd[32];
+        memcpy(qd, blk->qs, sizeof(qd));
+        for (int dw = 0; dw < 32; dw++) {
+            L->q[dw][r] = qd[dw];
+        }
+        uint8_t sm[16];
+        _mm_storeu_si128((__m128i *) sm, q4_K_scales_mins(blk->scales));
+        for (int sb = 0; sb < 8; sb++) {
+            L->sc[sb][r] = sm[sb];
+        }
+        for (int i = 0; i < 4; i++) {
+            L->mp[i][r] = (int32_t) ((uint32_t) sm[8 + 2 * i] | ((uint32_t) sm[9 + 2 * i] << 16));
+        }
+        L->d[r] = _cvtsh_ss(blk->d);
+        L->dmin[r] = _cvtsh_ss(blk->dmin);
+    }
+}
+
+// From a block of the 16-row layout (ts-kernels.h): the quants are already in place (q points
+// there); the packed scales are unpacked lane by lane as q4_K_scales_mins does.
+static ALWAYS_INLINE const uint32_t (*q4_K_lanes_r16(const char * blk, struct q4_K_lanes * L))[KL_ROWS] {
+    const __m512i u0 = _mm512_loadu_si512(blk + 64), u1 = _mm512_loadu_si512(blk + 128), u2 = _mm512_loadu_si512(blk + 192);
+    const __m512i k1 = _mm512_set1_epi32(0x3f3f3f3f), k2 = _mm512_set1_epi32(0x0f0f0f0f), k3 = _mm512_set1_epi32(0x03030303);
+    const __m512i sc03 = _mm512_and_si512(u0, k1);
+    const __m512i sc47 = _mm512_or_si512(_mm512_and_si512(u2, k2), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u0, 6), k3), 4));
+    const __m512i m03  = _mm512_and_si512(u1, k1);
+    const __m512i m47  = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), k2), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u1, 6), k3), 4));
+    const __m512i ff = _mm512_set1_epi32(0xFF), ff16 = _mm512_set1_epi32(0x00FF0000);
+    for (int s = 0; s < 4; s++) {
+        _mm512_store_si512(L->sc[s],     _mm512_and_si512(_mm512_srli_epi32(sc03, 8 * s), ff));
+        _mm512_store_si512(L->sc[4 + s], _mm512_and_si512(_mm512_srli_epi32(sc47, 8 * s), ff));
+    }
+    // mins 2i, 2i + 1 (bytes 2i % 4, 2i % 4 + 1 of m03 / m47) -> the low and high int16
+    _mm512_store_si512(L->mp[0], _mm512_or_si512(_mm512_and_si512(m03, ff), _mm512_and_si512(_mm512_slli_epi32(m03, 8), ff16)));
+    _mm512_store_si512(L->mp[1], _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(m03, 16), ff), _mm512_and_si512(_mm512_srli_epi32(m03, 8), ff16)));
+    _mm512_store_si512(L->mp[2], _mm512_or_si512(_mm512_and_si512(m47, ff), _mm512_and_si512(_mm512_slli_epi32(m47, 8), ff16)));
+    _mm512_store_si512(L->mp[3], _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(m47, 16), ff), _mm512_and_si512(_mm512_srli_epi32(m47, 8), ff16)));
+    _mm512_store_ps(L->d,    _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) blk)));
+    _mm512_store_ps(L->dmin, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (blk + 32))));
+    return (const uint32_t (*)[KL_ROWS]) (blk + 256);
+}
+
+// acc[2 t], acc[2 t + 1]: token t's sum and summ (lanes: rows), updated with super-block b;
+// q: the 32 quant vectors (L->q, or in place in the 16-row layout).
+static ALWAYS_INLINE void q4_K_lanes_tokens(const struct q4_K_lanes * L, const uint32_t (*q)[KL_ROWS], const char * x,
+                                            size_t x_stride, int nt, int64_t b, __m512 * acc) {
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    __m512i w[64];
+    for (int c = 0; c < 4; c++) {
+        for (int k = 0; k < 8; k++) {
+            const __m512i v = _mm512_loadu_si512(q[8 * c + k]);
+            w[16 * c + k]     = _mm512_and_si512(v, low4);                        // elements 64c + 4k ..
+            w[16 * c + 8 + k] = _mm512_and_si512(_mm512_srli_epi32(v, 4), low4); // elements 64c + 32 + 4k ..
+        }
+    }
+    const __m512 d = _mm512_load_ps(L->d), dmin = _mm512_load_ps(L->dmin);
+    for (int t = 0; t < nt; t++) {
+        const ts_block_q8_K * xb = (const ts_block_q8_K *) (x + (size_t) t * x_stride) + b;
+        const int32_t * y4 = (const int32_t *) xb->qs;
+        __m512i T = _mm512_setzero_si512();
+        for (int sb = 0; sb < 8; sb++) {
+            __m512i S = _mm512_setzero_si512();
+            for (int k = 0; k < 8; k++) {
+                S = _mm512_dpbusd_epi32(S, w[8 * sb + k], _mm512_set1_epi32(y4[8 * sb + k]));
+            }
+            T = _mm512_add_epi32(T, _mm512_mullo_epi32(S, _mm512_load_si512(L->sc[sb])));
+        }
+        // the activations' sub-block sums in int16 pairs (|sum| <= 4096)
+        int32_t yp[4];
+        for (int i = 0; i < 4; i++) {
+            const int32_t s0 = xb->bsums[4 * i] + xb->bsums[4 * i + 1], s1 = xb->bsums[4 * i + 2] + xb->bsums[4 * i + 3];
+            yp[i] = (int32_t) ((uint32_t) (uint16_t) (int16_t) s0 | ((uint32_t) (uint16_t) (int16_t) s1 << 16));
+        }
+        __m512i M = _mm512_setzero_si512();
+        for (int i = 0; i < 4; i++) {
+            M = _mm512_dpwssd_epi32(M, _mm512_load_si512(L->mp[i]), _mm512_set1_epi32(yp[i]));
+        }
+        const __m512 xd = _mm512_set1_ps(xb->d);
+        acc[2 * t]     = _mm512_fmadd_ps(_mm512_cvtepi32_ps(T), _mm512_mul_ps(xd, d), acc[2 * t]);
+        acc[2 * t + 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M), _mm512_mul_ps(xd, dmin), acc[2 * t + 1]);
+    }
+}
+
+// Rows of a gathered list (or dense, idx NULL) in groups of 16, or whole groups of a matrix in
+// the 16-row layout (w16, rows NULL): either way the same lane steps, so the same bits.
+static void rows_q4_K(int64_t n, const void * w, size_t row_bytes, const char * w16, const char * x, size_t x_stride,
+                      int64_t n_tok, const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
+    const int64_t nb = n / TS_QK_K;
+    const size_t group_bytes = (size_t) nb * KL_ROWS * sizeof(ts_block_q4_K);
+    struct q4_K_lanes L;
+    __m512 acc[2 * KL_TOK];
+    for (int64_t j0 = 0; j0 < n_idx; j0 += KL_ROWS) {
+        const int nr = (int) (n_idx - j0 < KL_ROWS ? n_idx - j0 : KL_ROWS);
+        const char * rows[KL_ROWS]; // the last real row repeats in the lanes past nr
+        const char * grp = w16 ? w16 + (size_t) (j0 / KL_ROWS) * group_bytes : NULL;
+        if (!w16) {
+            for (int r = 0; r < KL_ROWS; r++) {
+                const int64_t j = j0 + (r < nr ? r : nr - 1);
+                rows[r] = (const char *) w + (size_t) (idx ? idx[j] : j) * row_bytes;
+            }
+        }
+        for (int64_t t0 = 0; t0 < n_tok; t0 += KL_TOK) {
+            const int nt = (int) (n_tok - t0 < KL_TOK ? n_tok - t0 : KL_TOK);
+            for (int i = 0; i < 2 * nt; i++) {
+                acc[i] = _mm512_setzero_ps();
+            }
+            for (int64_t b = 0; b < nb; b++) {
+                const uint32_t (*q)[KL_ROWS];
+                if (w16) {
+                    const char * blk = grp + (size_t) b * KL_ROWS * sizeof(ts_block_q4_K);
+                    for (size_t o = 0; o < KL_ROWS * sizeof(ts_block_q4_K); o += 64) {
+                        _mm_prefetch(blk + R16_AHEAD + o, _MM_HINT_T0);
+                    }
+                    q = q4_K_lanes_r16(blk, &L);
+                } else {
+                    if (b + 1 < nb) {
+                        prefetch_span(KL_ROWS, rows, (size_t) (b + 1) * sizeof(ts_block_q4_K), sizeof(ts_block_q4_K));
+                    }
+                    q4_K_lanes_fill(rows, b, &L);
+                    q = (const uint32_t (*)[KL_ROWS]) L.q;
+                }
+                q4_K_lanes_tokens(&L, q, x + (size_t) t0 * x_stride, x_stride, nt, b, acc);
+            }
+            const __mmask16 m = (__mmask16) ((1u << nr) - 1);
+            for (int t = 0; t < nt; t++) {
+                _mm512_mask_storeu_ps(out + (t0 + t) * out_stride + j0, m, _mm512_sub_ps(acc[2 * t], acc[2 * t + 1]));
+            }
+        }
+    }
+}
+
+// Groups [g0, g1) of a Q4_K matrix in the 16-row layout (the table's dot_rows_r16 for Q4_K).
+void TS_KQ(dot_rows_r16)(int64_t n, const void * w16, int64_t g0, int64_t g1, const void * x, size_t x_stride,
+                         int64_t n_tok, float * out, int64_t out_stride) {
+    const size_t group_bytes = (size_t) (n / TS_QK_K) * KL_ROWS * sizeof(ts_block_q4_K);
+    if (g1 > g0) {
+        rows_q4_K(n, NULL, 0, (const char *) w16 + (size_t) g0 * group_bytes, x, x_stride, n_tok, NULL,
+                  (g1 - g0) * KL_ROWS, out, out_stride);
+    }
+}
+
+// Q6_K: a tile is one row against up to KB_TOK tokens: per super-block the row is unpacked
+// once, then each token takes exactly the steps dot_q6_K takes for that (row, token): the same
+// exact integer sum, the same two float accumulations in block order, the same final reduction.
 // Loop order as the float batch kernels' (avx512.c): a block of KB_ROWS rows meets each tile of
 // tokens chunk by chunk (KB_BLKS super-blocks): the tile's activations of the chunk (7 KB) stay
 // in L1 while the block's rows stream through it, from memory for the first token tile (which
@@ -264,57 +468,9 @@ void TS_KQ(axpy_group)(enum ts_type type, int R, const char * const * rows, cons
 #define KB_BLKS 4
 
 struct kq_acc {
-    __m512 d[KB_TOK]; // the scaled integer sums, as dot_q4_K's accd
-    __m256 m[KB_TOK]; // Q4_K: the mins' part (accm); Q6_K: the -32 part (accb)
+    __m512 d[KB_TOK]; // dot_q6_K's accd
+    __m256 m[KB_TOK]; // and accb (the -32 part)
 };
-
-// ysub: per token and super-block of the chunk, the activations' eight sub-block sums as floats
-// (exact: |sum| <= 32 * 128); times the mins as floats, exact too (< 2^24), they give dot_q4_K's
-// converted integer products mins * ysub.
-static ALWAYS_INLINE void tile_q4_K(int TT, const char * row, const char * next, const ts_block_q8_K * const * xt,
-                                    const __m256 * ysub, int64_t b0, int64_t b1, struct kq_acc * s) {
-    const __m512i low4 = _mm512_set1_epi8(0x0F);
-    __m512 accd[KB_TOK];
-    __m256 accm[KB_TOK];
-    for (int t = 0; t < TT; t++) {
-        accd[t] = s->d[t];
-        accm[t] = s->m[t];
-    }
-    for (int64_t b = b0; b < b1; b++) {
-        if (next) {
-            prefetch_span(1, &next, (size_t) b * sizeof(ts_block_q4_K), sizeof(ts_block_q4_K));
-        }
-        const ts_block_q4_K * blk = (const ts_block_q4_K *) row + b;
-        const __m128i sm = q4_K_scales_mins(blk->scales);
-        const __m512i sc16 = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(sm));
-        __m512i w[4], sc[4];
-        for (int c = 0; c < 4; c++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *) (blk->qs + 32 * c));
-            w[c] = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1), low4);
-            const __m512i pick = _mm512_inserti64x4(_mm512_set1_epi16((short) (2 * c)), _mm256_set1_epi16((short) (2 * c + 1)), 1);
-            sc[c] = _mm512_permutexvar_epi16(pick, sc16);
-        }
-        const __m256 mins = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)));
-        const __m512 d = _mm512_set1_ps(_cvtsh_ss(blk->d));
-        const __m256 dmin = _mm256_set1_ps(_cvtsh_ss(blk->dmin));
-        for (int t = 0; t < TT; t++) {
-            const ts_block_q8_K * xb = xt[t] + b;
-            __m512i acc = _mm512_setzero_si512();
-            for (int c = 0; c < 4; c++) {
-                acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(w[c], _mm512_loadu_si512(xb->qs + 64 * c)), sc[c]);
-            }
-            // dot_q4_K's scalars xb->d * d and xb->d * dmin, as vectors (the same products)
-            const __m512 dd = _mm512_mul_ps(d, _mm512_set1_ps(xb->d));
-            const __m256 dm = _mm256_mul_ps(dmin, _mm256_set1_ps(xb->d));
-            accd[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), dd, accd[t]);
-            accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(mins, ysub[t * KB_BLKS + (b - b0)]), dm, accm[t]);
-        }
-    }
-    for (int t = 0; t < TT; t++) {
-        s->d[t] = accd[t];
-        s->m[t] = accm[t];
-    }
-}
 
 static ALWAYS_INLINE void tile_q6_K(int TT, const char * row, const char * next, const ts_block_q8_K * const * xt,
                                     int64_t b0, int64_t b1, struct kq_acc * s) {
@@ -366,19 +522,13 @@ static ALWAYS_INLINE void tile_q6_K(int TT, const char * row, const char * next,
     }
 }
 
-#define KB_TILE_CASE(FN, TT_, ...) case TT_: FN(TT_, __VA_ARGS__); break;
-#define KB_TILE(FN, ...)                                                                                     \
-    switch (TT) {                                                                                            \
-        KB_TILE_CASE(FN, 6, __VA_ARGS__) KB_TILE_CASE(FN, 5, __VA_ARGS__) KB_TILE_CASE(FN, 4, __VA_ARGS__)   \
-        KB_TILE_CASE(FN, 3, __VA_ARGS__) KB_TILE_CASE(FN, 2, __VA_ARGS__) default: FN(1, __VA_ARGS__); break; \
-    }
+#define KB_TILE_CASE(TT_) case TT_: tile_q6_K(TT_, row, next, xt, b0, b1, s); break;
 
-static void tile_kq(enum ts_type type, int TT, const char * row, const char * next, const ts_block_q8_K * const * xt,
-                    const __m256 * ysub, int64_t b0, int64_t b1, struct kq_acc * s) {
-    if (type == TS_TYPE_Q4_K) {
-        KB_TILE(tile_q4_K, row, next, xt, ysub, b0, b1, s)
-    } else {
-        KB_TILE(tile_q6_K, row, next, xt, b0, b1, s)
+static void tile_kq(int TT, const char * row, const char * next, const ts_block_q8_K * const * xt,
+                    int64_t b0, int64_t b1, struct kq_acc * s) {
+    switch (TT) {
+        KB_TILE_CASE(6) KB_TILE_CASE(5) KB_TILE_CASE(4) KB_TILE_CASE(3) KB_TILE_CASE(2)
+        default: tile_q6_K(1, row, next, xt, b0, b1, s); break;
     }
 }
 
@@ -386,10 +536,10 @@ static ALWAYS_INLINE const char * kb_row(const void * w, size_t row_bytes, const
     return (const char *) w + (size_t) (idx ? idx[j] : j) * row_bytes;
 }
 
-void TS_KQ(dot_rows_batch)(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
-                           const void * x, size_t x_stride, int64_t n_tok,
-                           const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
+static void rows_q6_K(int64_t n, const void * w, size_t row_bytes, const void * x, size_t x_stride, int64_t n_tok,
+                      const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
     const int64_t nb = n / TS_QK_K;
+    const size_t bs = sizeof(ts_block_q6_K);
     struct kq_acc acc[KB_ROWS];
     for (int64_t j0 = 0; j0 < n_idx; j0 += KB_ROWS) {
         const int nr = (int) (n_idx - j0 < KB_ROWS ? n_idx - j0 : KB_ROWS);
@@ -402,15 +552,6 @@ void TS_KQ(dot_rows_batch)(enum ts_type type, int64_t n, const void * w, size_t 
             memset(acc, 0, sizeof(acc));
             for (int64_t b0 = 0; b0 < nb; b0 += KB_BLKS) {
                 const int64_t b1 = b0 + KB_BLKS < nb ? b0 + KB_BLKS : nb;
-                __m256 ysub[KB_TOK * KB_BLKS];
-                if (type == TS_TYPE_Q4_K) {
-                    for (int t = 0; t < TT; t++) {
-                        for (int64_t b = b0; b < b1; b++) {
-                            const __m256i bs16 = _mm256_loadu_si256((const __m256i *) xt[t][b].bsums);
-                            ysub[t * KB_BLKS + (b - b0)] = _mm256_cvtepi32_ps(_mm256_madd_epi16(bs16, _mm256_set1_epi16(1)));
-                        }
-                    }
-                }
                 for (int j = 0; j < nr; j++) {
                     const char * row = kb_row(w, row_bytes, idx, j0 + j);
                     // the first token tile prefetches what it reads next: the block's next row,
@@ -418,7 +559,6 @@ void TS_KQ(dot_rows_batch)(enum ts_type type, int64_t n, const void * w, size_t 
                     // (the pointer is offset so that the tile's block offsets land there)
                     const char * next = NULL;
                     if (t0 == 0) {
-                        const size_t bs = type == TS_TYPE_Q4_K ? sizeof(ts_block_q4_K) : sizeof(ts_block_q6_K);
                         if (j + 1 < nr) {
                             next = kb_row(w, row_bytes, idx, j0 + j + 1);
                         } else if (b1 < nb) {
@@ -427,7 +567,7 @@ void TS_KQ(dot_rows_batch)(enum ts_type type, int64_t n, const void * w, size_t 
                             next = kb_row(w, row_bytes, idx, j0 + nr) - (size_t) b0 * bs;
                         }
                     }
-                    tile_kq(type, TT, row, next, xt, ysub, b0, b1, &acc[j]);
+                    tile_kq(TT, row, next, xt, b0, b1, &acc[j]);
                 }
             }
             for (int j = 0; j < nr; j++) {
@@ -436,6 +576,19 @@ void TS_KQ(dot_rows_batch)(enum ts_type type, int64_t n, const void * w, size_t 
                 }
             }
         }
+    }
+}
+
+void TS_KQ(dot_rows_batch)(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
+                           const void * x, size_t x_stride, int64_t n_tok,
+                           const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
+    if (n_idx <= 0) {
+        return;
+    }
+    if (type == TS_TYPE_Q4_K) {
+        rows_q4_K(n, w, row_bytes, NULL, (const char *) x, x_stride, n_tok, idx, n_idx, out, out_stride);
+    } else {
+        rows_q6_K(n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
     }
 }
 
@@ -514,7 +667,7 @@ void TS_KQ(axpy_rows_batch)(enum ts_type type, const void * w_t, size_t row_byte
                 prefetch_span(nj, rows, (size_t) (b + 1) * bs, bs);
             }
             for (int j = 0; j < nj; j++) {
-                ts_kq_block_scales(type, rows[j], b, 1.0f, ds[j], dm[j]);
+                kq_block_scales(type, rows[j], b, 1.0f, ds[j], dm[j]);
             }
             const int64_t cs = b * TS_QK_K > c0 ? b * TS_QK_K : c0;
             const int64_t ce = (b + 1) * TS_QK_K < c1 ? (b + 1) * TS_QK_K : c1;

@@ -21,6 +21,9 @@
 void ts_avx512_kq_dot_rows_batch(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                                  const void * x, size_t x_stride, int64_t n_tok,
                                  const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride);
+// Groups [g0, g1) of a Q4_K matrix in the 16-row layout: dot_rows' bits (avx512-kquants.c).
+void ts_avx512_kq_dot_rows_r16(int64_t n, const void * w16, int64_t g0, int64_t g1, const void * x, size_t x_stride,
+                               int64_t n_tok, float * out, int64_t out_stride);
 // The K-quant down projection of a batch: axpy_rows' bits per token, each row's 64-column unit
 // unpacked once per tile of tokens.
 void ts_avx512_kq_axpy_rows_batch(enum ts_type type, const void * w_t, size_t row_bytes, const int32_t * idx,
@@ -651,6 +654,10 @@ static void q16_dot_rows_batch(enum ts_type type, int64_t n, const void * w, siz
 // the plain layout's q16_dot_rows_few / q16_dot_rows_batch (so the same bits), one stream.
 static void dot_rows_r16(enum ts_type type, int64_t n, const void * w16, int64_t g0, int64_t g1,
                          const void * x_, size_t x_stride, int64_t n_tok, float * out, int64_t out_stride) {
+    if (type == TS_TYPE_Q4_K) {
+        ts_avx512_kq_dot_rows_r16(n, w16, g0, g1, x_, x_stride, n_tok, out, out_stride);
+        return;
+    }
     const int64_t nb = n / TS_QK;
     const size_t group_bytes = (size_t) nb * Q16_ROWS * block_bytes(type);
     const char * x = x_;

@@ -5,54 +5,47 @@
 #include <string.h>
 
 bool ts_r16_ok(enum ts_type type, int64_t n) {
-    return (type == TS_TYPE_Q8_0 || type == TS_TYPE_Q4_0) && ts_row_ok(type, n);
+    return (type == TS_TYPE_Q8_0 || type == TS_TYPE_Q4_0 || type == TS_TYPE_Q4_K) && ts_row_ok(type, n);
 }
 
-// Where row r's block b lives in the 16-row layout: its scale at d, quant byte j at
-// q + quant_offset(j) (in a group: dword r of vector j / 4; in a plain tail row: the block's
-// own contiguous quants). The layout's one statement: packing and reading back both use it.
-struct r16_place {
-    char * d;
-    char * q;
-    bool   packed;
-};
+// Bytes of a block before its dwords: its f16 scale (Q4_K: d, then dmin), kept as 16-bit units.
+static size_t head_bytes(enum ts_type type) { return type == TS_TYPE_Q4_K ? 4 : 2; }
 
-static struct r16_place place(enum ts_type type, int64_t n, int64_t n_rows, const char * w16, int64_t r, int64_t b) {
-    const size_t bs = ts_row_size(type, TS_QK);
-    const int64_t nb = n / TS_QK;
-    struct r16_place p;
-    if (r < n_rows / TS_R16 * TS_R16) {
-        const int64_t g = r / TS_R16, rr = r % TS_R16;
-        char * blk = (char *) w16 + ((size_t) g * (size_t) nb + (size_t) b) * TS_R16 * bs;
-        p.d = blk + 2 * rr;
-        p.q = blk + 2 * TS_R16 + 4 * rr;
-        p.packed = true;
-    } else {
-        char * blk = (char *) w16 + (size_t) r * (size_t) nb * bs + (size_t) b * bs;
-        p.d = blk;
-        p.q = blk + 2;
-        p.packed = false;
+// Where byte j of row r's block b lives in the 16-row layout, as an offset from w16. In a group
+// (rows 16 g .. 16 g + 15) block b holds, for the 16 rows in order: their f16 scales (Q4_K: the
+// 16 d, then the 16 dmin: 32 bytes each), then their remaining bytes as vectors of 16 dwords:
+// dword r of vector v is row r's dword v (Q4_K: three vectors of scale bytes, then 32 of quants).
+// Tail rows (past the last whole group) keep the plain layout. The layout's one statement:
+// packing and reading back both use it.
+static size_t byte_offset(enum ts_type type, int64_t n, int64_t n_rows, int64_t r, int64_t b, size_t j) {
+    const size_t bs = ts_row_size(type, (int64_t) ts_block_size(type));
+    const int64_t nb = n / (int64_t) ts_block_size(type);
+    if (r >= n_rows / TS_R16 * TS_R16) {
+        return ((size_t) r * (size_t) nb + (size_t) b) * bs + j;
     }
-    return p;
-}
-
-static size_t quant_offset(const struct r16_place * p, size_t j) {
-    return p->packed ? (j / 4) * 64 + j % 4 : j;
+    const size_t grp = ((size_t) (r / TS_R16) * (size_t) nb + (size_t) b) * TS_R16 * bs;
+    const size_t rr = (size_t) (r % TS_R16), h = head_bytes(type);
+    if (j < h) { // scale half-word j / 2 of the row
+        return grp + (j / 2) * 2 * TS_R16 + 2 * rr + j % 2;
+    }
+    return grp + h * TS_R16 + ((j - h) / 4) * 64 + 4 * rr + (j - h) % 4;
 }
 
 // In the order the layout stores the blocks (groups, blocks, rows), so dst is written in
 // sequence: 413 MB of dense weights of the bench model in ~60 ms over a plain copy's time.
 void ts_pack_r16(enum ts_type type, int64_t n, int64_t n_rows, const void * w, void * dst) {
-    const size_t bs = ts_row_size(type, TS_QK);
-    const int64_t nb = n / TS_QK;
+    const size_t bs = ts_row_size(type, (int64_t) ts_block_size(type));
+    const int64_t nb = n / (int64_t) ts_block_size(type);
+    const size_t h = head_bytes(type);
     for (int64_t r0 = 0; r0 < n_rows; r0 += TS_R16) {
         for (int64_t b = 0; b < nb; b++) {
             for (int64_t r = r0; r < r0 + TS_R16 && r < n_rows; r++) {
                 const char * blk = (const char *) w + ((size_t) r * (size_t) nb + (size_t) b) * bs;
-                const struct r16_place p = place(type, n, n_rows, dst, r, b);
-                memcpy(p.d, blk, 2);
-                for (size_t j = 0; j < bs - 2; j += 4) { // dwords stay whole in both layouts
-                    memcpy(p.q + quant_offset(&p, j), blk + 2 + j, 4);
+                for (size_t j = 0; j < h; j += 2) {
+                    memcpy((char *) dst + byte_offset(type, n, n_rows, r, b, j), blk + j, 2);
+                }
+                for (size_t j = h; j < bs; j += 4) { // dwords stay whole in both layouts
+                    memcpy((char *) dst + byte_offset(type, n, n_rows, r, b, j), blk + j, 4);
                 }
             }
         }
@@ -60,15 +53,15 @@ void ts_pack_r16(enum ts_type type, int64_t n, int64_t n_rows, const void * w, v
 }
 
 void ts_r16_block(enum ts_type type, int64_t n, int64_t n_rows, const void * w16, int64_t r, int64_t b, void * blk) {
-    const struct r16_place p = place(type, n, n_rows, w16, r, b);
-    memcpy(blk, p.d, 2);
-    for (size_t j = 0; j < ts_row_size(type, TS_QK) - 2; j++) {
-        ((char *) blk)[2 + j] = p.q[quant_offset(&p, j)];
+    const size_t bs = ts_row_size(type, (int64_t) ts_block_size(type));
+    for (size_t j = 0; j < bs; j++) {
+        ((char *) blk)[j] = ((const char *) w16)[byte_offset(type, n, n_rows, r, b, j)];
     }
 }
 
 void ts_r16_row(enum ts_type type, int64_t n, int64_t n_rows, const void * w16, int64_t r, void * row) {
-    for (int64_t b = 0; b < n / TS_QK; b++) {
-        ts_r16_block(type, n, n_rows, w16, r, b, (char *) row + (size_t) b * ts_row_size(type, TS_QK));
+    const size_t bs = ts_row_size(type, (int64_t) ts_block_size(type));
+    for (int64_t b = 0; b < n / (int64_t) ts_block_size(type); b++) {
+        ts_r16_block(type, n, n_rows, w16, r, b, (char *) row + (size_t) b * bs);
     }
 }

@@ -12,23 +12,29 @@ static const void * row_at(const void * w, size_t row_bytes, const int32_t * idx
 // K-quant rows against Q8_K activations: per super-block an exact integer sum (the
 // sub-blocks' scaled dot products; Q4_K's mins meet the activations' 16-element sums), then
 // one f32 multiply-add per super-block (Q4_K: two, scale and min).
+// One super-block's terms added to sum (dot_row_q4_K's loop body).
+static float q4_K_block_step(const ts_block_q4_K * w, const ts_block_q8_K * x, float sum) {
+    int sumi = 0, summ = 0;
+    for (int s = 0; s < 8; s++) {
+        int sc, m;
+        ts_q4_K_scale_min(w->scales, s, &sc, &m);
+        int p = 0;
+        for (int l = 0; l < 32; l++) {
+            const uint8_t byte = w->qs[32 * (s / 2) + l];
+            p += (s % 2 ? byte >> 4 : byte & 0x0F) * x->qs[32 * s + l];
+        }
+        sumi += sc * p;
+        summ += m * (x->bsums[2 * s] + x->bsums[2 * s + 1]);
+    }
+    sum += (x->d * ts_fp16_to_fp32(w->d)) * (float) sumi;
+    sum -= (x->d * ts_fp16_to_fp32(w->dmin)) * (float) summ;
+    return sum;
+}
+
 static float dot_row_q4_K(int64_t n, const ts_block_q4_K * w, const ts_block_q8_K * x) {
     float sum = 0.0f;
     for (int64_t b = 0; b < n / TS_QK_K; b++) {
-        int sumi = 0, summ = 0;
-        for (int s = 0; s < 8; s++) {
-            int sc, m;
-            ts_q4_K_scale_min(w[b].scales, s, &sc, &m);
-            int p = 0;
-            for (int l = 0; l < 32; l++) {
-                const uint8_t byte = w[b].qs[32 * (s / 2) + l];
-                p += (s % 2 ? byte >> 4 : byte & 0x0F) * x[b].qs[32 * s + l];
-            }
-            sumi += sc * p;
-            summ += m * (x[b].bsums[2 * s] + x[b].bsums[2 * s + 1]);
-        }
-        sum += (x[b].d * ts_fp16_to_fp32(w[b].d)) * (float) sumi;
-        sum -= (x[b].d * ts_fp16_to_fp32(w[b].dmin)) * (float) summ;
+        sum = q4_K_block_step(w + b, x + b, sum);
     }
     return sum;
 }
@@ -223,13 +229,21 @@ static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size
 static void dot_rows_r16(enum ts_type type, int64_t n, const void * w16, int64_t g0, int64_t g1,
                          const void * x, size_t x_stride, int64_t n_tok, float * out, int64_t out_stride) {
     for (int64_t t = 0; t < n_tok; t++) {
-        const ts_block_q8_0 * xt = (const ts_block_q8_0 *) ((const char *) x + (size_t) t * x_stride);
+        const char * xt = (const char *) x + (size_t) t * x_stride;
         for (int64_t r = g0 * TS_R16; r < g1 * TS_R16; r++) {
             float sum = 0.0f;
-            for (int64_t b = 0; b < n / TS_QK; b++) {
-                ts_block_q8_0 blk; // room for either block type
-                ts_r16_block(type, n, g1 * TS_R16, w16, r, b, &blk);
-                sum += dot_row(type, TS_QK, &blk, xt + b);
+            if (type == TS_TYPE_Q4_K) {
+                for (int64_t b = 0; b < n / TS_QK_K; b++) {
+                    ts_block_q4_K blk;
+                    ts_r16_block(type, n, g1 * TS_R16, w16, r, b, &blk);
+                    sum = q4_K_block_step(&blk, (const ts_block_q8_K *) xt + b, sum);
+                }
+            } else {
+                for (int64_t b = 0; b < n / TS_QK; b++) {
+                    ts_block_q8_0 blk; // room for either block type
+                    ts_r16_block(type, n, g1 * TS_R16, w16, r, b, &blk);
+                    sum += dot_row(type, TS_QK, &blk, (const ts_block_q8_0 *) xt + b);
+                }
             }
             out[t * out_stride + (r - g0 * TS_R16)] = sum;
         }

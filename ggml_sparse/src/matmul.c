@@ -194,11 +194,16 @@ struct ggml_tensor * ggml_sparse_matmul(
 //                  Q6_K 4096x256 (L2), 1 thread  0.069 ms  0.042 ms;  Q4_K  0.074 vs 0.051 ms
 //                  Q4_K 4096x4096,  T=1     29.7 ms      28.0 ms;   T=64  268 vs 248 ms
 //   AVX2 table,    Q6_K 4096x256 (L2), 1 thread  0.071 ms  0.064 ms;  Q4_K  0.053 vs 0.057 ms
-// ggml has an x86 repacked layout for Q4_K (q4_K_8x8, AVX2), which these runs did not time; none
-// for Q6_K. So:
+// ggml has an x86 repacked layout for Q4_K (q4_K_8x8, AVX2); none for Q6_K. Q4_K in the kernels'
+// 16-row layout (sixteen rows in the lanes, dpbusd against broadcast activations; the Zen 4 VM,
+// 2 threads, median of 3-30):
+//                                        ggml plain   ggml repacked   ours (16-row layout)
+//   Q4_K 14336 x 4096, T=1                 1.16 ms       0.93 ms        0.99 ms
+//   Q4_K 14336 x 4096, T=128               99.8 ms       69.0 ms        31.9 ms
+// So:
 //   - AVX-512 table: ours for every type it has (decode and, by far, prompt processing),
-//     except Q4_K, left to ggml's repacked kernels (ours only matched ggml's plain ones), and
-//     Q6_K: re-measured on a quieter machine (Zen 4 VM, load ~3, bench_matmul q6_K 32000 4096
+//     Q4_K in the 16-row layout included (it had been left to ggml's repacked kernels while
+//     ours only matched ggml's plain ones), except Q6_K: re-measured on a quieter machine (Zen 4 VM, load ~3, bench_matmul q6_K 32000 4096
 //     T=1, 2 threads, 5 runs of 20) ggml took 3.2-3.9 ms (min) against ours 4.9-6.8, T=8 the
 //     same 20 ms; ts-main decode with PowerInfer's Q6_K head, Q4_0 predicted 10%: 49.8-60.6 ->
 //     52.4-67.0 tok/s over 6 interleaved rounds (5 faster), F16 unchanged;
@@ -240,7 +245,7 @@ static bool ours_is_faster(enum ts_type type) {
         return forced >= 1;
     }
     switch (ts_kernels_best()->isa) {
-        case TS_ISA_AVX512: return type != TS_TYPE_Q4_K && type != TS_TYPE_Q6_K;
+        case TS_ISA_AVX512: return type != TS_TYPE_Q6_K;
         case TS_ISA_AVX2:   return type == TS_TYPE_Q8_0;
         default:            return false;
     }

@@ -709,8 +709,9 @@ static void test_dot_r16(enum ts_type type, enum data_mode mode, int64_t n, int6
     CHECK(lost == 0, "r16 %s n=%lld rows=%lld: %lld rows do not read back", tn, (long long) n, (long long) n_rows, (long long) lost);
     CHECK(tables[0]->dot_rows_r16 != NULL, "the scalar table has no dot_rows_r16");
 
-    const size_t x_stride = ts_row_size(TS_TYPE_Q8_0, n) + 2;
-    char * x = make_tokens(TS_TYPE_Q8_0, n, n_tok_max, x_stride);
+    const enum ts_type dt = ts_dot_type(type);
+    const size_t x_stride = ts_row_size(dt, n) + (dt == TS_TYPE_Q8_K ? 4 : 2); // unaligned (Q8_K: its f32 d aligned)
+    char * x = make_tokens(dt, n, n_tok_max, x_stride);
     const int64_t out_stride = n_rows + 3;
     float * out = malloc((size_t) (n_tok_max * out_stride) * sizeof(float));
     float * want = malloc((size_t) (n_tok_max * out_stride) * sizeof(float));
