@@ -244,10 +244,8 @@ void TS_KQ(axpy_group)(enum ts_type type, int R, const char * const * rows, cons
 // unpacked quant vectors and scale vectors go to a 512-byte scratch in L1 (sixteen registers
 // hold no more), then each token takes exactly dot_q4_K's / dot_q6_K's steps for that (row,
 // token), reading them from there: the same exact integer sums, the same float accumulations,
-// the same final sums. So the batch gives dot_rows' bits. Loop order as in avx512-kquants.c: a
-// block of KB_ROWS rows meets each tile of tokens chunk by chunk (KB_BLKS super-blocks), the
-// tile's activations of the chunk staying in L1; the (row, token) accumulators live in memory
-// between chunks.
+// the same final sums. So the batch gives dot_rows' bits. The rows and tokens are walked by
+// kquant-group.h's row walk (a block of KB_ROWS rows, chunks of KB_BLKS super-blocks).
 #define KB_TOK  4
 #define KB_ROWS 16
 #define KB_BLKS 4
@@ -257,10 +255,8 @@ struct kq_acc {
     __m256 m[KB_TOK]; // Q4_K: accm; Q6_K: accb
 };
 
-// ysub: per token and super-block of the chunk, the activations' eight sub-block sums as floats
-// (exact); times the mins as floats (exact, < 2^24) they equal dot_q4_K's converted mins * ysub.
 static ALWAYS_INLINE void tile_q4_K(int TT, const char * row, const char * next, const ts_block_q8_K * const * xt,
-                                    const __m256 * ysub, int64_t b0, int64_t b1, struct kq_acc * s) {
+                                    int64_t b0, int64_t b1, struct kq_acc * s) {
     const __m256i low4 = _mm256_set1_epi8(0x0F);
     __m256 accd[KB_TOK], accm[KB_TOK];
     for (int t = 0; t < TT; t++) {
@@ -295,7 +291,11 @@ static ALWAYS_INLINE void tile_q4_K(int TT, const char * row, const char * next,
             }
             const float dd = xb->d * d, dm = xb->d * dmin;
             accd[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(dd), accd[t]);
-            accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(mins, ysub[t * KB_BLKS + (b - b0)]), _mm256_set1_ps(dm), accm[t]);
+            // the activations' sub-block sums (exact as floats); times the mins as floats (exact,
+            // < 2^24) they equal dot_q4_K's converted integer products mins * ysub
+            const __m256 ysub = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) xb->bsums),
+                                                                     _mm256_set1_epi16(1)));
+            accm[t] = _mm256_fmadd_ps(_mm256_mul_ps(mins, ysub), _mm256_set1_ps(dm), accm[t]);
         }
     }
     for (int t = 0; t < TT; t++) {
@@ -366,64 +366,19 @@ static ALWAYS_INLINE void tile_q6_K(int TT, const char * row, const char * next,
     }
 
 static void tile_kq(enum ts_type type, int TT, const char * row, const char * next, const ts_block_q8_K * const * xt,
-                    const __m256 * ysub, int64_t b0, int64_t b1, struct kq_acc * s) {
+                    int64_t b0, int64_t b1, struct kq_acc * s) {
     if (type == TS_TYPE_Q4_K) {
-        KB_TILE(tile_q4_K, row, next, xt, ysub, b0, b1, s)
+        KB_TILE(tile_q4_K, row, next, xt, b0, b1, s)
     } else {
         KB_TILE(tile_q6_K, row, next, xt, b0, b1, s)
     }
 }
 
-static ALWAYS_INLINE const char * kb_row(const void * w, size_t row_bytes, const int32_t * idx, int64_t j) {
-    return (const char *) w + (size_t) (idx ? idx[j] : j) * row_bytes;
-}
+#define KB_RESULT(acc, t) (hsum256((acc)->d[t]) - hsum256((acc)->m[t]))
+TS_KQ_DEFINE_ROW_WALK(kq_row_walk, struct kq_acc, KB_TOK, KB_ROWS, KB_BLKS, tile_kq, KB_RESULT)
 
 void TS_KQ(dot_rows_batch)(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                            const void * x, size_t x_stride, int64_t n_tok,
                            const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
-    const int64_t nb = n / TS_QK_K;
-    const size_t bs = type == TS_TYPE_Q4_K ? sizeof(ts_block_q4_K) : sizeof(ts_block_q6_K);
-    struct kq_acc acc[KB_ROWS];
-    for (int64_t j0 = 0; j0 < n_idx; j0 += KB_ROWS) {
-        const int nr = (int) (n_idx - j0 < KB_ROWS ? n_idx - j0 : KB_ROWS);
-        for (int64_t t0 = 0; t0 < n_tok; t0 += KB_TOK) {
-            const int TT = (int) (n_tok - t0 < KB_TOK ? n_tok - t0 : KB_TOK);
-            const ts_block_q8_K * xt[KB_TOK];
-            for (int t = 0; t < TT; t++) {
-                xt[t] = (const ts_block_q8_K *) ((const char *) x + (size_t) (t0 + t) * x_stride);
-            }
-            memset(acc, 0, sizeof(acc));
-            for (int64_t b0 = 0; b0 < nb; b0 += KB_BLKS) {
-                const int64_t b1 = b0 + KB_BLKS < nb ? b0 + KB_BLKS : nb;
-                __m256 ysub[KB_TOK * KB_BLKS];
-                if (type == TS_TYPE_Q4_K) {
-                    for (int t = 0; t < TT; t++) {
-                        for (int64_t b = b0; b < b1; b++) {
-                            const __m256i bs16 = _mm256_loadu_si256((const __m256i *) xt[t][b].bsums);
-                            ysub[t * KB_BLKS + (b - b0)] = _mm256_cvtepi32_ps(_mm256_madd_epi16(bs16, _mm256_set1_epi16(1)));
-                        }
-                    }
-                }
-                for (int j = 0; j < nr; j++) {
-                    // the first token tile prefetches what it reads next (avx512-kquants.c)
-                    const char * next = NULL;
-                    if (t0 == 0) {
-                        if (j + 1 < nr) {
-                            next = kb_row(w, row_bytes, idx, j0 + j + 1);
-                        } else if (b1 < nb) {
-                            next = kb_row(w, row_bytes, idx, j0) + (size_t) (b1 - b0) * bs;
-                        } else if (j0 + nr < n_idx) {
-                            next = kb_row(w, row_bytes, idx, j0 + nr) - (size_t) b0 * bs;
-                        }
-                    }
-                    tile_kq(type, TT, kb_row(w, row_bytes, idx, j0 + j), next, xt, ysub, b0, b1, &acc[j]);
-                }
-            }
-            for (int j = 0; j < nr; j++) {
-                for (int t = 0; t < TT; t++) {
-                    out[(t0 + t) * out_stride + j0 + j] = hsum256(acc[j].d[t]) - hsum256(acc[j].m[t]);
-                }
-            }
-        }
-    }
+    kq_row_walk(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
 }

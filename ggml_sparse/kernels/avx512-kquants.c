@@ -458,11 +458,9 @@ void TS_KQ(dot_rows_r16)(int64_t n, const void * w16, int64_t g0, int64_t g1, co
 // Q6_K: a tile is one row against up to KB_TOK tokens: per super-block the row is unpacked
 // once, then each token takes exactly the steps dot_q6_K takes for that (row, token): the same
 // exact integer sum, the same two float accumulations in block order, the same final reduction.
-// Loop order as the float batch kernels' (avx512.c): a block of KB_ROWS rows meets each tile of
-// tokens chunk by chunk (KB_BLKS super-blocks): the tile's activations of the chunk (7 KB) stay
-// in L1 while the block's rows stream through it, from memory for the first token tile (which
-// prefetches the row read next) and from L2 for the others; each (row, token) pair's two
-// accumulators live in memory between chunks (9 KB for the block).
+// The rows and tokens are walked by kquant-group.h's row walk: the tile's activations of a chunk
+// of KB_BLKS super-blocks (7 KB) stay in L1, the (row, token) accumulators of a block of KB_ROWS
+// rows (9 KB) in memory between chunks.
 #define KB_TOK  6
 #define KB_ROWS 16
 #define KB_BLKS 4
@@ -532,52 +530,9 @@ static void tile_kq(int TT, const char * row, const char * next, const ts_block_
     }
 }
 
-static ALWAYS_INLINE const char * kb_row(const void * w, size_t row_bytes, const int32_t * idx, int64_t j) {
-    return (const char *) w + (size_t) (idx ? idx[j] : j) * row_bytes;
-}
-
-static void rows_q6_K(int64_t n, const void * w, size_t row_bytes, const void * x, size_t x_stride, int64_t n_tok,
-                      const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
-    const int64_t nb = n / TS_QK_K;
-    const size_t bs = sizeof(ts_block_q6_K);
-    struct kq_acc acc[KB_ROWS];
-    for (int64_t j0 = 0; j0 < n_idx; j0 += KB_ROWS) {
-        const int nr = (int) (n_idx - j0 < KB_ROWS ? n_idx - j0 : KB_ROWS);
-        for (int64_t t0 = 0; t0 < n_tok; t0 += KB_TOK) {
-            const int TT = (int) (n_tok - t0 < KB_TOK ? n_tok - t0 : KB_TOK);
-            const ts_block_q8_K * xt[KB_TOK];
-            for (int t = 0; t < TT; t++) {
-                xt[t] = (const ts_block_q8_K *) ((const char *) x + (size_t) (t0 + t) * x_stride);
-            }
-            memset(acc, 0, sizeof(acc));
-            for (int64_t b0 = 0; b0 < nb; b0 += KB_BLKS) {
-                const int64_t b1 = b0 + KB_BLKS < nb ? b0 + KB_BLKS : nb;
-                for (int j = 0; j < nr; j++) {
-                    const char * row = kb_row(w, row_bytes, idx, j0 + j);
-                    // the first token tile prefetches what it reads next: the block's next row,
-                    // after the last row the first row's next chunk, then the next block's start
-                    // (the pointer is offset so that the tile's block offsets land there)
-                    const char * next = NULL;
-                    if (t0 == 0) {
-                        if (j + 1 < nr) {
-                            next = kb_row(w, row_bytes, idx, j0 + j + 1);
-                        } else if (b1 < nb) {
-                            next = kb_row(w, row_bytes, idx, j0) + (size_t) (b1 - b0) * bs;
-                        } else if (j0 + nr < n_idx) {
-                            next = kb_row(w, row_bytes, idx, j0 + nr) - (size_t) b0 * bs;
-                        }
-                    }
-                    tile_kq(TT, row, next, xt, b0, b1, &acc[j]);
-                }
-            }
-            for (int j = 0; j < nr; j++) {
-                for (int t = 0; t < TT; t++) {
-                    out[(t0 + t) * out_stride + j0 + j] = _mm512_reduce_add_ps(acc[j].d[t]) - hsum256(acc[j].m[t]);
-                }
-            }
-        }
-    }
-}
+#define KB_RESULT(acc, t) (_mm512_reduce_add_ps((acc)->d[t]) - hsum256((acc)->m[t]))
+#define KB_TILE_Q6_K(type, TT, row, next, xt, b0, b1, acc) tile_kq(TT, row, next, xt, b0, b1, acc)
+TS_KQ_DEFINE_ROW_WALK(rows_q6_K, struct kq_acc, KB_TOK, KB_ROWS, KB_BLKS, KB_TILE_Q6_K, KB_RESULT)
 
 void TS_KQ(dot_rows_batch)(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                            const void * x, size_t x_stride, int64_t n_tok,
@@ -588,7 +543,7 @@ void TS_KQ(dot_rows_batch)(enum ts_type type, int64_t n, const void * w, size_t 
     if (type == TS_TYPE_Q4_K) {
         rows_q4_K(n, w, row_bytes, NULL, (const char *) x, x_stride, n_tok, idx, n_idx, out, out_stride);
     } else {
-        rows_q6_K(n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
+        rows_q6_K(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
     }
 }
 
@@ -658,7 +613,7 @@ void TS_KQ(axpy_rows_batch)(enum ts_type type, const void * w_t, size_t row_byte
     for (int64_t j0 = 0; j0 < n_idx; j0 += KA_ROWS) {
         const int nj = (int) (n_idx - j0 < KA_ROWS ? n_idx - j0 : KA_ROWS);
         for (int j = 0; j < nj; j++) {
-            rows[j] = kb_row(w_t, row_bytes, idx, j0 + j);
+            rows[j] = ts_kq_row(w_t, row_bytes, idx, j0 + j);
         }
         for (int64_t b = c0 / TS_QK_K; b * TS_QK_K < c1; b++) {
             // the chunk's next super-block (its rows are row_bytes apart: a stride the hardware
