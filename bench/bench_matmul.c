@@ -118,15 +118,11 @@ int main(int argc, char ** argv) {
     bool packed = false;
     for (int c = 0; c < N_COPIES; c++) {
         w_ours[c] = w[c];
-        if (ggml_sparse_matmul_packable(w[c])) {
+        if (ggml_sparse_matmul_packable(w[c])) { // packs w[c]'s bytes into a new tensor's memory
             w_ours[c] = ggml_dup_tensor(ctx, w[c]);
-            memcpy(w_ours[c]->data, w[c]->data, w_bytes);
-            void * plain = malloc(w_bytes);
-            memcpy(plain, w_ours[c]->data, w_bytes);
             void * dst = w_ours[c]->data;
-            w_ours[c]->data = plain;
+            w_ours[c]->data = w[c]->data;
             packed = ggml_sparse_matmul_pack(w_ours[c], dst);
-            free(plain);
         }
     }
     for (int c = 0; c < N_COPIES; c++) {

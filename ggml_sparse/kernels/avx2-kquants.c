@@ -11,21 +11,8 @@
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #define TS_KQ(name) ts_avx2_kq_##name
 #include "kquant-group.h"
+#include "x86-helpers.h"
 
-static ALWAYS_INLINE void prefetch_span(int R, const char * const * next, size_t off, size_t bytes) {
-    for (int r = 0; r < R; r++) {
-        for (size_t o = 0; o < bytes; o += 64) {
-            _mm_prefetch(next[r] + off + o, _MM_HINT_T0);
-        }
-    }
-}
-
-static ALWAYS_INLINE float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 // Q4_K's eight scales (bytes 0-7) and mins (bytes 8-15), as ts_q4_K_scale_min.
 static ALWAYS_INLINE __m128i q4_K_scales_mins(const uint8_t * scales) {

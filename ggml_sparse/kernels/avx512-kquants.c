@@ -18,21 +18,8 @@
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #define TS_KQ(name) ts_avx512_kq_##name
 #include "kquant-group.h"
+#include "x86-helpers.h"
 
-static ALWAYS_INLINE void prefetch_span(int R, const char * const * next, size_t off, size_t bytes) {
-    for (int r = 0; r < R; r++) {
-        for (size_t o = 0; o < bytes; o += 64) {
-            _mm_prefetch(next[r] + off + o, _MM_HINT_T0);
-        }
-    }
-}
-
-static ALWAYS_INLINE float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 static ALWAYS_INLINE int32_t hsum256_epi32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -297,7 +284,6 @@ void TS_KQ(axpy_group)(enum ts_type type, int R, const char * const * rows, cons
 // the tokens' sums live in memory (8 KB), the group's rows (16 x 2.3 KB at n = 4096) in L2.
 #define KL_ROWS 16
 #define KL_TOK  64
-#define R16_AHEAD 4096 // bytes ahead of a 16-row layout block being read that are prefetched (avx512.c)
 
 // A super-block of 16 rows, unpacked for the lanes: q[v], dword r: row r's qs dword v (so lo
 // nibbles of vector 8c + k are elements 64c + 4k .. 64c + 4k + 3, hi nibbles 64c + 32 + 4k ..);
@@ -424,9 +410,7 @@ static void rows_q4_K(int64_t n, const void * w, size_t row_bytes, const char * 
                 const uint32_t (*q)[KL_ROWS];
                 if (w16) {
                     const char * blk = grp + (size_t) b * KL_ROWS * sizeof(ts_block_q4_K);
-                    for (size_t o = 0; o < KL_ROWS * sizeof(ts_block_q4_K); o += 64) {
-                        _mm_prefetch(blk + R16_AHEAD + o, _MM_HINT_T0);
-                    }
+                    r16_prefetch(blk, KL_ROWS * sizeof(ts_block_q4_K));
                     q = q4_K_lanes_r16(blk, &L);
                 } else {
                     if (b + 1 < nb) {

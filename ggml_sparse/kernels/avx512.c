@@ -331,17 +331,6 @@ static void q16_prefetch_head(const char * const * rows, size_t row_len) {
     }
 }
 
-// The 16-row layout (ts-kernels.h): a group is one stream, prefetched this far ahead of the
-// block being read, a cache line at a time (measured, 2 threads, Q4_0 from DRAM: 512 B ahead
-// 41, 2 KB 45.5, 4 KB 46.5 GB/s; a plain read of the same memory 46).
-#define R16_AHEAD 4096
-
-static ALWAYS_INLINE void r16_prefetch(const char * blk16, size_t bs16) {
-    for (size_t o = 0; o < bs16; o += 64) {
-        _mm_prefetch(blk16 + R16_AHEAD + o, _MM_HINT_T0);
-    }
-}
-
 static void r16_prefetch_head(const char * grp, size_t bytes) {
     const size_t end = bytes < R16_AHEAD ? bytes : R16_AHEAD;
     for (size_t o = 0; o < end; o += 64) {

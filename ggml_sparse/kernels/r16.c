@@ -15,8 +15,8 @@ static size_t head_bytes(enum ts_type type) { return type == TS_TYPE_Q4_K ? 4 : 
 // (rows 16 g .. 16 g + 15) block b holds, for the 16 rows in order: their f16 scales (Q4_K: the
 // 16 d, then the 16 dmin: 32 bytes each), then their remaining bytes as vectors of 16 dwords:
 // dword r of vector v is row r's dword v (Q4_K: three vectors of scale bytes, then 32 of quants).
-// Tail rows (past the last whole group) keep the plain layout. The layout's one statement:
-// packing and reading back both use it.
+// Tail rows (past the last whole group) keep the plain layout. Reading back uses it; packing
+// (below) writes the same places group block by group block (test_kernels reads every row back).
 static size_t byte_offset(enum ts_type type, int64_t n, int64_t n_rows, int64_t r, int64_t b, size_t j) {
     const size_t bs = ts_row_size(type, (int64_t) ts_block_size(type));
     const int64_t nb = n / (int64_t) ts_block_size(type);

@@ -1,5 +1,6 @@
-// x86-helpers.h: small x86 pieces shared by avx2.c and avx512.c (each compiles them with
-// its own target flags). Not a public header.
+// x86-helpers.h: small x86 pieces shared by avx2.c, avx512.c and their -kquants.c files (each
+// compiles them with its own target flags; the including file defines ALWAYS_INLINE). Not a
+// public header.
 #pragma once
 
 #include <immintrin.h>
@@ -36,5 +37,25 @@ static ALWAYS_INLINE void prefetch_rows(int R, const char * const * next, size_t
 static ALWAYS_INLINE void prefetch_rows_l2(int R, const char * const * next, size_t off) {
     for (int r = 0; r < R; r++) {
         _mm_prefetch(next[r] + off, _MM_HINT_T1);
+    }
+}
+
+// Bytes [off, off + bytes) of each of R rows, into L1.
+static ALWAYS_INLINE void prefetch_span(int R, const char * const * next, size_t off, size_t bytes) {
+    for (int r = 0; r < R; r++) {
+        for (size_t o = 0; o < bytes; o += 64) {
+            _mm_prefetch(next[r] + off + o, _MM_HINT_T0);
+        }
+    }
+}
+
+// The 16-row layout (ts-kernels.h): a group is one stream, prefetched this far ahead of the
+// block being read, a cache line at a time (measured, 2 threads, Q4_0 from DRAM: 512 B ahead
+// 41, 2 KB 45.5, 4 KB 46.5 GB/s; a plain read of the same memory 46).
+#define R16_AHEAD 4096
+
+static ALWAYS_INLINE void r16_prefetch(const char * blk16, size_t bs16) {
+    for (size_t o = 0; o < bs16; o += 64) {
+        _mm_prefetch(blk16 + R16_AHEAD + o, _MM_HINT_T0);
     }
 }

@@ -253,16 +253,15 @@ static bool ours_is_faster(enum ts_type type) {
 
 // Prompt batches (T > 1) of K-quant weights held in the file's layout: the sparse FFN's gate
 // and up of a dReLU file, which dense and exact mode multiply densely for a prompt, and Q6_K
-// matrices, for which ggml has no repacked layout. The AVX-512 table unpacks each row once per
-// tile of 6 tokens (avx512-kquants.c); ggml's plain kernels unpack it for every token.
-// bench_matmul, 2 threads, the 2-core Zen 4 VM, T=128, median of 5-7 (rows x n):
-//                      ggml plain   ggml repacked (q4_K_8x8, AVX2)   ours
-//   Q4_K 14336 x 4096    123.8 ms       91.1 ms                      77.0 ms
-//   Q4_K  4096 x 4096     29.2 ms       20.3 ms                      17.8 ms
-//   Q6_K  4096 x 14336   127.6 ms        -                           69.0 ms
+// matrices (left to ggml for T = 1, see the policy below). The AVX-512 table puts 16 Q4_K rows
+// in the lanes and unpacks a Q6_K row once per tile of 6 tokens (avx512-kquants.c); ggml's
+// plain kernels unpack every row for every token. bench_matmul, 2 threads, the 2-core Zen 4
+// VM, T=128, median of 3-7 (rows x n):
+//                      ggml plain   ours, file's layout
+//   Q4_K 14336 x 4096   99.8-123.8 ms   55 ms (Q6_K-style tiles before the lanes: 61-84 ms)
+//   Q6_K  4096 x 14336  127.6 ms        64-69 ms
 // ts-main, 8-layer Mistral-shaped Q4_K_M dReLU file, 128-token prompt: dense mode 40-46 -> 70-71
-// tok/s, exact 35-49 -> 54-63. (The repacked layout stays ggml's: it is chosen at load for
-// decoding too, where ggml's repacked GEMV is the faster one.)
+// tok/s with the tiles, 90-98 with the lanes and the 16-row layout for the other Q4_K weights.
 static bool ours_is_faster_batch(enum ts_type type) {
     const int forced = matmul_override();
     if (forced >= 0) {
