@@ -5,11 +5,10 @@
 // quants (u8) times the activations (s8) in 16-bit pairs (maddubs, exact: |pair| < 2^15),
 // then the 16-bit sub-block scales in one dpwssd, into an exact 32-bit sum; Q6_K's -32 and
 // Q4_K's mins meet the activations' 16-element sums (bsums). Then f32 multiply-adds per
-// super-block and row: Q6_K into 16 + 8 lanes summed at the end, Q4_K into two scalar chains
-// (whose bits do not depend on how the exact integers were formed, see dot_q4_K).
-// Batches of tokens (prompt processing) and the 16-row layout (ts-kernels.h) get their own loops
-// at the end of the file, with the same bits per (row, token): Q4_K with sixteen rows in the
-// lanes (dpbusd), Q6_K with each row's quants unpacked once per tile of tokens.
+// super-block and row, into scalar chains per row (Q4_K two, Q6_K one) whose bits do not depend
+// on how the exact integers were formed (see dot_q4_K). So batches of tokens (prompt
+// processing) and the 16-row layout (ts-kernels.h), at the end of the file, put sixteen rows in
+// the lanes of a vector (dpbusd) and still give the same bits per (row, token).
 #include "ts-kernels.h"
 
 #include <immintrin.h>
@@ -21,11 +20,14 @@
 #include "x86-helpers.h"
 
 
-static ALWAYS_INLINE int32_t hsum256_epi32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
-    return _mm_cvtsi128_si32(s);
+// Lane r of the result: the sum of the int32 lanes of v[r] (exact), four rows' sums at once.
+static ALWAYS_INLINE __m128i hsum4_epi32(const __m256i v[4]) {
+    const __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    return _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+}
+
+static ALWAYS_INLINE __m256i fold512_epi32(__m512i v) {
+    return _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
 }
 
 // The eight 6-bit scales (bytes 0-7) and mins (bytes 8-15) of a Q4_K block, unpacked as
@@ -66,7 +68,7 @@ static ALWAYS_INLINE void dot_q4_K(int R, const char * const * rows, const char 
         }
         // per sub-block sums of the activations: bsums in pairs
         const __m256i ysub = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) xb->bsums), _mm256_set1_epi16(1));
-        int32_t T[4] = { 0 }, M[4] = { 0 };
+        __m256i T[4], M[4]; // per row, lanes to sum (rows past R: 0)
         float dd[4] = { 0 }, dm[4] = { 0 };
         for (int r = 0; r < R; r++) {
             const ts_block_q4_K * blk = (const ts_block_q4_K *) rows[r] + b;
@@ -81,13 +83,16 @@ static ALWAYS_INLINE void dot_q4_K(int R, const char * const * rows, const char 
                 acc = _mm512_dpwssd_epi32(acc, p16, _mm512_permutexvar_epi16(pick[c], sc16));
             }
             const __m256i mins = _mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8));
-            T[r] = _mm512_reduce_add_epi32(acc);
-            M[r] = hsum256_epi32(_mm256_mullo_epi32(mins, ysub));
+            T[r] = fold512_epi32(acc);
+            M[r] = _mm256_mullo_epi32(mins, ysub);
             dd[r] = xb->d * _cvtsh_ss(blk->d);
             dm[r] = xb->d * _cvtsh_ss(blk->dmin);
         }
-        sum  = _mm_fmadd_ps(_mm_cvtepi32_ps(_mm_loadu_si128((const __m128i *) T)), _mm_loadu_ps(dd), sum);
-        summ = _mm_fmadd_ps(_mm_cvtepi32_ps(_mm_loadu_si128((const __m128i *) M)), _mm_loadu_ps(dm), summ);
+        for (int r = R; r < 4; r++) {
+            T[r] = M[r] = _mm256_setzero_si256();
+        }
+        sum  = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum4_epi32(T)), _mm_loadu_ps(dd), sum);
+        summ = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum4_epi32(M)), _mm_loadu_ps(dm), summ);
     }
     float res[4];
     _mm_storeu_ps(res, _mm_sub_ps(sum, summ));
@@ -96,16 +101,15 @@ static ALWAYS_INLINE void dot_q4_K(int R, const char * const * rows, const char 
     }
 }
 
+// Q6_K: as Q4_K, one f32 chain per row: sum = fma((float) T, xd * d, sum), T = sum over the
+// 16-element groups of scale * ((quants - 32) . activations), exact (|T| < 2^29): the -32 is
+// 32 * the sum of scale * the activations' group sum. The lane kernel (rows_q6_K) forms T its
+// own way and gets these bits.
 static ALWAYS_INLINE void dot_q6_K(int R, const char * const * rows, const char * const * next,
                                    int64_t n, const ts_block_q8_K * x, float * out) {
     const __m512i low4 = _mm512_set1_epi8(0x0F);
     const __m512i hi2  = _mm512_set1_epi8(0x30);
-    __m512 accd[4];
-    __m256 accb[4];
-    for (int r = 0; r < R; r++) {
-        accd[r] = _mm512_setzero_ps();
-        accb[r] = _mm256_setzero_ps();
-    }
+    __m128 sum = _mm_setzero_ps(); // lane r: row r
     // the 64 quants of quarter k are the 16-element groups 4k .. 4k+3, eight words each
     __m512i pick[4];
     for (int k = 0; k < 4; k++) {
@@ -121,6 +125,8 @@ static ALWAYS_INLINE void dot_q6_K(int R, const char * const * rows, const char 
             y[k] = _mm512_loadu_si512(xb->qs + 64 * k);
         }
         const __m256i bsums = _mm256_loadu_si256((const __m256i *) xb->bsums);
+        __m256i T[4]; // per row, lanes to sum (rows past R: 0)
+        float dd[4] = { 0 };
         for (int r = 0; r < R; r++) {
             const ts_block_q6_K * blk = (const ts_block_q6_K *) rows[r] + b;
             const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) blk->scales));
@@ -140,15 +146,19 @@ static ALWAYS_INLINE void dot_q6_K(int R, const char * const * rows, const char 
                 acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(w1, y[2 * h + 1]),
                                           _mm512_permutexvar_epi16(pick[2 * h + 1], sc512));
             }
-            // the -32 of every quant: 32 * sum over groups of scale * bsum (exact)
-            const __m256i bias = _mm256_slli_epi32(_mm256_madd_epi16(bsums, sc16), 5);
-            const float dd = xb->d * _cvtsh_ss(blk->d);
-            accd[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(dd), accd[r]);
-            accb[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bias), _mm256_set1_ps(dd), accb[r]);
+            // the -32 of every quant: 32 * sum over groups of scale * bsum
+            T[r] = _mm256_sub_epi32(fold512_epi32(acc), _mm256_slli_epi32(_mm256_madd_epi16(bsums, sc16), 5));
+            dd[r] = xb->d * _cvtsh_ss(blk->d);
         }
+        for (int r = R; r < 4; r++) {
+            T[r] = _mm256_setzero_si256();
+        }
+        sum = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum4_epi32(T)), _mm_loadu_ps(dd), sum);
     }
+    float res[4];
+    _mm_storeu_ps(res, sum);
     for (int r = 0; r < R; r++) {
-        out[r] = _mm512_reduce_add_ps(accd[r]) - hsum256(accb[r]);
+        out[r] = res[r];
     }
 }
 
@@ -270,10 +280,10 @@ void TS_KQ(axpy_group)(enum ts_type type, int R, const char * const * rows, cons
     }
 }
 
-// ---- rows x tokens (prompt processing) ----------------------------------------------------------
+// ---- sixteen rows in the lanes (prompt processing, the 16-row layout) ---------------------------
 // dot_q4_K / dot_q6_K meet one token per call, so every token unpacks every row's quants and
-// scales again (two thirds of the work of a step). The batch kernels below unpack them once for
-// many tokens and give, for every (row, token), exactly the bits of dot_rows.
+// scales again (two thirds of the work of a step). The kernels below unpack them once for many
+// tokens and give, for every (row, token), exactly the bits of dot_rows.
 
 // Q4_K: sixteen rows in the lanes of a vector. Per super-block the rows' quants are transposed
 // once (lane r of vector k: row r's quants of elements 4k..4k+3, one per byte), so that one
@@ -383,13 +393,92 @@ static ALWAYS_INLINE void q4_K_lanes_tokens(const struct q4_K_lanes * L, const u
     }
 }
 
+// Q6_K the same way, from plain rows only. The block's bytes before d are whole dwords (ql:
+// 0-31, qh: 32-47, scales: 48-51): lane r of q[v] is row r's dword v. Unpacked, w[k] holds
+// elements 4k .. 4k + 3 of each lane's row as u8 (0..63): for half h and dword u < 8 of it, ql
+// dwords 16h + u and 16h + 8 + u and qh dword 8h + u give elements 128h + 4u (+ 32, + 64, + 96)
+// (ts_q6_K_quant). Then per token, per 16-element group s: S = the sum of 4 dpbusd,
+// T += sc_s * S, and T -= 32 * the sum of sc_s * bsum_s (dpwssd on int16 pairs): dot_q6_K's T.
+// (Unpacking a block costs about as much as one token's products, so decode keeps dot_q6_K.)
+struct q6_K_lanes {
+    _Alignas(64) uint32_t q[52][KL_ROWS];
+    _Alignas(64) int32_t  sc[16][KL_ROWS]; // the 16 group scales, sign-extended
+    _Alignas(64) int32_t  sp[8][KL_ROWS];  // scales 2i and 2i + 1 as two int16
+    _Alignas(64) float    d[KL_ROWS];
+};
+
+// From 16 plain rows (a gathered list: transposed here).
+static void q6_K_lanes_fill(const char * const * rows, int64_t b, struct q6_K_lanes * L) {
+    for (int r = 0; r < KL_ROWS; r++) {
+        const ts_block_q6_K * blk = (const ts_block_q6_K *) rows[r] + b;
+        uint32_t qd[52];
+        memcpy(qd, blk, sizeof(qd));
+        for (int dw = 0; dw < 52; dw++) {
+            L->q[dw][r] = qd[dw];
+        }
+        L->d[r] = _cvtsh_ss(blk->d);
+    }
+    for (int s = 0; s < 16; s++) { // the scale dwords q[48 .. 51], sign-extended
+        const __m512i v = _mm512_load_si512(L->q[48 + s / 4]);
+        _mm512_store_si512(L->sc[s], _mm512_srai_epi32(_mm512_slli_epi32(v, 24 - 8 * (s % 4)), 24));
+    }
+    const __m512i lo16 = _mm512_set1_epi32(0xFFFF);
+    for (int i = 0; i < 8; i++) {
+        _mm512_store_si512(L->sp[i], _mm512_or_si512(_mm512_and_si512(_mm512_load_si512(L->sc[2 * i]), lo16),
+                                                      _mm512_slli_epi32(_mm512_load_si512(L->sc[2 * i + 1]), 16)));
+    }
+}
+
+// acc[2 t]: token t's sum (lanes: rows), updated with super-block b (acc[2 t + 1] stays 0).
+static ALWAYS_INLINE void q6_K_lanes_tokens(const struct q6_K_lanes * L, const char * x, size_t x_stride, int nt,
+                                            int64_t b, __m512 * acc) {
+    const uint32_t (*q)[KL_ROWS] = L->q;
+    const __m512i low4 = _mm512_set1_epi8(0x0F), hi2 = _mm512_set1_epi8(0x30);
+    __m512i w[64];
+    for (int h = 0; h < 2; h++) {
+        for (int u = 0; u < 8; u++) {
+            const __m512i la = _mm512_loadu_si512(q[16 * h + u]), lb = _mm512_loadu_si512(q[16 * h + 8 + u]);
+            const __m512i qh = _mm512_loadu_si512(q[32 + 8 * h + u]);
+            w[32 * h + u]      = _mm512_or_si512(_mm512_and_si512(la, low4), _mm512_and_si512(_mm512_slli_epi32(qh, 4), hi2));
+            w[32 * h + 8 + u]  = _mm512_or_si512(_mm512_and_si512(lb, low4), _mm512_and_si512(_mm512_slli_epi32(qh, 2), hi2));
+            w[32 * h + 16 + u] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(la, 4), low4), _mm512_and_si512(qh, hi2));
+            w[32 * h + 24 + u] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(lb, 4), low4),
+                                                 _mm512_and_si512(_mm512_srli_epi32(qh, 2), hi2));
+        }
+    }
+    const __m512 d = _mm512_load_ps(L->d);
+    for (int t = 0; t < nt; t++) {
+        const ts_block_q8_K * xb = (const ts_block_q8_K *) (x + (size_t) t * x_stride) + b;
+        const int32_t * y4 = (const int32_t *) xb->qs;
+        const int32_t * yp = (const int32_t *) xb->bsums; // bsums 2i and 2i + 1 as two int16
+        __m512i T = _mm512_setzero_si512();
+        for (int g = 0; g < 16; g++) {
+            __m512i S = _mm512_setzero_si512();
+            for (int k = 0; k < 4; k++) {
+                S = _mm512_dpbusd_epi32(S, w[4 * g + k], _mm512_set1_epi32(y4[4 * g + k]));
+            }
+            T = _mm512_add_epi32(T, _mm512_mullo_epi32(S, _mm512_load_si512(L->sc[g])));
+        }
+        __m512i B = _mm512_setzero_si512();
+        for (int i = 0; i < 8; i++) {
+            B = _mm512_dpwssd_epi32(B, _mm512_load_si512(L->sp[i]), _mm512_set1_epi32(yp[i]));
+        }
+        T = _mm512_sub_epi32(T, _mm512_slli_epi32(B, 5));
+        acc[2 * t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(T), _mm512_mul_ps(_mm512_set1_ps(xb->d), d), acc[2 * t]);
+    }
+}
+
 // Rows of a gathered list (or dense, idx NULL) in groups of 16, or whole groups of a matrix in
-// the 16-row layout (w16, rows NULL): either way the same lane steps, so the same bits.
-static void rows_q4_K(int64_t n, const void * w, size_t row_bytes, const char * w16, const char * x, size_t x_stride,
-                      int64_t n_tok, const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
+// the 16-row layout (w16, rows NULL): either way the same lane steps, so the same bits. Each
+// lane's result is acc[2 t] - acc[2 t + 1] (Q6_K: - 0, which changes no bit).
+static ALWAYS_INLINE void rows_lanes(enum ts_type type, int64_t n, const void * w, size_t row_bytes, const char * w16,
+                                     const char * x, size_t x_stride, int64_t n_tok, const int32_t * idx,
+                                     int64_t n_idx, float * out, int64_t out_stride) {
     const int64_t nb = n / TS_QK_K;
-    const size_t group_bytes = (size_t) nb * KL_ROWS * sizeof(ts_block_q4_K);
-    struct q4_K_lanes L;
+    const size_t bs = type == TS_TYPE_Q4_K ? sizeof(ts_block_q4_K) : sizeof(ts_block_q6_K);
+    const size_t group_bytes = (size_t) nb * KL_ROWS * bs;
+    struct q4_K_lanes L4;
+    struct q6_K_lanes L6;
     __m512 acc[2 * KL_TOK];
     for (int64_t j0 = 0; j0 < n_idx; j0 += KL_ROWS) {
         const int nr = (int) (n_idx - j0 < KL_ROWS ? n_idx - j0 : KL_ROWS);
@@ -406,20 +495,23 @@ static void rows_q4_K(int64_t n, const void * w, size_t row_bytes, const char * 
             for (int i = 0; i < 2 * nt; i++) {
                 acc[i] = _mm512_setzero_ps();
             }
+            const char * xt = x + (size_t) t0 * x_stride;
             for (int64_t b = 0; b < nb; b++) {
-                const uint32_t (*q)[KL_ROWS];
+                const char * blk = NULL;
                 if (w16) {
-                    const char * blk = grp + (size_t) b * KL_ROWS * sizeof(ts_block_q4_K);
-                    r16_prefetch(blk, KL_ROWS * sizeof(ts_block_q4_K));
-                    q = q4_K_lanes_r16(blk, &L);
-                } else {
-                    if (b + 1 < nb) {
-                        prefetch_span(KL_ROWS, rows, (size_t) (b + 1) * sizeof(ts_block_q4_K), sizeof(ts_block_q4_K));
-                    }
-                    q4_K_lanes_fill(rows, b, &L);
-                    q = (const uint32_t (*)[KL_ROWS]) L.q;
+                    blk = grp + (size_t) b * KL_ROWS * bs;
+                    r16_prefetch(blk, KL_ROWS * bs);
+                } else if (b + 1 < nb) {
+                    prefetch_span(KL_ROWS, rows, (size_t) (b + 1) * bs, bs);
                 }
-                q4_K_lanes_tokens(&L, q, x + (size_t) t0 * x_stride, x_stride, nt, b, acc);
+                if (type == TS_TYPE_Q4_K) {
+                    if (!blk) q4_K_lanes_fill(rows, b, &L4);
+                    q4_K_lanes_tokens(&L4, blk ? q4_K_lanes_r16(blk, &L4) : (const uint32_t (*)[KL_ROWS]) L4.q,
+                                      xt, x_stride, nt, b, acc);
+                } else { // plain rows only (Q6_K has no 16-row layout)
+                    q6_K_lanes_fill(rows, b, &L6);
+                    q6_K_lanes_tokens(&L6, xt, x_stride, nt, b, acc);
+                }
             }
             const __mmask16 m = (__mmask16) ((1u << nr) - 1);
             for (int t = 0; t < nt; t++) {
@@ -427,6 +519,16 @@ static void rows_q4_K(int64_t n, const void * w, size_t row_bytes, const char * 
             }
         }
     }
+}
+
+static void rows_q4_K(int64_t n, const void * w, size_t row_bytes, const char * w16, const char * x, size_t x_stride,
+                      int64_t n_tok, const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
+    rows_lanes(TS_TYPE_Q4_K, n, w, row_bytes, w16, x, x_stride, n_tok, idx, n_idx, out, out_stride);
+}
+
+static void rows_q6_K(int64_t n, const void * w, size_t row_bytes, const char * x, size_t x_stride,
+                      int64_t n_tok, const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
+    rows_lanes(TS_TYPE_Q6_K, n, w, row_bytes, NULL, x, x_stride, n_tok, idx, n_idx, out, out_stride);
 }
 
 // Groups [g0, g1) of a Q4_K matrix in the 16-row layout (the table's dot_rows_r16 for Q4_K).
@@ -439,85 +541,6 @@ void TS_KQ(dot_rows_r16)(int64_t n, const void * w16, int64_t g0, int64_t g1, co
     }
 }
 
-// Q6_K: a tile is one row against up to KB_TOK tokens: per super-block the row is unpacked
-// once, then each token takes exactly the steps dot_q6_K takes for that (row, token): the same
-// exact integer sum, the same two float accumulations in block order, the same final reduction.
-// The rows and tokens are walked by kquant-group.h's row walk: the tile's activations of a chunk
-// of KB_BLKS super-blocks (7 KB) stay in L1, the (row, token) accumulators of a block of KB_ROWS
-// rows (9 KB) in memory between chunks.
-#define KB_TOK  6
-#define KB_ROWS 16
-#define KB_BLKS 4
-
-struct kq_acc {
-    __m512 d[KB_TOK]; // dot_q6_K's accd
-    __m256 m[KB_TOK]; // and accb (the -32 part)
-};
-
-static ALWAYS_INLINE void tile_q6_K(int TT, const char * row, const char * next, const ts_block_q8_K * const * xt,
-                                    int64_t b0, int64_t b1, struct kq_acc * s) {
-    const __m512i low4 = _mm512_set1_epi8(0x0F);
-    const __m512i hi2  = _mm512_set1_epi8(0x30);
-    __m512 accd[KB_TOK];
-    __m256 accb[KB_TOK];
-    for (int t = 0; t < TT; t++) {
-        accd[t] = s->d[t];
-        accb[t] = s->m[t];
-    }
-    for (int64_t b = b0; b < b1; b++) {
-        if (next) {
-            prefetch_span(1, &next, (size_t) b * sizeof(ts_block_q6_K), sizeof(ts_block_q6_K));
-        }
-        const ts_block_q6_K * blk = (const ts_block_q6_K *) row + b;
-        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) blk->scales));
-        const __m512i sc512 = _mm512_castsi256_si512(sc16);
-        __m512i w[4], sc[4];
-        for (int h = 0; h < 2; h++) {
-            const __m512i L = _mm512_loadu_si512(blk->ql + 64 * h);
-            const __m256i H = _mm256_loadu_si256((const __m256i *) (blk->qh + 32 * h));
-            const __m512i H2 = _mm512_inserti64x4(_mm512_castsi256_si512(H), _mm256_srli_epi16(H, 2), 1);
-            w[2 * h]     = _mm512_or_si512(_mm512_and_si512(L, low4), _mm512_and_si512(_mm512_slli_epi16(H2, 4), hi2));
-            w[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L, 4), low4), _mm512_and_si512(H2, hi2));
-        }
-        for (int k = 0; k < 4; k++) {
-            const __m512i pick = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_set_m128i(_mm_set1_epi16((short) (4 * k + 1)), _mm_set1_epi16((short) (4 * k)))),
-                _mm256_set_m128i(_mm_set1_epi16((short) (4 * k + 3)), _mm_set1_epi16((short) (4 * k + 2))), 1);
-            sc[k] = _mm512_permutexvar_epi16(pick, sc512);
-        }
-        const float d = _cvtsh_ss(blk->d);
-        for (int t = 0; t < TT; t++) {
-            const ts_block_q8_K * xb = xt[t] + b;
-            __m512i acc = _mm512_setzero_si512();
-            for (int k = 0; k < 4; k++) {
-                acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(w[k], _mm512_loadu_si512(xb->qs + 64 * k)), sc[k]);
-            }
-            const __m256i bias = _mm256_slli_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) xb->bsums), sc16), 5);
-            const float dd = xb->d * d;
-            accd[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(dd), accd[t]);
-            accb[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bias), _mm256_set1_ps(dd), accb[t]);
-        }
-    }
-    for (int t = 0; t < TT; t++) {
-        s->d[t] = accd[t];
-        s->m[t] = accb[t];
-    }
-}
-
-#define KB_TILE_CASE(TT_) case TT_: tile_q6_K(TT_, row, next, xt, b0, b1, s); break;
-
-static void tile_kq(int TT, const char * row, const char * next, const ts_block_q8_K * const * xt,
-                    int64_t b0, int64_t b1, struct kq_acc * s) {
-    switch (TT) {
-        KB_TILE_CASE(6) KB_TILE_CASE(5) KB_TILE_CASE(4) KB_TILE_CASE(3) KB_TILE_CASE(2)
-        default: tile_q6_K(1, row, next, xt, b0, b1, s); break;
-    }
-}
-
-#define KB_RESULT(acc, t) (_mm512_reduce_add_ps((acc)->d[t]) - hsum256((acc)->m[t]))
-#define KB_TILE_Q6_K(type, TT, row, next, xt, b0, b1, acc) tile_kq(TT, row, next, xt, b0, b1, acc)
-TS_KQ_DEFINE_ROW_WALK(rows_q6_K, struct kq_acc, KB_TOK, KB_ROWS, KB_BLKS, KB_TILE_Q6_K, KB_RESULT)
-
 void TS_KQ(dot_rows_batch)(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                            const void * x, size_t x_stride, int64_t n_tok,
                            const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
@@ -527,7 +550,7 @@ void TS_KQ(dot_rows_batch)(enum ts_type type, int64_t n, const void * w, size_t 
     if (type == TS_TYPE_Q4_K) {
         rows_q4_K(n, w, row_bytes, NULL, (const char *) x, x_stride, n_tok, idx, n_idx, out, out_stride);
     } else {
-        rows_q6_K(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
+        rows_q6_K(n, w, row_bytes, (const char *) x, x_stride, n_tok, idx, n_idx, out, out_stride);
     }
 }
 

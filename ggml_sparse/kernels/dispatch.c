@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 extern const struct ts_kernels ts_kernels_scalar;
 #ifdef TS_HAVE_AVX2
@@ -15,6 +18,18 @@ extern const struct ts_kernels ts_kernels_avx512;
 #endif
 #ifdef TS_HAVE_NEON
 extern const struct ts_kernels ts_kernels_neon;
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+// The x86 family number (CPUID leaf 1: base family, plus the extended family when base is 0xF).
+static unsigned cpu_family(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) {
+        return 0;
+    }
+    const unsigned base = (a >> 8) & 0xF;
+    return base == 0xF ? base + ((a >> 20) & 0xFF) : base;
+}
 #endif
 
 static const char * const ISA_NAMES[TS_ISA_COUNT] = { "scalar", "avx2", "avx512", "neon" };
@@ -50,6 +65,15 @@ const struct ts_kernels * ts_kernels_for(enum ts_isa isa) {
         default:
             return NULL;
     }
+}
+
+bool ts_cpu_halves_512(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd") && __builtin_cpu_supports("avx512f") && cpu_family() == 0x19;
+#else
+    return false;
+#endif
 }
 
 static const struct ts_kernels * best_available(void) {

@@ -240,6 +240,9 @@ const struct ts_kernels * ts_kernels_for(enum ts_isa isa);
 // (an unavailable choice falls back to the best available and is reported on stderr).
 const struct ts_kernels * ts_kernels_best(void);
 const char * ts_isa_name(enum ts_isa isa);
+// True on CPUs that run a 512-bit vector operation as two 256-bit halves (AMD Zen 4, family
+// 19h): there ggml's AVX2 kernels can beat ours for a type (src/matmul.c's policy).
+bool ts_cpu_halves_512(void);
 
 // dot_rows_batch over a batch larger than L2, in blocks that fit: the rows in blocks of about
 // TS_BATCH_BLOCK_BYTES of weights, the tokens in chunks of about as many bytes of x (a

@@ -203,10 +203,16 @@ struct ggml_tensor * ggml_sparse_matmul(
 // So:
 //   - AVX-512 table: ours for every type it has (decode and, by far, prompt processing),
 //     Q4_K in the 16-row layout included (it had been left to ggml's repacked kernels while
-//     ours only matched ggml's plain ones), except Q6_K: re-measured on a quieter machine (Zen 4 VM, load ~3, bench_matmul q6_K 32000 4096
-//     T=1, 2 threads, 5 runs of 20) ggml took 3.2-3.9 ms (min) against ours 4.9-6.8, T=8 the
-//     same 20 ms; ts-main decode with PowerInfer's Q6_K head, Q4_0 predicted 10%: 49.8-60.6 ->
-//     52.4-67.0 tok/s over 6 interleaved rounds (5 faster), F16 unchanged;
+//     ours only matched ggml's plain ones), and Q6_K except on CPUs that split 512-bit
+//     operations in two (ts_cpu_halves_512: AMD Zen 4). There, on a quiet 2-core Zen 4 VM
+//     (bench_matmul q6_K 32000 4096 T=1, 2 threads, 5 runs of 20), ggml took 3.2-3.9 ms (min)
+//     against ours 4.9-6.8, T=8 the same 20 ms; ts-main decode with PowerInfer's Q6_K head,
+//     Q4_0 predicted 10%: 49.8-60.6 -> 52.4-67.0 tok/s giving Q6_K to ggml. On a 2-core
+//     Sapphire-Rapids-class Xeon VM, the other way round: the head 4.2-4.3 ms (ours) against
+//     7.0-8.3 (ggml), and ts-main decode of the 8-layer Q4_K_M bench files (Q6_K head, some
+//     attn_v and SwiGLU ffn_down) 35.8 -> 42.3 tok/s predicted 10%, 14.6 -> 17.8 dense SwiGLU,
+//     22.9 -> 25.7 exact, giving Q6_K to ours. (Zen 4 not re-measured with the current
+//     dot_q6_K, whose per-row sums now take one hadd tree for four rows.)
 //   - AVX2 table: ggml's repacked kernels where ggml has a layout (Q4_0: faster GEMV and GEMM),
 //     ours for Q8_0 (ggml has no x86 layout for it and its plain vec_dot is slower); K-quants
 //     are left to ggml (ours not clearly faster: Q6_K 10% in L2, Q4_K 7% slower);
@@ -245,7 +251,7 @@ static bool ours_is_faster(enum ts_type type) {
         return forced >= 1;
     }
     switch (ts_kernels_best()->isa) {
-        case TS_ISA_AVX512: return type != TS_TYPE_Q6_K;
+        case TS_ISA_AVX512: return type != TS_TYPE_Q6_K || !ts_cpu_halves_512();
         case TS_ISA_AVX2:   return type == TS_TYPE_Q8_0;
         default:            return false;
     }
