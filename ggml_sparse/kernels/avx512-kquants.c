@@ -352,6 +352,22 @@ static ALWAYS_INLINE const uint32_t (*q4_K_lanes_r16(const char * blk, struct q4
     return (const uint32_t (*)[KL_ROWS]) (blk + 256);
 }
 
+// Per lane (row): the sum over groups g of sc[g] * (the group's quants . the token's activations),
+// exact. w[k]: elements 4k .. 4k + 3 of each row (u8); y4[k]: the token's four activations there;
+// a group is `per` consecutive dwords (Q4_K: 8 sub-blocks of 32, Q6_K: 16 groups of 16).
+static ALWAYS_INLINE __m512i lanes_scaled_sum(const __m512i * w, const int32_t * y4, const int32_t (*sc)[KL_ROWS],
+                                              int groups, int per) {
+    __m512i T = _mm512_setzero_si512();
+    for (int g = 0; g < groups; g++) {
+        __m512i S = _mm512_setzero_si512();
+        for (int k = 0; k < per; k++) {
+            S = _mm512_dpbusd_epi32(S, w[per * g + k], _mm512_set1_epi32(y4[per * g + k]));
+        }
+        T = _mm512_add_epi32(T, _mm512_mullo_epi32(S, _mm512_load_si512(sc[g])));
+    }
+    return T;
+}
+
 // acc[2 t], acc[2 t + 1]: token t's sum and summ (lanes: rows), updated with super-block b;
 // q: the 32 quant vectors (L->q, or in place in the 16-row layout).
 static ALWAYS_INLINE void q4_K_lanes_tokens(const struct q4_K_lanes * L, const uint32_t (*q)[KL_ROWS], const char * x,
@@ -368,15 +384,7 @@ static ALWAYS_INLINE void q4_K_lanes_tokens(const struct q4_K_lanes * L, const u
     const __m512 d = _mm512_load_ps(L->d), dmin = _mm512_load_ps(L->dmin);
     for (int t = 0; t < nt; t++) {
         const ts_block_q8_K * xb = (const ts_block_q8_K *) (x + (size_t) t * x_stride) + b;
-        const int32_t * y4 = (const int32_t *) xb->qs;
-        __m512i T = _mm512_setzero_si512();
-        for (int sb = 0; sb < 8; sb++) {
-            __m512i S = _mm512_setzero_si512();
-            for (int k = 0; k < 8; k++) {
-                S = _mm512_dpbusd_epi32(S, w[8 * sb + k], _mm512_set1_epi32(y4[8 * sb + k]));
-            }
-            T = _mm512_add_epi32(T, _mm512_mullo_epi32(S, _mm512_load_si512(L->sc[sb])));
-        }
+        const __m512i T = lanes_scaled_sum(w, (const int32_t *) xb->qs, L->sc, 8, 8);
         // the activations' sub-block sums in int16 pairs (|sum| <= 4096)
         int32_t yp[4];
         for (int i = 0; i < 4; i++) {
@@ -449,16 +457,8 @@ static ALWAYS_INLINE void q6_K_lanes_tokens(const struct q6_K_lanes * L, const c
     const __m512 d = _mm512_load_ps(L->d);
     for (int t = 0; t < nt; t++) {
         const ts_block_q8_K * xb = (const ts_block_q8_K *) (x + (size_t) t * x_stride) + b;
-        const int32_t * y4 = (const int32_t *) xb->qs;
         const int32_t * yp = (const int32_t *) xb->bsums; // bsums 2i and 2i + 1 as two int16
-        __m512i T = _mm512_setzero_si512();
-        for (int g = 0; g < 16; g++) {
-            __m512i S = _mm512_setzero_si512();
-            for (int k = 0; k < 4; k++) {
-                S = _mm512_dpbusd_epi32(S, w[4 * g + k], _mm512_set1_epi32(y4[4 * g + k]));
-            }
-            T = _mm512_add_epi32(T, _mm512_mullo_epi32(S, _mm512_load_si512(L->sc[g])));
-        }
+        __m512i T = lanes_scaled_sum(w, (const int32_t *) xb->qs, L->sc, 16, 4);
         __m512i B = _mm512_setzero_si512();
         for (int i = 0; i < 8; i++) {
             B = _mm512_dpwssd_epi32(B, _mm512_load_si512(L->sp[i]), _mm512_set1_epi32(yp[i]));
