@@ -220,6 +220,32 @@ static double half_value(uint16_t h) { // IEEE binary16 by its definition
     return h & 0x8000 ? -v : v;
 }
 
+// ts_cpu_halves_512 (the matmul policy's Zen 4 test) against what Linux says of the CPU:
+// AuthenticAMD, family 25 (19h), with avx512f.
+static void test_cpu_halves_512(void) {
+    FILE * f = fopen("/proc/cpuinfo", "r");
+    if (!f) {
+        return; // not Linux: nothing to compare with
+    }
+    char line[4096];
+    bool amd = false, avx512 = false, have_family = false;
+    int family = -1;
+    while (fgets(line, sizeof(line), f)) {
+        if (strncmp(line, "vendor_id", 9) == 0) amd = strstr(line, "AuthenticAMD") != NULL;
+        if (strncmp(line, "cpu family", 10) == 0 && !have_family) have_family = sscanf(strchr(line, ':') + 1, "%d", &family) == 1;
+        if (strncmp(line, "flags", 5) == 0) { avx512 = strstr(line, " avx512f") != NULL; break; }
+    }
+    fclose(f);
+#if defined(__x86_64__) || defined(__i386__)
+    const bool expected = amd && avx512 && family == 25;
+#else
+    const bool expected = false;
+    (void) amd; (void) avx512;
+#endif
+    CHECK(ts_cpu_halves_512() == expected, "ts_cpu_halves_512() = %d, /proc/cpuinfo says AMD %d family %d avx512f %d",
+          (int) ts_cpu_halves_512(), (int) amd, family, (int) avx512);
+}
+
 static void test_conversions(void) {
     for (uint32_t h = 0; h < 65536; h++) {
         const float f = ts_fp16_to_fp32((uint16_t) h);
@@ -774,6 +800,7 @@ int main(void) {
     for (int t = 0; t < n_tables; t++) printf(" %s", tables[t]->name);
     printf("  (best: %s)\n", ts_kernels_best()->name);
 
+    test_cpu_halves_512();
     test_conversions();
     test_select_and_split();
     test_quantize();
