@@ -228,13 +228,56 @@ def main(argv: Optional[list[str]] = None) -> int:
     log(f"read bandwidth {bandwidth[0]:.1f} GB/s")
     results: dict[tuple, Samples] = {}  # (natural, type, style, config)
     taus_all: dict[tuple[float, str], dict[float, float]] = {}
+    def record(key: tuple, c: Config, timing: tuple) -> None:
+        """Adds one timing (decode, prefill, density, others' load) under key = (natural, type, style)."""
+        dec, pre, dens, busy = timing
+        natural, q, style = key
+        s = results.setdefault((natural, q, style, c), Samples())
+        others.append(busy)
+        s.decode.append(dec), s.prefill.append(pre), s.density.append(dens)
+        log(f"  {q} {c.label} ({style}): decode {dec:.2f} tok/s, prefill {pre:.1f} tok/s, density {dens:.3f}")
+
+    def measure(c: Config, style: str, path: Path, model: Optional[Model], tau: Optional[float]) -> tuple:
+        """One timing of config c in one style: (decode tok/s, prefill tok/s, density, others' load)."""
+        if c.mode == "llama.cpp" and style == "api":
+            res, busy = quiet.measure(c.label, lambda: run_llama_bench(
+                llama_bench, path, args.threads, args.tokens, args.prompt))
+            return res.decode_tok_s, res.prefill_tok_s, 1.0, busy
+        if c.mode == "llama.cpp":
+            t, busy = quiet.measure(c.label, lambda: run_llama_style(
+                llama_completion, path, prompt, args.gen_tokens, args.threads, n_ctx_process, extra=("-no-cnv",)))
+            return t.gen_tok_s, t.prompt_tok_s, 1.0, busy
+        if style == "api":
+            toks = [rng.randrange(3, shape.n_vocab) for _ in range(args.prompt)]
+            gen = [rng.randrange(3, shape.n_vocab) for _ in range(args.tokens)]
+
+            def one():
+                if c.per_expert:  # read when a graph is built
+                    os.environ["TURBOSPARSE_MOE_PER_EXPERT"] = "1"
+                ctx = Context(model, c.mode, args.threads, n_ctx, tau)
+                try:
+                    ctx.time_prefill(toks)  # warm-up: allocates the batch graph
+                    return ctx.time_prefill(toks), ctx.time_decode(gen)
+                finally:
+                    ctx.close()
+                    os.environ.pop("TURBOSPARSE_MOE_PER_EXPERT", None)
+
+            (pr, d), busy = quiet.measure(c.label, one)
+            return d.tok_s, pr.tok_s, d.density, busy
+        t, busy = quiet.measure(c.label, lambda: run_ts_main(
+            ts_main, path, prompt, args.gen_tokens, args.threads, n_ctx_process, c.mode, tau))
+        return t.gen_tok_s, t.prompt_tok_s, t.density, busy
+
     for natural in naturals:
         for q in types:
             ts_file, mix_file = files[q]
             for f in (ts_file, mix_file):
                 set_natural_density(f, natural)
-            models = {ts_file: Model(rt, ts_file), mix_file: Model(rt, mix_file)}
-            taus = calibrate(models[ts_file], shape.n_vocab, densities, args.threads)
+            model = Model(rt, ts_file)
+            try:
+                taus = calibrate(model, shape.n_vocab, densities, args.threads)
+            finally:
+                model.close()
             taus_all[(natural, q)] = taus
             log(f"natural {natural:.0%} {q}: " + ", ".join(f"tau({d:.0%}) = {t:.4g}" for d, t in taus.items()))
             configs = ([Config("dense")] + [Config("predicted", d) for d in densities] + [Config("exact"),
@@ -242,51 +285,26 @@ def main(argv: Optional[list[str]] = None) -> int:
             if args.per_expert:
                 configs += [Config("dense", per_expert=True), Config("predicted", densities[0], per_expert=True),
                             Config("exact", per_expert=True)]
+            # One engine holds one file at a time (our api model is closed before a ts-main or
+            # llama.cpp process starts): an F16 pair at 4 layers is more than RAM holds at once,
+            # and each engine's copy of the weights must not push the other's file out.
             for r in range(args.repeats):
                 log(f"natural {natural:.0%} {q}: round {r + 1}/{args.repeats}")
-                for c in configs:
-                    path = mix_file if c.swiglu_file or c.mode == "llama.cpp" else ts_file
-                    tau = taus[c.density] if c.mode == "predicted" else None
+                for path in (ts_file, mix_file):
+                    ours = [c for c in configs if c.mode != "llama.cpp" and (mix_file if c.swiglu_file else ts_file) == path]
+                    theirs = [c for c in configs if c.mode == "llama.cpp" and path == mix_file]
                     for style in styles:
-                        if c.per_expert and style != "api":
-                            continue
-                        s = results.setdefault((natural, q, style, c), Samples())
-                        if c.mode == "llama.cpp" and style == "api":
-                            res, busy = quiet.measure(c.label, lambda: run_llama_bench(
-                                llama_bench, path, args.threads, args.tokens, args.prompt))
-                            dec, pre, dens = res.decode_tok_s, res.prefill_tok_s, 1.0
-                        elif c.mode == "llama.cpp":
-                            t, busy = quiet.measure(c.label, lambda: run_llama_style(
-                                llama_completion, path, prompt, args.gen_tokens, args.threads, n_ctx_process,
-                                extra=("-no-cnv",)))
-                            dec, pre, dens = t.gen_tok_s, t.prompt_tok_s, 1.0
-                        elif style == "api":
-                            toks = [rng.randrange(3, shape.n_vocab) for _ in range(args.prompt)]
-                            gen = [rng.randrange(3, shape.n_vocab) for _ in range(args.tokens)]
-
-                            def one(c=c, path=path, tau=tau, toks=toks, gen=gen):
-                                if c.per_expert:  # read when a graph is built
-                                    os.environ["TURBOSPARSE_MOE_PER_EXPERT"] = "1"
-                                ctx = Context(models[path], c.mode, args.threads, n_ctx, tau)
-                                try:
-                                    ctx.time_prefill(toks)  # warm-up: allocates the batch graph
-                                    return ctx.time_prefill(toks), ctx.time_decode(gen)
-                                finally:
-                                    ctx.close()
-                                    os.environ.pop("TURBOSPARSE_MOE_PER_EXPERT", None)
-
-                            (p, d), busy = quiet.measure(c.label, one)
-                            dec, pre, dens = d.tok_s, p.tok_s, d.density
-                        else:
-                            t, busy = quiet.measure(c.label, lambda c=c, path=path, tau=tau: run_ts_main(
-                                ts_main, path, prompt, args.gen_tokens, args.threads, n_ctx_process, c.mode, tau))
-                            dec, pre, dens = t.gen_tok_s, t.prompt_tok_s, t.density
-                        others.append(busy)
-                        s.decode.append(dec), s.prefill.append(pre), s.density.append(dens)
-                        log(f"  {q} {c.label} ({style}): decode {dec:.2f} tok/s, prefill {pre:.1f} tok/s, "
-                            f"density {dens:.3f}")
-            for m in models.values():
-                m.close()
+                        block = [c for c in ours if style == "api" or not c.per_expert]
+                        model = Model(rt, path) if style == "api" and block else None
+                        try:
+                            for c in block:
+                                tau = taus[c.density] if c.mode == "predicted" else None
+                                record((natural, q, style), c, measure(c, style, path, model, tau))
+                        finally:
+                            if model:
+                                model.close()
+                        for c in theirs:
+                            record((natural, q, style), c, measure(c, style, path, None, None))
     bandwidth.append(measure_bandwidth(args.threads))
     rows = make_rows(results, files, max(bandwidth))
     print_report(args, argv, shape, rows, taus_all, bandwidth, others, lib, llama_bench)
