@@ -232,7 +232,7 @@ void TS_KQ(axpy_group)(enum ts_type type, int R, const char * const * rows, cons
 // hold no more), then each token takes exactly dot_q4_K's / dot_q6_K's steps for that (row,
 // token), reading them from there: the same exact integer sums, the same float accumulations,
 // the same final sums. So the batch gives dot_rows' bits. The rows and tokens are walked by
-// kquant-group.h's row walk (a block of KB_ROWS rows, chunks of KB_BLKS super-blocks).
+// the row walk below (a block of KB_ROWS rows, chunks of KB_BLKS super-blocks).
 #define KB_TOK  4
 #define KB_ROWS 16
 #define KB_BLKS 4
@@ -361,11 +361,56 @@ static void tile_kq(enum ts_type type, int TT, const char * row, const char * ne
     }
 }
 
-#define KB_RESULT(acc, t) (hsum256((acc)->d[t]) - hsum256((acc)->m[t]))
-TS_KQ_DEFINE_ROW_WALK(kq_row_walk, struct kq_acc, KB_TOK, KB_ROWS, KB_BLKS, tile_kq, KB_RESULT)
+// What the first token tile prefetches while it reads super-blocks [b0, b1) of entry j0 + j of a
+// block of nr entries: the block's next row, after the last row the first row's next chunk, then
+// the next block's start, as a pointer offset so that the tile's block offsets b * bs
+// (b0 <= b < b1) land there; NULL at the end of the list. nb: super-blocks per row.
+static const char * walk_next(const void * w, size_t row_bytes, const int32_t * idx, int64_t n_idx,
+                              int64_t j0, int nr, int j, int64_t b0, int64_t b1, int64_t nb, size_t bs) {
+    if (j + 1 < nr) {
+        return ts_kq_row(w, row_bytes, idx, j0 + j + 1);
+    }
+    if (b1 < nb) {
+        return ts_kq_row(w, row_bytes, idx, j0) + (size_t) (b1 - b0) * bs;
+    }
+    if (j0 + nr < n_idx) {
+        return ts_kq_row(w, row_bytes, idx, j0 + nr) - (size_t) b0 * bs;
+    }
+    return NULL;
+}
 
+// The row walk: blocks of KB_ROWS list entries meet tiles of up to KB_TOK tokens chunk by chunk
+// (KB_BLKS super-blocks): the tile's activations of the chunk stay in L1 while the block's rows
+// stream through it, from memory for the first token tile (which prefetches what it reads next)
+// and from L2 for the others; each entry's accumulators (zeroed per token tile) live in memory
+// between chunks.
 void TS_KQ(dot_rows_batch)(enum ts_type type, int64_t n, const void * w, size_t row_bytes,
                            const void * x, size_t x_stride, int64_t n_tok,
                            const int32_t * idx, int64_t n_idx, float * out, int64_t out_stride) {
-    kq_row_walk(type, n, w, row_bytes, x, x_stride, n_tok, idx, n_idx, out, out_stride);
+    const int64_t nb = n / TS_QK_K;
+    const size_t bs = type == TS_TYPE_Q4_K ? sizeof(ts_block_q4_K) : sizeof(ts_block_q6_K);
+    struct kq_acc acc[KB_ROWS];
+    for (int64_t j0 = 0; j0 < n_idx; j0 += KB_ROWS) {
+        const int nr = (int) (n_idx - j0 < KB_ROWS ? n_idx - j0 : KB_ROWS);
+        for (int64_t t0 = 0; t0 < n_tok; t0 += KB_TOK) {
+            const int TT = (int) (n_tok - t0 < KB_TOK ? n_tok - t0 : KB_TOK);
+            const ts_block_q8_K * xt[KB_TOK];
+            for (int t = 0; t < TT; t++) {
+                xt[t] = (const ts_block_q8_K *) ((const char *) x + (size_t) (t0 + t) * x_stride);
+            }
+            memset(acc, 0, sizeof(acc));
+            for (int64_t b0 = 0; b0 < nb; b0 += KB_BLKS) {
+                const int64_t b1 = b0 + KB_BLKS < nb ? b0 + KB_BLKS : nb;
+                for (int j = 0; j < nr; j++) {
+                    const char * next = t0 == 0 ? walk_next(w, row_bytes, idx, n_idx, j0, nr, j, b0, b1, nb, bs) : NULL;
+                    tile_kq(type, TT, ts_kq_row(w, row_bytes, idx, j0 + j), next, xt, b0, b1, &acc[j]);
+                }
+            }
+            for (int j = 0; j < nr; j++) {
+                for (int t = 0; t < TT; t++) {
+                    out[(t0 + t) * out_stride + j0 + j] = hsum256(acc[j].d[t]) - hsum256(acc[j].m[t]);
+                }
+            }
+        }
+    }
 }

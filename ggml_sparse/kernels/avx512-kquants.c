@@ -477,8 +477,7 @@ static ALWAYS_INLINE void rows_lanes(enum ts_type type, int64_t n, const void * 
     const int64_t nb = n / TS_QK_K;
     const size_t bs = type == TS_TYPE_Q4_K ? sizeof(ts_block_q4_K) : sizeof(ts_block_q6_K);
     const size_t group_bytes = (size_t) nb * KL_ROWS * bs;
-    struct q4_K_lanes L4;
-    struct q6_K_lanes L6;
+    union { struct q4_K_lanes q4; struct q6_K_lanes q6; } L; // the type's unpacked super-block
     __m512 acc[2 * KL_TOK];
     for (int64_t j0 = 0; j0 < n_idx; j0 += KL_ROWS) {
         const int nr = (int) (n_idx - j0 < KL_ROWS ? n_idx - j0 : KL_ROWS);
@@ -505,12 +504,12 @@ static ALWAYS_INLINE void rows_lanes(enum ts_type type, int64_t n, const void * 
                     prefetch_span(KL_ROWS, rows, (size_t) (b + 1) * bs, bs);
                 }
                 if (type == TS_TYPE_Q4_K) {
-                    if (!blk) q4_K_lanes_fill(rows, b, &L4);
-                    q4_K_lanes_tokens(&L4, blk ? q4_K_lanes_r16(blk, &L4) : (const uint32_t (*)[KL_ROWS]) L4.q,
+                    if (!blk) q4_K_lanes_fill(rows, b, &L.q4);
+                    q4_K_lanes_tokens(&L.q4, blk ? q4_K_lanes_r16(blk, &L.q4) : (const uint32_t (*)[KL_ROWS]) L.q4.q,
                                       xt, x_stride, nt, b, acc);
                 } else { // plain rows only (Q6_K has no 16-row layout)
-                    q6_K_lanes_fill(rows, b, &L6);
-                    q6_K_lanes_tokens(&L6, xt, x_stride, nt, b, acc);
+                    q6_K_lanes_fill(rows, b, &L.q6);
+                    q6_K_lanes_tokens(&L.q6, xt, x_stride, nt, b, acc);
                 }
             }
             const __mmask16 m = (__mmask16) ((1u << nr) - 1);
