@@ -4,6 +4,8 @@ dReLU density the exact mode measures follows the FFN norms rewritten in place, 
 reaches every expert, and the bytes per token add up to the files' tensors."""
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -62,3 +64,19 @@ def test_bytes_per_token_add_up(files):
     dense_mix = b_mix.per_token("dense")
     assert dense_mix == b_mix.base + (b_mix.gate + b_mix.up + b_mix.down) / 4
     assert b_ts.per_token("predicted", 0.1) < b_ts.per_token("exact", 0.1, 0.32) < dense_mix
+
+
+def test_bench_runs_every_mode_in_both_styles(tmp_path):
+    """bench_moe.py end to end on the tiny shape without llama.cpp: every mode of ours in both
+    styles (the API model opened per file and closed before ts-main runs), positive speeds."""
+    bench = Path(__file__).resolve().parents[2] / "bench" / "bench_moe.py"
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, str(bench), "--tiny", "--types", "q4_0", "--natural-densities", "0.25",
+                           "--repeats", "1", "--no-llama-cpp", "--no-wait-quiet", "--workdir", str(tmp_path),
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    engines = {"ts dense", "ts predicted 10%", "ts predicted 25%", "ts exact", "ts dense (swiglu file)"}
+    keys = {(r["engine"], r["style"], r["phase"]) for r in rows}
+    assert keys == {(e, s, p) for e in engines for s in ("api", "process") for p in ("decode", "prefill")}
+    assert all(r["tok_s"] > 0 and r["samples"] and len(r["samples"]) == 1 for r in rows)
