@@ -225,14 +225,22 @@ static void axpy_rows_batch(enum ts_type type, int64_t n, const void * w_t, size
 }
 
 // The 16-row layout: each block read back into the plain layout, then dot_row's steps (one
-// block at a time adds the same terms in the same order as dot_row over the whole row).
+// block at a time adds the same terms in the same order as dot_row over the whole row); F16
+// rows: one FMA chain (ts-kernels.h).
 static void dot_rows_r16(enum ts_type type, int64_t n, const void * w16, int64_t g0, int64_t g1,
                          const void * x, size_t x_stride, int64_t n_tok, float * out, int64_t out_stride) {
     for (int64_t t = 0; t < n_tok; t++) {
         const char * xt = (const char *) x + (size_t) t * x_stride;
         for (int64_t r = g0 * TS_R16; r < g1 * TS_R16; r++) {
             float sum = 0.0f;
-            if (type == TS_TYPE_Q4_K) {
+            if (type == TS_TYPE_F16) { // the layout's own FMA chain (ts-kernels.h)
+                const float * xf = (const float *) xt;
+                for (int64_t k = 0; k < n; k++) {
+                    uint16_t h;
+                    ts_r16_block(type, n, g1 * TS_R16, w16, r, k, &h);
+                    sum = fmaf(ts_fp16_to_fp32(h), xf[k], sum);
+                }
+            } else if (type == TS_TYPE_Q4_K) {
                 for (int64_t b = 0; b < n / TS_QK_K; b++) {
                     ts_block_q4_K blk;
                     ts_r16_block(type, n, g1 * TS_R16, w16, r, b, &blk);

@@ -128,13 +128,18 @@ void ts_to_float(enum ts_type type, const void * x, float * y, int64_t n);
 struct ts_kernels;
 void ts_quantize_dot(const struct ts_kernels * k, enum ts_type type, const float * x, void * y, int64_t n);
 
-// ---- the 16-row layout of a dense quantised matrix ------------------------------------------
+// ---- the 16-row layout of a dense matrix ----------------------------------------------------
 // Weights only ever read whole (attention, output head, predictor) can be stored for the
 // AVX-512 dense product: Q8_0/Q4_0/Q4_K rows in groups of 16, a group's blocks in order, block
 // b of a group being the 16 rows' f16 scales (32 bytes; Q4_K: d, then dmin, 64 bytes) and then
 // their other bytes transposed in dwords: 64-byte vector g holds bytes 4g..4g+3 of them of row
 // r in dword r (Q4_0: 4 vectors of nibble pairs, Q8_0: 8 of quants, Q4_K: 3 of packed scales
-// and mins, then 32 of nibble pairs). The last n_rows % 16 rows follow in the plain layout.
+// and mins, then 32 of nibble pairs). F16 rows: element k of the 16 rows, 32 bytes, then
+// element k + 1 (a row per lane of a vector), and the sum of each row and token is one FMA chain
+// over the elements in order from 0, sum = fma(w_k, x_k, sum), in every table that reads it:
+// its own arithmetic, not dot_rows' (whose float rows keep two partial sums in the SIMD
+// tables), so an F16 matrix's results depend on its layout, never on tokens, threads or ISA.
+// The last n_rows % 16 rows follow in the plain layout.
 // The matrix keeps its size. A group is one sequential stream (the plain layout makes 16 row
 // streams, which the hardware prefetcher follows worse) and needs no transposing: the dense
 // product reads DRAM about 25% faster (2 threads, Q4_0 4096 x 4096, 35 -> 44-46 GB/s).
@@ -179,12 +184,12 @@ struct ts_kernels {
     // ts_dot_rows_blocked hands it every token and row of a call at once.
     bool float_batch_blocked;
 
-    // Dense rows of a matrix in the 16-row layout (ts_pack_r16; Q8_0/Q4_0/Q4_K, ts_r16_ok), its
-    // groups [g0, g1) (rows 16 g0 .. 16 g1 - 1) against n_tok tokens laid out as for
-    // dot_rows_batch: out[t * out_stride + 16 (g - g0) + r] = dot(row 16 g + r, x_t), each
-    // bit-identical to dot_rows on the plain matrix (so a matrix's layout never changes a
-    // result). The plain tail rows are dot_rows' job. NULL in tables without it: their
-    // matrices stay plain.
+    // Dense rows of a matrix in the 16-row layout (ts_pack_r16; Q8_0/Q4_0/Q4_K/F16, ts_r16_ok),
+    // its groups [g0, g1) (rows 16 g0 .. 16 g1 - 1) against n_tok tokens laid out as for
+    // dot_rows_batch: out[t * out_stride + 16 (g - g0) + r] = dot(row 16 g + r, x_t). Quantised
+    // rows: each bit-identical to dot_rows on the plain matrix (so their layout never changes
+    // a result); F16 rows: the FMA chain above, the same bits in every table. The plain tail
+    // rows are dot_rows' job. NULL in tables without it: their matrices stay plain.
     void (*dot_rows_r16)(enum ts_type type, int64_t n, const void * w16, int64_t g0, int64_t g1,
                          const void * x, size_t x_stride, int64_t n_tok, float * out, int64_t out_stride);
 

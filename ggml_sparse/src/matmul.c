@@ -218,11 +218,14 @@ struct ggml_tensor * ggml_sparse_matmul(
 //     are left to ggml (ours not clearly faster: Q6_K 10% in L2, Q4_K 7% slower);
 //     F32/F16/BF16 are left to ggml (not measured to be faster);
 //   - NEON and scalar: ggml (it has ARM repacks for Q4_0 and Q8_0; ours not measured faster).
-// Where the table has kernels for the 16-row layout (AVX-512: Q8_0, Q4_0), the weights ours
-// reads are stored in it (ggml_sparse_matmul_pack): 2 threads, 48 Q4_0 4096x4096 matrices in
-// turn from DRAM, T=1, 35 -> 44-46 GB/s (a plain read of the same memory: 46); decode of the
-// 8-layer Mistral-shaped bench model, Q4_0, TURBOSPARSE_MATMUL=plain vs auto: SwiGLU dense
-// 33.0 -> 41.6 tok/s, predicted 10% 75.3 -> 91.9. Results are the same bits either way.
+// Where the table has kernels for the 16-row layout (AVX-512: Q8_0, Q4_0, Q4_K, F16), the
+// weights ours reads are stored in it (ggml_sparse_matmul_pack): 2 threads, 48 Q4_0 4096x4096
+// matrices in turn from DRAM, T=1, 35 -> 44-46 GB/s (a plain read of the same memory: 46);
+// decode of the 8-layer Mistral-shaped bench model, Q4_0, TURBOSPARSE_MATMUL=plain vs auto:
+// SwiGLU dense 33.0 -> 41.6 tok/s, predicted 10% 75.3 -> 91.9. Results are the same bits
+// either way, but for F16, whose layout has its own summation (ts-kernels.h) for a prompt
+// GEMM that converts each weight once per 12 tokens: F16 14336x4096 against 128 tokens,
+// Intel Xeon VM, 75-77 -> 54-58 ms; one token on par (4.5-4.9 against 4.4-4.7 ms).
 // TURBOSPARSE_MATMUL=ours|plain|ggml overrides the choice for every type (for measuring;
 // plain: ours in the file's layout); read once.
 static int matmul_override(void) {

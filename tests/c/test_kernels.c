@@ -714,10 +714,28 @@ static void test_axpy_batch(enum ts_type type, int64_t n) {
     free(w); free(a); free(y); free(one);
 }
 
+// The F16 16-row layout's arithmetic (ts-kernels.h): one FMA chain per row and token.
+static void f16_chain(int64_t n, const char * w, size_t row_bytes, int64_t n_rows, const char * x,
+                      size_t x_stride, int64_t n_tok, float * out, int64_t out_stride) {
+    for (int64_t t = 0; t < n_tok; t++) {
+        for (int64_t r = 0; r < n_rows; r++) {
+            const uint16_t * wr = (const uint16_t *) (w + (size_t) r * row_bytes);
+            float sum = 0.0f;
+            for (int64_t k = 0; k < n; k++) {
+                float xk;
+                memcpy(&xk, x + (size_t) t * x_stride + (size_t) k * sizeof(float), sizeof(xk));
+                sum = fmaf(ts_fp16_to_fp32(wr[k]), xk, sum);
+            }
+            out[t * out_stride + r] = sum;
+        }
+    }
+}
+
 // The 16-row layout: packing keeps every row (read back bit for bit, tail rows included), and
 // dot_rows_r16 of every table that has one gives that table's dot_rows_batch on the plain
-// matrix bit for bit (so the layout never changes a result), for any split of the groups
-// among calls, writing nothing else; the scalar table has one (the reference).
+// matrix bit for bit (so the layout never changes a result) for the quantised types, and the
+// FMA chain of f16_chain for F16, for any split of the groups among calls, writing nothing
+// else, within the reference tolerance; the scalar table has one (the reference).
 static void test_dot_r16(enum ts_type type, enum data_mode mode, int64_t n, int64_t n_rows) {
     static const int64_t TOKENS[] = { 1, 2, 3, 8, 9, 37 };
     const int64_t n_tok_max = 37, n_groups = n_rows / TS_R16;
@@ -752,7 +770,11 @@ static void test_dot_r16(enum ts_type type, enum data_mode mode, int64_t n, int6
                 const int64_t g0 = n_groups * c / n_calls, g1 = n_groups * (c + 1) / n_calls;
                 K->dot_rows_r16(type, n, w16, g0, g1, x, x_stride, n_tok, out + g0 * TS_R16, out_stride);
             }
-            K->dot_rows_batch(type, n, w, row_bytes, x, x_stride, n_tok, NULL, n_groups * TS_R16, want, out_stride);
+            if (type == TS_TYPE_F16) {
+                f16_chain(n, w, row_bytes, n_groups * TS_R16, x, x_stride, n_tok, want, out_stride);
+            } else {
+                K->dot_rows_batch(type, n, w, row_bytes, x, x_stride, n_tok, NULL, n_groups * TS_R16, want, out_stride);
+            }
             int64_t bad = 0, far = 0;
             for (int64_t tk = 0; tk < n_tok_max; tk++) {
                 const float * o = out + tk * out_stride;
@@ -768,7 +790,7 @@ static void test_dot_r16(enum ts_type type, enum data_mode mode, int64_t n, int6
                 }
             }
             CHECK(bad == 0, "%s dot_rows_r16 %s %s n=%lld rows=%lld n_tok=%lld, %d calls: %lld outputs differ from dot_rows_batch "
-                  "on the plain rows or were written outside", K->name, tn, DATA_NAMES[mode], (long long) n, (long long) n_rows,
+                  "on the plain rows (F16: the FMA chain) or were written outside", K->name, tn, DATA_NAMES[mode], (long long) n, (long long) n_rows,
                   (long long) n_tok, n_calls, (long long) bad);
             CHECK(far == 0, "%s dot_rows_r16 %s n=%lld n_tok=%lld: %lld outputs outside the reference tolerance",
                   K->name, tn, (long long) n, (long long) n_tok, (long long) far);
@@ -831,6 +853,8 @@ int main(void) {
     test_dot_batch(TS_TYPE_Q8_0, TS_QK * 1025);
     test_dot_r16(TS_TYPE_Q4_0, DATA_NORMAL, TS_QK * 1025, 20);
     test_dot_r16(TS_TYPE_Q8_0, DATA_NORMAL, TS_QK * 1025, 20);
+    test_dot_r16(TS_TYPE_F16, DATA_NORMAL, 2049, 70); // element chunks of the batch tiles and a tail
+    test_dot_r16(TS_TYPE_F16, DATA_NORMAL, 100, 16 * 9 + 3); // one token: 8 groups at a time, then 1
     printf("%ld checks, %ld failed\n", n_checks, n_failed);
     return n_failed ? 1 : 0;
 }

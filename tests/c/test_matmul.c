@@ -6,8 +6,9 @@
 //     table's quantiser, itself tested against the reference quantiser in test_kernels);
 //   - bit-identical results for 1..4 threads;
 //   - each token of a batch bit-identical to the same token computed alone (T = 1);
-//   - where the kernel table has it (AVX-512, Q8_0/Q4_0), the same weights in the 16-row layout
-//     (ggml_sparse_matmul_pack) give the plain layout's results bit for bit, 1..3 threads;
+//   - where the kernel table has it (AVX-512, Q8_0/Q4_0/Q4_K/F16), the same weights in the 16-row
+//     layout (ggml_sparse_matmul_pack) give the plain layout's results bit for bit, 1..3 threads
+//     (F16: its own FMA chains, near the reference, the same bits for 1..3 threads and per token);
 // plus the error paths (type, shapes, layout), and ggml_sparse_mul_mat's fallback to ggml.
 #include "ggml-sparse.h"
 #include "ts-kernels.h"
@@ -82,6 +83,29 @@ static void run_matmul(struct ggml_tensor * w, const float * x, int64_t T, int n
 
 static int n_packed_tests = 0;
 
+// Outputs y [T][rows] farther from the double-precision product of W (wf) and x as the dot
+// product sees it (xd) than float accumulation explains; the first three are reported.
+static int off_reference(enum ggml_type type, const float * y, const float * wf, const float * xd, int64_t n,
+                         int64_t rows, int64_t T) {
+    int bad = 0;
+    for (int64_t t = 0; t < T; t++) {
+        for (int64_t r = 0; r < rows; r++) {
+            double ref = 0.0, mag = 0.0;
+            for (int64_t i = 0; i < n; i++) {
+                ref += (double) wf[r * n + i] * xd[t * n + i];
+                mag += fabs((double) wf[r * n + i] * xd[t * n + i]);
+            }
+            const double tol = 1e-5 * mag + 1e-6; // float accumulation
+            if (!(fabs(y[t * rows + r] - ref) <= tol) && bad++ < 3) {
+                CHECK(0, "%s n=%lld rows=%lld T=%lld: y[%lld][%lld] = %.7g, reference %.7g", ggml_type_name(type),
+                      (long long) n, (long long) rows, (long long) T, (long long) t, (long long) r,
+                      y[t * rows + r], ref);
+            }
+        }
+    }
+    return bad;
+}
+
 static void test_type(enum ggml_type type, int64_t n, int64_t rows) {
     static const int64_t TS[] = { 1, 2, 3, 7, 33 };
     const enum ts_type tt = ts_type_of(type);
@@ -95,7 +119,7 @@ static void test_type(enum ggml_type type, int64_t n, int64_t rows) {
         ts_to_float(tt, (const char *) w->data + r * w->nb[1], wf + r * n, n);
     }
 
-    // the same weights in the kernels' 16-row layout, where this table has it (Q8_0/Q4_0 on AVX-512)
+    // the same weights in the kernels' 16-row layout, where this table has it (AVX-512)
     struct ggml_tensor * w16 = NULL;
     void * w16_data = NULL;
     if (ggml_sparse_matmul_packable(w)) {
@@ -114,6 +138,7 @@ static void test_type(enum ggml_type type, int64_t n, int64_t rows) {
     float * xd  = malloc(sizeof(float) * (size_t) (n * T_max)); // x as the dot product sees it
     float * y   = malloc(sizeof(float) * (size_t) (rows * T_max));
     float * y1  = malloc(sizeof(float) * (size_t) (rows * T_max));
+    float * y16 = malloc(sizeof(float) * (size_t) (rows * T_max));
     float * one = malloc(sizeof(float) * (size_t) rows);
     void * q = malloc(ts_row_size(ts_dot_type(tt), n));
     for (size_t ti = 0; ti < sizeof(TS) / sizeof(TS[0]); ti++) {
@@ -128,22 +153,7 @@ static void test_type(enum ggml_type type, int64_t n, int64_t rows) {
             }
         }
         run_matmul(w, x, T, 1, y1);
-        int bad = 0;
-        for (int64_t t = 0; t < T; t++) {
-            for (int64_t r = 0; r < rows; r++) {
-                double ref = 0.0, mag = 0.0;
-                for (int64_t i = 0; i < n; i++) {
-                    ref += (double) wf[r * n + i] * xd[t * n + i];
-                    mag += fabs((double) wf[r * n + i] * xd[t * n + i]);
-                }
-                const double tol = 1e-5 * mag + 1e-6; // float accumulation
-                if (!(fabs(y1[t * rows + r] - ref) <= tol) && bad++ < 3) {
-                    CHECK(0, "%s n=%lld rows=%lld T=%lld: y[%lld][%lld] = %.7g, reference %.7g",
-                          ggml_type_name(type), (long long) n, (long long) rows, (long long) T,
-                          (long long) t, (long long) r, y1[t * rows + r], ref);
-                }
-            }
-        }
+        const int bad = off_reference(type, y1, wf, xd, n, rows, T);
         CHECK(bad == 0, "%s n=%lld rows=%lld T=%lld: %d outputs off the reference", ggml_type_name(type),
               (long long) n, (long long) rows, (long long) T, bad);
         for (int nt = 2; nt <= 4; nt++) {
@@ -152,11 +162,31 @@ static void test_type(enum ggml_type type, int64_t n, int64_t rows) {
                   "%s rows=%lld T=%lld: %d threads differ from 1 thread", ggml_type_name(type),
                   (long long) rows, (long long) T, nt);
         }
+        // F16 rows in the 16-row layout have their own arithmetic (one FMA chain per row):
+        // near the reference, and the same bits for any thread count and any batch
         for (int nt = 1; w16 && nt <= 3; nt++) {
             run_matmul(w16, x, T, nt, y);
-            CHECK(memcmp(y, y1, sizeof(float) * (size_t) (rows * T)) == 0,
-                  "%s rows=%lld T=%lld, %d threads: the 16-row layout's results differ from the plain layout's",
-                  ggml_type_name(type), (long long) rows, (long long) T, nt);
+            if (type != GGML_TYPE_F16) {
+                CHECK(memcmp(y, y1, sizeof(float) * (size_t) (rows * T)) == 0,
+                      "%s rows=%lld T=%lld, %d threads: the 16-row layout's results differ from the plain layout's",
+                      ggml_type_name(type), (long long) rows, (long long) T, nt);
+            } else if (nt == 1) {
+                memcpy(y16, y, sizeof(float) * (size_t) (rows * T));
+                CHECK(off_reference(type, y16, wf, xd, n, rows, T) == 0, "f16 rows=%lld T=%lld: the 16-row layout's "
+                      "results are off the reference", (long long) rows, (long long) T);
+            } else {
+                CHECK(memcmp(y, y16, sizeof(float) * (size_t) (rows * T)) == 0,
+                      "f16 rows=%lld T=%lld: the 16-row layout's results differ between 1 and %d threads",
+                      (long long) rows, (long long) T, nt);
+            }
+        }
+        if (w16 && type == GGML_TYPE_F16 && T > 1) {
+            for (int64_t t = 0; t < T; t += T > 7 ? 8 : 1) {
+                run_matmul(w16, x + t * n, 1, 2, one);
+                CHECK(memcmp(one, y16 + t * rows, sizeof(float) * (size_t) rows) == 0,
+                      "f16 rows=%lld T=%lld: in the 16-row layout, token %lld of the batch differs from it alone",
+                      (long long) rows, (long long) T, (long long) t);
+            }
         }
         if (T > 1) {
             for (int64_t t = 0; t < T; t += T > 7 ? 8 : 1) {
@@ -176,7 +206,7 @@ static void test_type(enum ggml_type type, int64_t n, int64_t rows) {
         ggml_free(ctx);
     }
     free(w16_data);
-    free(q); free(one); free(y1); free(y); free(xd); free(x); free(wf);
+    free(q); free(one); free(y16); free(y1); free(y); free(xd); free(x); free(wf);
     ggml_free(wctx);
 }
 
@@ -244,9 +274,9 @@ int main(void) {
         test_type(TYPES[ti], k ? 768 : 256, 40);
     }
     test_errors();
-    // the AVX-512 table must have the 16-row layout for Q8_0, Q4_0 and Q4_K (5 shapes each)
-    CHECK(ts_kernels_best()->isa != TS_ISA_AVX512 || getenv("TURBOSPARSE_MATMUL") || n_packed_tests == 15,
-          "16-row layout tested %d times, expected 15 on the AVX-512 table", n_packed_tests);
+    // the AVX-512 table must have the 16-row layout for Q8_0, Q4_0, Q4_K and F16 (5 shapes each)
+    CHECK(ts_kernels_best()->isa != TS_ISA_AVX512 || getenv("TURBOSPARSE_MATMUL") || n_packed_tests == 20,
+          "16-row layout tested %d times, expected 20 on the AVX-512 table", n_packed_tests);
     printf("test_matmul: 16-row layout in %d of the cases\n", n_packed_tests);
     printf("test_matmul: %d checks, %d failed\n", n_checks, n_failed);
     return n_failed ? 1 : 0;
