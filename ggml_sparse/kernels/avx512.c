@@ -647,8 +647,9 @@ static void q16_dot_rows_batch(enum ts_type type, int64_t n, const void * w, siz
 //
 // One token: F16_STREAMS groups at a time, each one sequential stream and one chain, so that
 // the chains' FMA latency overlaps (bench_matmul f16 14336 x 4096 and 4096 x 14336, one token,
-// 2 threads: 2 / 4 / 8 streams 4.6-5.1 / 4.7-5.0 / 4.5-4.9 ms, the plain layout 4.4-4.7). A batch: tiles of two groups x F16_TILE tokens (24
-// accumulators: per element 2 loads and converts, 12 broadcasts, 24 FMAs), over the elements in
+// 2 threads: 2 / 4 / 8 streams 4.6-5.1 / 4.7-5.0 / 4.5-4.9 ms, the plain layout 4.4-4.7).
+// A batch: tiles of two groups x F16_TILE tokens (24 accumulators: per element 2 loads and
+// converts, 12 broadcasts, 24 FMAs), over the elements in
 // chunks of F16_KC: a chunk of a group pair (128 KB) stays in L2 for all the token tiles, as do
 // the chunk's activations (n_tok x 8 KB), and the tiles' sums go to `out` between chunks (the
 // chain goes on from the stored value: the same bits). bench_matmul f16, 2 threads, 128 tokens,
