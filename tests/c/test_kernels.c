@@ -754,7 +754,8 @@ static void test_dot_r16(enum ts_type type, enum data_mode mode, int64_t n, int6
     CHECK(tables[0]->dot_rows_r16 != NULL, "the scalar table has no dot_rows_r16");
 
     const enum ts_type dt = ts_dot_type(type);
-    const size_t x_stride = ts_row_size(dt, n) + (dt == TS_TYPE_Q8_K ? 4 : 2); // unaligned (Q8_K: its f32 d aligned)
+    // unaligned rows, as far as their types allow (Q8_K: its f32 d aligned; f32 activations of F16 rows)
+    const size_t x_stride = ts_row_size(dt, n) + (dt == TS_TYPE_Q8_K || dt == TS_TYPE_F32 ? 4 : 2);
     char * x = make_tokens(dt, n, n_tok_max, x_stride);
     const int64_t out_stride = n_rows + 3;
     float * out = malloc((size_t) (n_tok_max * out_stride) * sizeof(float));
