@@ -3,7 +3,10 @@
 // reads after repacking) against the threshold mode's kernels at a density (default 0.5):
 // the 16-row gate, the gathered up rows (dot_rows with the index list) and the axpy of the
 // selected ffn_down_t rows. Prints each part's time and GB/s of weights, the ratio, and the
-// ratio the bytes alone would give (3 / (1 + 2 density)). Min of 15 interleaved rounds, each
+// ratio the bytes alone would give (3 / (1 + 2 density)); then the memory's own limit: a plain
+// read of a whole matrix and of its selected rows (one 8-byte load per cache line, no
+// arithmetic; the selected rows prefetched as the kernels do) and the ratio the threshold mode would reach if every
+// kernel ran at those read speeds. Min of 15 interleaved rounds, each
 // after reading 256 MB to evict the caches; matrices on 2 MiB pages (as the runtime's
 // copies). Not a test: timings are machine-dependent and nothing here asserts them.
 //
@@ -67,6 +70,26 @@ static char * r16_matrix(int64_t rows, int64_t n) {
     return packed;
 }
 
+// Touches every cache line of rows idx[0..n) of row_bytes each, the row AHEAD entries later
+// prefetched into L2 as the gathered kernels do; idx NULL: all rows in order, no prefetch
+// (the hardware's stream prefetcher reads a whole matrix faster on its own).
+static uint64_t read_rows(const char * w, size_t row_bytes, const int32_t * idx, int64_t n) {
+    enum { AHEAD = 8 };
+    uint64_t sum[4] = { 0, 0, 0, 0 };
+    for (int64_t j = 0; j < n; j++) {
+        const char * row = w + (size_t) (idx ? idx[j] : j) * row_bytes;
+        const int64_t jn = j + AHEAD < n ? j + AHEAD : n - 1;
+        const char * next = w + (size_t) (idx ? idx[jn] : jn) * row_bytes;
+        for (size_t o = 0; o < row_bytes; o += 64) {
+            if (idx) __builtin_prefetch(next + o, 0, 2);
+            uint64_t v;
+            memcpy(&v, row + o, sizeof(v));
+            sum[(o / 64) & 3] += v;
+        }
+    }
+    return sum[0] + sum[1] + sum[2] + sum[3];
+}
+
 static void flush(volatile char * buf) {
     for (size_t i = 0; i < FLUSH_BYTES; i += 64) buf[i]++;
 }
@@ -97,7 +120,8 @@ int main(int argc, char ** argv) {
     ts_quantize_dot(k, q, xf, x, N_EMBD);
     ts_quantize_dot(k, q, xf, a_q, N_FF);
 
-    double t_dense = 1e9, t_thr = 1e9, t_gate = 1e9, t_up = 1e9, t_down = 1e9;
+    double t_dense = 1e9, t_thr = 1e9, t_gate = 1e9, t_up = 1e9, t_down = 1e9, t_read_all = 1e9, t_read_sel = 1e9;
+    uint64_t read_sum = 0;
     int64_t n_sel = 0;
     for (int round = 0; round < ROUNDS; round++) {
         flush(flush_buf);
@@ -127,6 +151,17 @@ int main(int argc, char ** argv) {
         t_gate = s1 - s0 < t_gate ? s1 - s0 : t_gate;
         t_up   = s2 - s1 < t_up   ? s2 - s1 : t_up;
         t_down = s3 - s2 < t_down ? s3 - s2 : t_down;
+
+        flush(flush_buf);
+        const double r0 = now_s();
+        read_sum += read_rows(up, row_bytes, NULL, N_FF);
+        const double r1 = now_s();
+        flush(flush_buf);
+        const double r2 = now_s();
+        read_sum += read_rows(down_t, row_bytes, idx, n_sel);
+        const double r3 = now_s();
+        t_read_all = r1 - r0 < t_read_all ? r1 - r0 : t_read_all;
+        t_read_sel = r3 - r2 < t_read_sel ? r3 - r2 : t_read_sel;
     }
     const double mb = (double) N_FF * (double) row_bytes / 1e6, sel_mb = mb * (double) n_sel / N_FF;
     printf("kernels %s, one thread, Q4_0 %d x %d, density %.2f, min of %d\n", k->name, N_EMBD, N_FF, density, ROUNDS);
@@ -136,5 +171,9 @@ int main(int argc, char ** argv) {
     printf("  up (gathered dot_rows)    %7.3f ms  %5.1f GB/s\n", t_up * 1e3, sel_mb / t_up / 1e3);
     printf("  down (axpy_rows)          %7.3f ms  %5.1f GB/s\n", t_down * 1e3, sel_mb / t_down / 1e3);
     printf("threshold vs dense %.3fx (the bytes alone: %.3fx)\n", t_dense / t_thr, 3.0 / (1.0 + 2.0 * density));
+    printf("plain read, whole matrix         %7.3f ms  %5.1f GB/s\n", t_read_all * 1e3, mb / t_read_all / 1e3);
+    printf("plain read, selected rows        %7.3f ms  %5.1f GB/s\n", t_read_sel * 1e3, sel_mb / t_read_sel / 1e3);
+    printf("threshold vs dense at those read speeds %.3fx (checksum %llu)\n",
+           3.0 * t_read_all / (t_read_all + 2.0 * t_read_sel), (unsigned long long) (read_sum & 0xFF));
     return 0;
 }
